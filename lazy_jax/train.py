@@ -1,0 +1,153 @@
+"""The jitted train and eval steps over a device mesh, and the state they update.
+
+`Experiment` holds what a run compiles: model, optimizer, mesh, the state's shardings (decided
+from `jax.eval_shape`, before anything is materialised) and the two jitted steps:
+  train_step(state, batch) -> (state, metrics)   state donated; metrics reduced on the device
+  eval_step(params, batch) -> sums               weighted sums that combine over batches exactly
+Metrics hold loss, accuracy, learning rate, gradient norm and the sparsity statistics named as
+in DESIGN.md (`sparsity.stats_to_metrics`).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from lazy_jax import sharding as shd
+from lazy_jax.models import get_model
+from lazy_jax.optim import make_optimizer
+from lazy_jax.sparsity import stats_to_metrics
+from lazy_jax.tasks import task_sums
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def _fit(sharding: NamedSharding, shape) -> NamedSharding:
+    """Drops mesh axes from dimensions they do not divide (e.g. 3 heads on a 4-way model axis)."""
+    spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
+    for i, axes in enumerate(spec):
+        if axes is None:
+            continue
+        size = np.prod([sharding.mesh.shape[a] for a in (axes if isinstance(axes, tuple) else (axes,))])
+        if shape[i] % size:
+            spec[i] = None
+    return NamedSharding(sharding.mesh, P(*spec))
+
+
+def state_shardings(abstract_boxed: Any, mesh, rules) -> Any:
+    """Shardings of the unboxed state from the logical names on its boxed leaves.
+
+    Optimizer leaves whose rank differs from their parameter's (Adafactor's factored moments)
+    are replicated.
+    """
+    is_box = lambda x: isinstance(x, nn.Partitioned)
+    spec = lambda x: (P(*x.names) if is_box(x) and len(x.names) == x.value.ndim else P())
+    logical = jax.tree.map(spec, abstract_boxed, is_leaf=is_box)
+    mesh_shardings = nn.logical_to_mesh_sharding(logical, mesh, rules)
+    shapes = jax.tree.map(lambda x: x.value.shape if is_box(x) else x.shape, abstract_boxed, is_leaf=is_box)
+    return jax.tree.map(_fit, mesh_shardings, shapes, is_leaf=lambda x: isinstance(x, NamedSharding))
+
+
+def finalize_eval(sums: dict) -> dict[str, float | np.ndarray]:
+    """Eval sums (host numpy) -> metrics: loss, accuracy and the token-weighted statistics."""
+    weight = max(float(sums["task"]["weight"]), 1.0)
+    metrics = {"loss": float(sums["task"]["loss"]) / weight, "accuracy": float(sums["task"]["correct"]) / weight}
+    aux = {}
+    for stack, stats in sums["stats"].items():
+        tokens_L = np.maximum(np.asarray(stats["num_tokens"]), 1.0)
+        aux[stack] = {k: np.asarray(v) / tokens_L.reshape((-1,) + (1,) * (np.ndim(v) - 1))
+                      for k, v in stats.items() if k != "num_tokens"}
+    metrics.update({k: np.asarray(v) for k, v in stats_to_metrics(aux).items()})
+    return metrics
+
+
+class Experiment:
+    """Model, optimizer, mesh and the jitted steps of one config."""
+
+    def __init__(self, config, example_batch: dict[str, np.ndarray], devices=None):
+        self.config = config
+        self.mesh = shd.make_mesh(config.mesh, devices)
+        self.rules = shd.rules_of(config)
+        self.model = get_model(config.model)
+        self.tx, self.schedule = make_optimizer(config.optimizer, config.total_steps)
+        self._example = {k: jnp.asarray(v[:1]) for k, v in example_batch.items()}
+
+        abstract_boxed = jax.eval_shape(self._init_boxed, jax.random.key(0))
+        self.state_sharding = state_shardings(abstract_boxed, self.mesh, self.rules)
+        self.abstract_state = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+            nn.unbox(abstract_boxed), self.state_sharding)
+        self.batch_sharding = shd.batch_sharding(self.mesh)
+        self.replicated = shd.replicated(self.mesh)
+        self.train_step = jax.jit(self._train_step, in_shardings=(self.state_sharding, self.batch_sharding),
+                                  out_shardings=(self.state_sharding, self.replicated), donate_argnums=(0,))
+        self.eval_step = jax.jit(self._eval_step, in_shardings=(self.state_sharding.params, self.batch_sharding),
+                                 out_shardings=self.replicated)
+
+    # -- state -----------------------------------------------------------------------------
+    def _init_boxed(self, rng) -> TrainState:
+        with nn.logical_axis_rules(self.rules):
+            params = self.model.init({"params": rng, "dropout": rng}, self._example, train=False)["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params))
+
+    def init_state(self, seed: int) -> TrainState:
+        with jax.set_mesh(self.mesh):
+            return jax.jit(lambda r: nn.unbox(self._init_boxed(r)), out_shardings=self.state_sharding)(
+                jax.random.key(seed))
+
+    # -- steps -----------------------------------------------------------------------------
+    def _apply(self, params, batch, train: bool, rng=None):
+        with nn.logical_axis_rules(self.rules):
+            return self.model.apply({"params": params}, batch, train=train,
+                                    rngs={"dropout": rng} if rng is not None else None)
+
+    def _train_step(self, state: TrainState, batch):
+        cfg = self.config
+        rng = jax.random.fold_in(jax.random.key(cfg.seed), state.step)
+
+        def loss_fn(params):
+            logits, aux = self._apply(params, batch, True, rng)
+            sums = task_sums(cfg.task, logits, batch, cfg.z_loss)
+            weight = jnp.maximum(sums["weight"], 1.0)
+            return (sums["loss"] + sums["z_loss"]) / weight, (sums, aux)
+
+        (_, (sums, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        weight = jnp.maximum(sums["weight"], 1.0)
+        metrics = {"loss": sums["loss"] / weight, "accuracy": sums["correct"] / weight,
+                   "learning_rate": self.schedule(state.step), "grad_norm": optax.global_norm(grads),
+                   **stats_to_metrics(aux)}
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    def _eval_step(self, params, batch):
+        logits, aux = self._apply(params, batch, False)
+        sums = task_sums(self.config.task, logits, batch)
+        weighted = {}
+        for stack, stats in aux.items():
+            tokens_L = stats["num_tokens"]
+            weighted[stack] = {k: (v * tokens_L.reshape((-1,) + (1,) * (v.ndim - 1)) if k != "num_tokens" else v)
+                               for k, v in stats.items()}
+        return {"task": sums, "stats": weighted}
+
+    def evaluate(self, params, local_batches) -> dict:
+        """Runs eval_step over an iterable of host-local batches; returns finalized metrics."""
+        total = None
+        with jax.set_mesh(self.mesh):
+            for local in local_batches:
+                out = self.eval_step(params, shd.global_batch(local, self.mesh))
+                total = out if total is None else jax.tree.map(jnp.add, total, out)
+        if total is None:
+            raise ValueError(f"the eval split {self.config.data.eval_split!r} of {self.config.data.name!r} is empty")
+        return finalize_eval(jax.device_get(total))
