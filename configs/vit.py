@@ -26,12 +26,12 @@ def get_config(arg=None):
     a = parse_arg(arg, dict(local=False, variant="", dataset="", topk=0))
     c = base_config()
     if a.local:
-        c.model = default_model_config(a.variant or "Mu/4")
+        c.model = default_model_config(a.variant or "Mu/7")
         c.data = vision_data_config(a.dataset or "mnist5k")
-        c.batch_size, c.eval_batch_size = 128, 500
-        c.total_steps, c.log_every_steps, c.eval_every_steps = 600, 25, 200
-        c.checkpoint_every_steps = 200
-        c.optimizer.update(learning_rate=1e-3, weight_decay=1e-4, warmup_steps=50)
+        c.batch_size, c.eval_batch_size = 64, 500
+        c.total_steps, c.log_every_steps, c.eval_every_steps = 600, 50, 300
+        c.checkpoint_every_steps = 300
+        c.optimizer.update(learning_rate=3e-3, weight_decay=1e-4, warmup_steps=50)
     else:
         c.model = default_model_config(a.variant or "B/16")
         c.data = vision_data_config(a.dataset or "imagenet21k", image_size=224)

@@ -64,3 +64,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
     c.logical_axis_rules = [(name, list(axes) if isinstance(axes, tuple) else axes) for name, axes in DEFAULT_RULES]
     return c
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """'configs/vit.py:local' -> that file's get_config('local') (for notebooks and tests)."""
+    import importlib.util
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("lazy_jax_config", path)
+    if module_spec is None:
+        raise ValueError(f"config file {path!r} cannot be loaded")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)

@@ -131,7 +131,7 @@ def _train(config, workdir: Path, is_writer: bool) -> dict:
             for step in range(start + 1, config.total_steps + 1):
                 batch = shd.global_batch(next(batches), exp.mesh)
                 state, metrics = exp.train_step(state, batch)
-                if step % config.log_every_steps == 0 or step == start + 1 or step == config.total_steps:
+                if step % config.log_every_steps == 0 or step == 1 or step == config.total_steps:
                     metrics = jax.device_get(metrics)
                     _check_finite(step, metrics)
                     now = time.time()
@@ -151,12 +151,11 @@ def _train(config, workdir: Path, is_writer: bool) -> dict:
                     if is_writer:
                         print(f"eval  {step} | loss {last_eval['loss']:.4f} | acc {last_eval['accuracy']:.3f} | "
                               f"nonzero {100 * last_eval['nonzero_frac/mean']:.2f}%", flush=True)
-                if step % config.checkpoint_every_steps == 0 or step == config.total_steps:
+                preempted = stop["signal"] is not None
+                if step % config.checkpoint_every_steps == 0 or step == config.total_steps or preempted:
                     last_train = jax.device_get(metrics)
                     save(step)
-                if stop["signal"] is not None:
-                    last_train = jax.device_get(metrics)
-                    save(step)
+                if preempted:
                     ckpt.close()
                     if is_writer:
                         print(f"received signal {stop['signal']}: saved a checkpoint at step {step}; exiting", flush=True)

@@ -105,6 +105,9 @@ class MlpBlock(nn.Module):
     bias_init: Callable = nn.initializers.normal(stddev=1e-6)
     # Logical names of the activations' leading axes (before the feature axis).
     act_axes: tuple[str, ...] = ("batch", "length")
+    # Logical name of the input (and default output) feature axis; the Mixer's token MLP mixes
+    # patches, so it names them 'length'.
+    embed_axis: str = "embed"
 
     @nn.compact
     def __call__(self, x_BTD: Array, mask_BT: Array | None = None, *, train: bool = False):
@@ -116,14 +119,14 @@ class MlpBlock(nn.Module):
             feats, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
             kernel_init=nn.with_logical_partitioning(self.kernel_init, names),
             bias_init=nn.with_logical_partitioning(self.bias_init, names[1:]), name=name)
-        h_BTF = dense(self.d_ff, ("embed", "mlp"), "wi")(x_BTD)
+        h_BTF = dense(self.d_ff, (self.embed_axis, "mlp"), "wi")(x_BTD)
         a_BTF = ACTIVATIONS[self.activation](h_BTF)
         a_BTF = topk_mask(a_BTF, self.topk)
         a_BTF = nn.with_logical_constraint(a_BTF, (*self.act_axes, "mlp"))
         stats = activation_stats(a_BTF, mask_BT, neuron_freq=self.neuron_freq,
                                  count_hist_bins=self.count_hist_bins)
         a_BTF = nn.Dropout(self.dropout_rate)(a_BTF, deterministic=not train)
-        out_names = ("mlp", "embed") if self.out_features is None else ("mlp", "classes")
+        out_names = ("mlp", self.embed_axis) if self.out_features is None else ("mlp", "classes")
         y_BTD = dense(self.out_features or d_model, out_names, "wo")(a_BTF)
         return y_BTD, stats
 

@@ -127,7 +127,7 @@ class Experiment:
         params = optax.apply_updates(state.params, updates)
         weight = jnp.maximum(sums["weight"], 1.0)
         metrics = {"loss": sums["loss"] / weight, "accuracy": sums["correct"] / weight,
-                   "learning_rate": self.schedule(state.step), "grad_norm": optax.global_norm(grads),
+                   "learning_rate": self.schedule(state.step), "grad_norm": optax.tree.norm(grads),
                    **stats_to_metrics(aux)}
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

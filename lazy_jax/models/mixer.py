@@ -14,6 +14,13 @@ from lazy_jax.models.stack import dtype_of, layer_stack
 from lazy_jax.models.vit import parse_variant
 from lazy_jax.sparsity import MlpBlock
 
+_named = nn.with_logical_partitioning
+
+
+def _layer_norm(dtype, name):
+    return nn.LayerNorm(dtype=dtype, name=name, scale_init=_named(nn.initializers.ones, ("embed",)),
+                        bias_init=_named(nn.initializers.zeros, ("embed",)))
+
 # size: (hidden, depth, tokens_mlp_dim, channels_mlp_dim)
 MIXER_SIZES = {
     "Mu": (128, 6, 64, 512),
@@ -38,13 +45,14 @@ class MixerLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x_BTD, mask_B):
-        ln = lambda name: nn.LayerNorm(dtype=self.dtype, name=name)
+        ln = lambda name: _layer_norm(self.dtype, name)
         train = not self.deterministic
         # Token mixing acts on [B, D, T]: each channel row is a "token" of this MLP.
         y_BDT = jnp.swapaxes(ln("ln_token")(x_BTD), 1, 2)
         mask_BD = jnp.broadcast_to(mask_B[:, None], y_BDT.shape[:2])
+        # Its features are the patches: name them 'length', so 'embed' always means the width.
         y_BDT, token_stats = MlpBlock(**self.tokens_mlp, dtype=self.dtype, act_axes=("batch", "embed"),
-                                      name="token_mlp")(y_BDT, mask_BD, train=train)
+                                      embed_axis="length", name="token_mlp")(y_BDT, mask_BD, train=train)
         x_BTD = x_BTD + jnp.swapaxes(y_BDT, 1, 2)
         mask_BT = jnp.broadcast_to(mask_B[:, None], x_BTD.shape[:2])
         y_BTD, channel_stats = MlpBlock(**self.channels_mlp, dtype=self.dtype, name="channel_mlp")(
@@ -64,7 +72,8 @@ class Mixer(nn.Module):
         image_BHWC = batch["image"].astype(dtype)
         n = image_BHWC.shape[0]
         x_BhwD = nn.Conv(hidden, (patch, patch), strides=(patch, patch), padding="VALID", dtype=dtype,
-                         name="stem")(image_BHWC)
+                         kernel_init=_named(nn.initializers.lecun_normal(), (None, None, None, "embed")),
+                         bias_init=_named(nn.initializers.zeros, ("embed",)), name="stem")(image_BHWC)
         x_BTD = x_BhwD.reshape(n, -1, hidden)
         mask_B = batch.get("mask", jnp.ones((n,), jnp.float32))
         common = dict(activation=cfg.activation, topk=cfg.topk, dropout_rate=cfg.dropout_rate,
@@ -73,6 +82,8 @@ class Mixer(nn.Module):
                      deterministic=not train, dtype=dtype)
         x_BTD, stats = layer_stack("mixerblock", MixerLayer, layer, depth, x_BTD, mask_B,
                                    scan=cfg.scan_layers, remat_policy=cfg.remat_policy)
-        x_BD = jnp.mean(nn.LayerNorm(dtype=dtype, name="pre_head_norm")(x_BTD), axis=1)
-        logits_BC = nn.Dense(cfg.num_classes, dtype=dtype, kernel_init=nn.initializers.zeros, name="head")(x_BD)
+        x_BD = jnp.mean(_layer_norm(dtype, "pre_head_norm")(x_BTD), axis=1)
+        logits_BC = nn.Dense(cfg.num_classes, dtype=dtype, name="head",
+                             kernel_init=_named(nn.initializers.zeros, ("embed", "classes")),
+                             bias_init=_named(nn.initializers.zeros, ("classes",)))(x_BD)
         return logits_BC.astype(jnp.float32), stats

@@ -113,7 +113,9 @@ class ViT(nn.Module):
         layer = dict(num_heads=heads, mlp=mlp, dropout_rate=cfg.dropout_rate, deterministic=not train, dtype=dtype)
         x_BTD, stats = layer_stack("encoderblock", EncoderLayer, layer, depth, x_BTD, mask_BT,
                                    scan=cfg.scan_layers, remat_policy=cfg.remat_policy)
-        x_BTD = nn.LayerNorm(dtype=dtype, name="encoder_norm")(x_BTD)
+        x_BTD = nn.LayerNorm(dtype=dtype, name="encoder_norm",
+                             scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(x_BTD)
         x_BD = x_BTD[:, 0] if cfg.pool == "cls" else jnp.mean(x_BTD, axis=1)
         logits_BC = nn.Dense(cfg.num_classes, dtype=dtype, name="head",
                              kernel_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed", "classes")),

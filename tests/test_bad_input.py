@@ -1,0 +1,75 @@
+"""Bad input gets a clear error naming the value and what is allowed, before any work is done."""
+import subprocess
+import sys
+
+import pytest
+
+from lazy_jax.config_base import load_config
+from lazy_jax.run import train_and_evaluate
+from tests.test_train import tiny_config, data_dir  # noqa: F401  (fixture)
+
+
+def run_main(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "lazy_jax.main", *args], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+
+
+def test_unknown_config_key_is_refused_by_name(tmp_path):
+    out = run_main("--config=configs/vit.py:local", f"--workdir={tmp_path}", "--config.model.not_a_key=3")
+    assert out.returncode != 0
+    assert "not_a_key" in out.stderr
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_unknown_config_argument():
+    with pytest.raises(ValueError, match=r"'colour' is unknown; allowed: \['dataset', 'local', 'topk', 'variant'\]"):
+        load_config("configs/vit.py:colour=red")
+
+
+def test_unknown_dataset(data_dir, tmp_path):
+    c = tiny_config(data_dir)
+    c.data.name = "no_such_dataset"
+    with pytest.raises(ValueError, match="no_such_dataset"):
+        train_and_evaluate(c, tmp_path)
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("k", [-1, 513])
+def test_topk_out_of_range(data_dir, tmp_path, k):
+    c = tiny_config(data_dir)
+    c.model.topk = k
+    with pytest.raises(ValueError, match=rf"k={k} is not allowed.*d_ff=512"):
+        train_and_evaluate(c, tmp_path)
+
+
+def test_mesh_that_does_not_match_devices(data_dir, tmp_path):
+    c = tiny_config(data_dir)
+    c.mesh.update(data=3, fsdp=1, model=1)
+    with pytest.raises(ValueError, match=r"needs 3 devices but 8 are present"):
+        train_and_evaluate(c, tmp_path)
+
+
+def test_batch_not_divisible_by_data_parallel_size(data_dir, tmp_path):
+    c = tiny_config(data_dir, batch_size=12)
+    c.mesh.update(data=8, fsdp=1, model=1)
+    with pytest.raises(ValueError, match=r"batch_size=12 must be a positive multiple of the data-parallel size 8"):
+        train_and_evaluate(c, tmp_path)
+
+
+def test_checkpoint_of_another_model_shape(data_dir, tmp_path):
+    train_and_evaluate(tiny_config(data_dir, total_steps=3), tmp_path)
+    before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    metrics_before = (tmp_path / "metrics.jsonl").read_text()
+    other = tiny_config(data_dir)
+    other.model.variant = "Mu/2"  # more patches: another position-embedding shape
+    with pytest.raises(ValueError, match=r"belongs to a model of another shape.*pos_embedding"):
+        train_and_evaluate(other, tmp_path)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+    assert (tmp_path / "metrics.jsonl").read_text() == metrics_before
+
+
+def test_main_prints_a_clean_error(tmp_path):
+    out = run_main("--config=configs/vit.py:local", f"--workdir={tmp_path}", "--config.model.topk=100000")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("error: topk k=100000 is not allowed")
+    assert "Traceback" not in out.stderr
