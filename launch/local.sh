@@ -59,6 +59,9 @@ case "$cmd" in
     ;;
   test)
     ensure_venv
+    # The T5 parity test compares with transformers' PyTorch T5, which runs in its own
+    # Python 3.11 environment with a CPU torch (.venv-hf, made once, ~1-2 minutes).
+    "$venv/bin/python" tests/hf_reference.py --setup
     "$venv/bin/python" -m pytest tests "$@"
     ;;
   *)

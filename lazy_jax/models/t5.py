@@ -1,0 +1,503 @@
+"""T5 v1.0 (ReLU MLP, no gating) encoder-decoder, as in t5x and Hugging Face's T5ForConditionalGeneration.
+
+Architecture: one embedding shared by encoder input, decoder input and the output logits (the
+decoder output is scaled by d_model**-0.5 before the tied logits); pre-norm RMS layer norms
+(no bias, no mean subtraction, computed in f32); no biases anywhere; attention without the
+1/sqrt(d_kv) scaling (folded into the query initialisation); relative position biases
+(bidirectional in the encoder, causal in the decoder) computed once per stack and shared by all
+its layers; dropout after the embedding, on attention probabilities, after the MLP activation
+(in `MlpBlock`), on every residual branch and after the final norm of each stack.
+
+`T5(config.model).apply(variables, batch, train=...)` takes t5x-named batches
+  {'encoder_input_tokens' [B,Ti] int32, 'decoder_input_tokens' [B,Tt], 'decoder_target_tokens' [B,Tt]}
+(0 = padding; optional 'encoder_mask' [B,Ti] / 'decoder_mask' [B,Tt] override the token masks,
+which are encoder_input_tokens > 0 and decoder_target_tokens > 0 since the decoder input starts
+with 0 as BOS) and returns (logits [B,Tt,V] float32, {'encoder': stats [L_enc], 'decoder': stats [L_dec]}).
+Padding never counts in the statistics. Attention masks only padded keys (and future keys in
+the decoder), as Hugging Face does; outputs at padded query positions are defined but unused.
+
+Methods for `apply(..., method=...)`: `T5.encode(tokens)` -> (encoded [B,Ti,D], stats),
+`T5.decode(encoded, encoder_mask, decoder_input_tokens, ...)` -> (logits, stats); the module
+function `greedy_decode(model, variables, tokens, max_decode_len)` decodes with a KV cache.
+
+Config fields (config.model, see `default_model_config`):
+  name            't5'
+  size            'tiny' | 'small' | 'base' | 'large' | '3B' | '11B' | 'custom' (sets the dimensions)
+  vocab_size      32128 for the released checkpoints
+  d_model, num_heads, d_kv, d_ff, num_encoder_layers, num_decoder_layers:
+                  None = from `size`; an int overrides it ('custom' needs all of them)
+  relative_attention_num_buckets (32), relative_attention_max_distance (128), layer_norm_epsilon (1e-6)
+  dtype           'float32' | 'bfloat16': activations; parameters stay float32, norms, softmax and
+                  logits are computed in float32
+  dropout_rate    T5 dropout rate (0.1 for pre-training in the paper's setup, 0 to fine-tune)
+  activation      'relu' (T5 v1.0); any key of sparsity.ACTIVATIONS to measure other choices
+  topk            Top-k per token in every MLP (same k per layer); 0 = dense
+  scan_layers     nn.scan over the layers of each stack (params get a leading 'layers' axis)
+  remat_policy    'none' | 'minimal' | 'full' | 'save_dots' (models.stack.REMAT_POLICIES)
+  neuron_freq     also return per-neuron activation frequency [d_ff] per layer
+  count_hist_bins histogram of per-token nonzero counts (0 = off)
+Logical axis names: params 'vocab', 'embed', 'heads', 'kv', 'mlp', 'relpos_buckets' and
+'layers' (scan); activations 'batch', 'length', 'embed', 'heads', 'kv', 'mlp'.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from lazy_jax.models.stack import REMAT_POLICIES, check_remat_policy, dtype_of
+from lazy_jax.sparsity import ACTIVATIONS, MlpBlock, check_topk, stack_layer_stats
+
+Array = jax.Array
+
+# size: (d_model, num_heads, num_encoder_layers, num_decoder_layers, d_ff, d_kv)
+T5_SIZES = {
+    "tiny": (64, 2, 2, 2, 256, 32),
+    "small": (512, 8, 6, 6, 2048, 64),
+    "base": (768, 12, 12, 12, 3072, 64),
+    "large": (1024, 16, 24, 24, 4096, 64),
+    "3B": (1024, 32, 24, 24, 16384, 64),
+    "11B": (1024, 128, 24, 24, 65536, 64),
+}
+DIM_FIELDS = ("d_model", "num_heads", "num_encoder_layers", "num_decoder_layers", "d_ff", "d_kv")
+MASK_LOGIT = -1e10  # finite, so a row with no valid key gives a uniform softmax, not NaN
+
+
+def default_model_config(size: str = "base") -> ml_collections.ConfigDict:
+    """The T5 v1.0 model config; see the module docstring for the fields."""
+    if size not in T5_SIZES and size != "custom":
+        raise ValueError(f"T5 size={size!r} is unknown; allowed: {[*T5_SIZES, 'custom']}")
+    return ml_collections.ConfigDict(dict(
+        name="t5",
+        size=size,
+        vocab_size=32128,
+        **{f: None for f in DIM_FIELDS},  # None = from `size`
+        relative_attention_num_buckets=32,
+        relative_attention_max_distance=128,
+        layer_norm_epsilon=1e-6,
+        dtype="float32",
+        dropout_rate=0.0,
+        activation="relu",
+        topk=0,
+        scan_layers=False,
+        remat_policy="none",
+        neuron_freq=False,
+        count_hist_bins=0,
+    ))
+
+
+def t5_dims(config) -> dict[str, int]:
+    """Resolves {d_model, num_heads, num_encoder_layers, num_decoder_layers, d_ff, d_kv} of a config."""
+    size = config.get("size", "custom")
+    if size not in T5_SIZES and size != "custom":
+        raise ValueError(f"T5 size={size!r} is unknown; allowed: {[*T5_SIZES, 'custom']}")
+    preset = dict(zip(DIM_FIELDS, T5_SIZES[size])) if size in T5_SIZES else {}
+    dims = {}
+    for f in DIM_FIELDS:
+        v = config.get(f) if config.get(f) is not None else preset.get(f)
+        if v is None:
+            raise ValueError(f"T5 size='custom' needs model.{f}; set all of {list(DIM_FIELDS)}")
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise ValueError(f"model.{f}={v!r} is not allowed: use a positive integer")
+        dims[f] = v
+    return dims
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Spec:
+    """Resolved, validated, hashable model hyper-parameters (what the submodules get)."""
+    vocab_size: int
+    d_model: int
+    num_heads: int
+    num_encoder_layers: int
+    num_decoder_layers: int
+    d_ff: int
+    d_kv: int
+    num_buckets: int
+    max_distance: int
+    eps: float
+    dtype: Any
+    dropout_rate: float
+    activation: str
+    topk: int
+    scan_layers: bool
+    remat_policy: str
+    neuron_freq: bool
+    count_hist_bins: int
+
+
+def t5_spec(config) -> T5Spec:
+    dims = t5_dims(config)
+    check_topk(config.topk, dims["d_ff"])
+    check_remat_policy(config.remat_policy)
+    # Other activations are allowed (to study them); T5 v1.0 and the HF loader are ReLU.
+    if config.activation not in ACTIVATIONS:
+        raise ValueError(f"model.activation={config.activation!r} is unknown; allowed: {sorted(ACTIVATIONS)}")
+    buckets, max_distance = config.relative_attention_num_buckets, config.relative_attention_max_distance
+    if not isinstance(buckets, int) or buckets < 4 or buckets % 2:
+        raise ValueError(f"model.relative_attention_num_buckets={buckets!r} is not allowed: use an even integer >= 4")
+    if not isinstance(max_distance, int) or max_distance <= buckets // 2:
+        # Below this the logarithmic buckets are empty (log(max_distance / max_exact) <= 0).
+        raise ValueError(f"model.relative_attention_max_distance={max_distance!r} is not allowed: use an integer "
+                         f"> relative_attention_num_buckets // 2 = {buckets // 2}")
+    return T5Spec(
+        vocab_size=int(config.vocab_size), **dims,
+        num_buckets=int(config.relative_attention_num_buckets),
+        max_distance=int(config.relative_attention_max_distance),
+        eps=float(config.layer_norm_epsilon), dtype=dtype_of(config.dtype),
+        dropout_rate=float(config.dropout_rate), activation=config.activation, topk=int(config.topk),
+        scan_layers=bool(config.scan_layers), remat_policy=config.remat_policy,
+        neuron_freq=bool(config.neuron_freq), count_hist_bins=int(config.count_hist_bins))
+
+
+def relative_position_bucket(relative_position: np.ndarray, *, bidirectional: bool, num_buckets: int = 32,
+                             max_distance: int = 128) -> np.ndarray:
+    """T5's bucket of `memory_position - query_position` (Mesh TensorFlow / HF, same float32 steps).
+
+    Half the buckets (per direction when bidirectional) are exact distances, the rest grow
+    logarithmically up to `max_distance`; farther distances share the last bucket. Causal
+    (bidirectional=False) maps every future position (relative_position > 0) to bucket 0.
+    Static shapes only: computed in numpy at trace time.
+    """
+    rel = np.asarray(relative_position, np.int64)
+    bucket = np.zeros_like(rel)
+    if bidirectional:
+        num_buckets //= 2
+        bucket += (rel > 0).astype(np.int64) * num_buckets
+        n = np.abs(rel)
+    else:
+        n = -np.minimum(rel, 0)
+    max_exact = num_buckets // 2
+    with np.errstate(divide="ignore"):
+        scaled = (np.log(n.astype(np.float32) / np.float32(max_exact))
+                  / np.float32(math.log(max_distance / max_exact)) * np.float32(num_buckets - max_exact))
+    large = max_exact + np.where(n < max_exact, 0, scaled).astype(np.int64)
+    large = np.minimum(large, num_buckets - 1)
+    return bucket + np.where(n < max_exact, n, large)
+
+
+def _ones_init(key, shape, dtype=jnp.float32):
+    return jnp.ones(shape, dtype)
+
+
+class RmsNorm(nn.Module):
+    """T5 layer norm: x / rms(x) * scale, in f32, no bias, no mean subtraction."""
+    eps: float
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x_BTD: Array) -> Array:
+        scale_D = self.param("scale", nn.with_logical_partitioning(_ones_init, ("embed",)), (x_BTD.shape[-1],))
+        x32 = x_BTD.astype(jnp.float32)
+        y32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        return (y32 * scale_D).astype(self.dtype)
+
+
+class Embedder(nn.Module):
+    """The shared token embedding [V, D]: lookup, and `attend` for the tied f32 logits."""
+    vocab_size: int
+    d_model: int
+    dtype: Any
+
+    def setup(self):
+        self.embedding = self.param("embedding", nn.with_logical_partitioning(
+            nn.initializers.normal(stddev=1.0), ("vocab", "embed")), (self.vocab_size, self.d_model))
+
+    def __call__(self, tokens_BT: Array) -> Array:
+        return jnp.take(self.embedding, tokens_BT, axis=0).astype(self.dtype)
+
+    def attend(self, y_BTD: Array) -> Array:
+        return jnp.einsum("btd,vd->btv", y_BTD, self.embedding.astype(self.dtype),
+                          preferred_element_type=jnp.float32)
+
+
+class RelativePositionBias(nn.Module):
+    """Per-head bias of every (query, key) pair from its relative-position bucket: [1, H, Q, K]."""
+    spec: T5Spec
+    bidirectional: bool
+
+    @nn.compact
+    def __call__(self, q_len: int, k_len: int) -> Array:
+        s = self.spec
+        table_NH = self.param("rel_embedding", nn.with_logical_partitioning(
+            nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"), ("relpos_buckets", "heads")),
+            (s.num_buckets, s.num_heads))
+        rel_QK = np.arange(k_len)[None, :] - np.arange(q_len)[:, None]
+        bucket_QK = relative_position_bucket(rel_QK, bidirectional=self.bidirectional,
+                                             num_buckets=s.num_buckets, max_distance=s.max_distance)
+        bias_QKH = jnp.take(table_NH, jnp.asarray(bucket_QK, jnp.int32), axis=0)
+        return jnp.transpose(bias_QKH, (2, 0, 1))[None].astype(jnp.float32)
+
+
+class Attention(nn.Module):
+    """Multi-head attention without 1/sqrt(d_kv) scaling (T5); optional KV cache for decoding.
+
+    `decode=True` (self-attention only): x is one position [B,1,D] at `decode_step`; keys and
+    values are written into the 'cache' collection ([B, max_len, H, K], created on first use).
+    """
+    spec: T5Spec
+    train: bool = False
+
+    @nn.compact
+    def __call__(self, x_BQD: Array, kv_BSD: Array, bias_1HQS: Array | None, mask_B1QS: Array | None,
+                 *, decode: bool = False, decode_step: Array | None = None, max_len: int | None = None):
+        s = self.spec
+        d, h, k = s.d_model, s.num_heads, s.d_kv
+        normal = lambda std: nn.initializers.normal(stddev=std)
+        qkv_names = ("embed", "heads", "kv")
+        # The query init carries T5's 1/sqrt(d_kv) (attention logits are not scaled).
+        wq = self.param("query", nn.with_logical_partitioning(normal((d * k) ** -0.5), qkv_names), (d, h, k))
+        wk = self.param("key", nn.with_logical_partitioning(normal(d ** -0.5), qkv_names), (d, h, k))
+        wv = self.param("value", nn.with_logical_partitioning(normal(d ** -0.5), qkv_names), (d, h, k))
+        wo = self.param("out", nn.with_logical_partitioning(normal((h * k) ** -0.5), ("heads", "kv", "embed")),
+                        (h, k, d))
+        dt = s.dtype
+        proj = lambda x, w: nn.with_logical_constraint(
+            jnp.einsum("btd,dhk->bthk", x, w.astype(dt)), ("batch", "length", "heads", "kv"))
+        q_BQHK, k_BSHK, v_BSHK = proj(x_BQD, wq), proj(kv_BSD, wk), proj(kv_BSD, wv)
+        if decode:
+            b = x_BQD.shape[0]
+            cached_k = self.variable("cache", "cached_key", jnp.zeros, (b, max_len, h, k), dt)
+            cached_v = self.variable("cache", "cached_value", jnp.zeros, (b, max_len, h, k), dt)
+            at = (0, decode_step, 0, 0)
+            cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_BSHK.astype(dt), at)
+            cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_BSHK.astype(dt), at)
+            k_BSHK, v_BSHK = cached_k.value, cached_v.value
+        logits_BHQS = jnp.einsum("bqhk,bshk->bhqs", q_BQHK, k_BSHK, preferred_element_type=jnp.float32)
+        if bias_1HQS is not None:
+            logits_BHQS = logits_BHQS + bias_1HQS
+        if mask_B1QS is not None:
+            logits_BHQS = jnp.where(mask_B1QS, logits_BHQS, MASK_LOGIT)
+        probs_BHQS = jax.nn.softmax(logits_BHQS, axis=-1).astype(dt)
+        probs_BHQS = nn.Dropout(s.dropout_rate)(probs_BHQS, deterministic=not self.train)
+        out_BQHK = jnp.einsum("bhqs,bshk->bqhk", probs_BHQS, v_BSHK)
+        return jnp.einsum("bqhk,hkd->bqd", out_BQHK, wo.astype(dt))
+
+
+def _mlp(spec: T5Spec) -> MlpBlock:
+    return MlpBlock(d_ff=spec.d_ff, activation=spec.activation, topk=spec.topk, use_bias=False,
+                    dropout_rate=spec.dropout_rate, neuron_freq=spec.neuron_freq,
+                    count_hist_bins=spec.count_hist_bins, dtype=spec.dtype, param_dtype=jnp.float32,
+                    kernel_init=nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
+                    name="mlp")
+
+
+def _residual(spec: T5Spec, train: bool, x_BTD: Array, y_BTD: Array) -> Array:
+    y_BTD = nn.Dropout(spec.dropout_rate)(y_BTD, deterministic=not train)
+    return nn.with_logical_constraint(x_BTD + y_BTD, ("batch", "length", "embed"))
+
+
+class EncoderLayer(nn.Module):
+    """x + SelfAttention(norm(x)); x + Mlp(norm(x)). Returns (x, MlpBlock stats)."""
+    spec: T5Spec
+    train: bool = False
+
+    @nn.compact
+    def __call__(self, x_BTD, bias_1HTT, mask_B1TT, token_mask_BT):
+        s = self.spec
+        h_BTD = RmsNorm(s.eps, s.dtype, name="pre_attention_layer_norm")(x_BTD)
+        y_BTD = Attention(s, self.train, name="attention")(h_BTD, h_BTD, bias_1HTT, mask_B1TT)
+        x_BTD = _residual(s, self.train, x_BTD, y_BTD)
+        h_BTD = RmsNorm(s.eps, s.dtype, name="pre_mlp_layer_norm")(x_BTD)
+        y_BTD, stats = _mlp(s)(h_BTD, token_mask_BT, train=self.train)
+        return _residual(s, self.train, x_BTD, y_BTD), stats
+
+
+class DecoderLayer(nn.Module):
+    """x + CausalSelfAttention(norm(x)); x + CrossAttention(norm(x), encoded); x + Mlp(norm(x))."""
+    spec: T5Spec
+    train: bool = False
+    decode: bool = False
+    max_len: int | None = None
+
+    @nn.compact
+    def __call__(self, x_BTD, encoded_BSD, bias_1HTT, self_mask_B1TT, cross_mask_B1TS, token_mask_BT,
+                 decode_step):
+        s = self.spec
+        h_BTD = RmsNorm(s.eps, s.dtype, name="pre_self_attention_layer_norm")(x_BTD)
+        y_BTD = Attention(s, self.train, name="self_attention")(
+            h_BTD, h_BTD, bias_1HTT, self_mask_B1TT, decode=self.decode, decode_step=decode_step,
+            max_len=self.max_len)
+        x_BTD = _residual(s, self.train, x_BTD, y_BTD)
+        h_BTD = RmsNorm(s.eps, s.dtype, name="pre_cross_attention_layer_norm")(x_BTD)
+        # Cross-attention keys/values are recomputed from `encoded` at every decoding step (as t5x).
+        y_BTD = Attention(s, self.train, name="encoder_decoder_attention")(h_BTD, encoded_BSD, None, cross_mask_B1TS)
+        x_BTD = _residual(s, self.train, x_BTD, y_BTD)
+        h_BTD = RmsNorm(s.eps, s.dtype, name="pre_mlp_layer_norm")(x_BTD)
+        y_BTD, stats = _mlp(s)(h_BTD, token_mask_BT, train=self.train)
+        return _residual(s, self.train, x_BTD, y_BTD), stats
+
+
+def _run_layers(layer_cls, layer_kwargs: dict, num_layers: int, spec: T5Spec, x, *broadcast_args):
+    """Layers as a Python loop (params `layers_<i>`) or one nn.scan (params `layers`, leading [L]).
+
+    Call inside a compact method; returns (x, stats stacked [L]) either way.
+    """
+    policy = REMAT_POLICIES[spec.remat_policy]
+    cls = layer_cls if spec.remat_policy == "none" else nn.remat(
+        layer_cls, policy=policy, prevent_cse=not spec.scan_layers)
+    if spec.scan_layers:
+        scanned = nn.scan(
+            cls, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast,) * len(broadcast_args), length=num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"})
+        return scanned(**layer_kwargs, name="layers")(x, *broadcast_args)
+    per_layer = []
+    for i in range(num_layers):
+        x, stats = cls(**layer_kwargs, name=f"layers_{i}")(x, *broadcast_args)
+        per_layer.append(stats)
+    return x, stack_layer_stats(per_layer)
+
+
+class Encoder(nn.Module):
+    spec: T5Spec
+
+    @nn.compact
+    def __call__(self, x_BTD: Array, token_mask_BT: Array, *, train: bool = False):
+        s = self.spec
+        t = x_BTD.shape[1]
+        bias_1HTT = RelativePositionBias(s, bidirectional=True, name="relpos_bias")(t, t)
+        mask_B1TT = jnp.broadcast_to(token_mask_BT[:, None, None, :], (x_BTD.shape[0], 1, t, t))
+        x_BTD = nn.Dropout(s.dropout_rate)(x_BTD, deterministic=not train)
+        x_BTD, stats = _run_layers(EncoderLayer, dict(spec=s, train=train), s.num_encoder_layers, s,
+                                   x_BTD, bias_1HTT, mask_B1TT, token_mask_BT.astype(jnp.float32))
+        x_BTD = RmsNorm(s.eps, s.dtype, name="encoder_norm")(x_BTD)
+        return nn.Dropout(s.dropout_rate)(x_BTD, deterministic=not train), stats
+
+
+class Decoder(nn.Module):
+    spec: T5Spec
+
+    @nn.compact
+    def __call__(self, y_BTD: Array, encoded_BSD: Array, encoder_mask_BS: Array, token_mask_BT: Array | None,
+                 *, train: bool = False, decode: bool = False, max_len: int | None = None):
+        s = self.spec
+        b, t = y_BTD.shape[:2]
+        relpos = RelativePositionBias(s, bidirectional=False, name="relpos_bias")
+        if decode:
+            if t != 1 or max_len is None:
+                raise ValueError(f"decode=True takes one position at a time (got length {t}) and max_len "
+                                 f"(got {max_len!r})")
+            step = self.variable("cache", "decode_step", lambda: jnp.zeros((), jnp.int32))
+            decode_step = step.value
+            step.value = decode_step + 1
+            # Bias row of the current position over all cache positions; only keys <= step are valid.
+            bias_1HTT = jax.lax.dynamic_slice_in_dim(relpos(max_len, max_len), decode_step, 1, axis=2)
+            self_mask_B1TT = jnp.broadcast_to(jnp.arange(max_len) <= decode_step, (b, 1, 1, max_len))
+        else:
+            decode_step = None
+            bias_1HTT = relpos(t, t)
+            self_mask_B1TT = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), jnp.bool_)), (b, 1, t, t))
+            if token_mask_BT is not None:
+                self_mask_B1TT = self_mask_B1TT & token_mask_BT[:, None, None, :].astype(jnp.bool_)
+        cross_mask_B1TS = jnp.broadcast_to(encoder_mask_BS[:, None, None, :].astype(jnp.bool_),
+                                           (b, 1, t, encoded_BSD.shape[1]))
+        stats_mask_BT = jnp.ones((b, t), jnp.float32) if token_mask_BT is None else token_mask_BT.astype(jnp.float32)
+        y_BTD = nn.Dropout(s.dropout_rate)(y_BTD, deterministic=not train)
+        y_BTD, stats = _run_layers(
+            DecoderLayer, dict(spec=s, train=train, decode=decode, max_len=max_len), s.num_decoder_layers, s,
+            y_BTD, encoded_BSD, bias_1HTT, self_mask_B1TT, cross_mask_B1TS, stats_mask_BT, decode_step)
+        y_BTD = RmsNorm(s.eps, s.dtype, name="decoder_norm")(y_BTD)
+        return nn.Dropout(s.dropout_rate)(y_BTD, deterministic=not train), stats
+
+
+class T5(nn.Module):
+    """T5 v1.0 encoder-decoder; `config` is config.model (see the module docstring)."""
+    config: Any
+
+    def __post_init__(self):
+        # A frozen (hashable) copy, so the module can be a static argument of jax.jit.
+        if isinstance(self.config, (ml_collections.ConfigDict, dict)) and not isinstance(
+                self.config, ml_collections.FrozenConfigDict):
+            object.__setattr__(self, "config", ml_collections.FrozenConfigDict(self.config))
+        super().__post_init__()
+
+    def setup(self):
+        self.spec = t5_spec(self.config)
+        s = self.spec
+        self.token_embedder = Embedder(s.vocab_size, s.d_model, s.dtype)
+        self.encoder = Encoder(s)
+        self.decoder = Decoder(s)
+
+    def encode(self, encoder_input_tokens: Array, encoder_mask: Array | None = None, *, train: bool = False):
+        """-> (encoded [B,Ti,D] in the activation dtype, encoder stats [L_enc])."""
+        if encoder_mask is None:
+            encoder_mask = encoder_input_tokens > 0
+        x_BTD = self.token_embedder(encoder_input_tokens)
+        return self.encoder(x_BTD, encoder_mask.astype(jnp.bool_), train=train)
+
+    def decode(self, encoded: Array, encoder_mask: Array, decoder_input_tokens: Array,
+               decoder_mask: Array | None = None, *, train: bool = False, decode: bool = False,
+               max_decode_length: int | None = None):
+        """-> (logits [B,Tt,V] f32, decoder stats [L_dec]).
+
+        decoder_mask [B,Tt] (None = every position valid) masks padded keys and the statistics.
+        decode=True runs one position with the KV cache ('cache' collection, mutable) of
+        length max_decode_length.
+        """
+        y_BTD = self.token_embedder(decoder_input_tokens)
+        y_BTD, stats = self.decoder(y_BTD, encoded, encoder_mask, decoder_mask, train=train, decode=decode,
+                                    max_len=max_decode_length)
+        # T5 v1.0 ties the output layer to the embedding and rescales the decoder output first.
+        logits_BTV = self.token_embedder.attend(y_BTD * (self.spec.d_model ** -0.5))
+        return nn.with_logical_constraint(logits_BTV, ("batch", "length", "vocab")), stats
+
+    def __call__(self, batch: dict, *, train: bool = False):
+        missing = [k for k in ("encoder_input_tokens", "decoder_input_tokens") if k not in batch]
+        if missing or ("decoder_target_tokens" not in batch and "decoder_mask" not in batch):
+            raise ValueError(f"T5 batch needs 'encoder_input_tokens', 'decoder_input_tokens' and "
+                             f"'decoder_target_tokens' (or 'decoder_mask'); got keys {sorted(batch)}")
+        enc_mask = batch.get("encoder_mask")
+        if enc_mask is None:
+            enc_mask = batch["encoder_input_tokens"] > 0
+        dec_mask = batch.get("decoder_mask")
+        if dec_mask is None:
+            # The decoder input starts with BOS = 0, so its padding is read off the targets (as t5x).
+            dec_mask = batch["decoder_target_tokens"] > 0
+        encoded, enc_stats = self.encode(batch["encoder_input_tokens"], enc_mask, train=train)
+        logits, dec_stats = self.decode(encoded, enc_mask, batch["decoder_input_tokens"], dec_mask, train=train)
+        return logits, {"encoder": enc_stats, "decoder": dec_stats}
+
+
+def greedy_decode(model: T5, variables: dict, encoder_input_tokens: Array, max_decode_len: int, *,
+                  eos_id: int | None = 1) -> Array:
+    """Greedy decoding with a KV cache: -> tokens [B, max_decode_len] int32.
+
+    Starts from BOS = 0; after a row emits `eos_id` its later tokens are 0 (padding); eos_id may
+    be a traced int (-1 never matches) or None. Jit it with `jax.jit(greedy_decode, static_argnums=(0, 3))`.
+    """
+    variables = {k: v for k, v in variables.items() if k != "cache"}
+    enc_mask_BS = encoder_input_tokens > 0
+    encoded_BSD, _ = model.apply(variables, encoder_input_tokens, enc_mask_BS, method=T5.encode)
+    b = encoder_input_tokens.shape[0]
+
+    def step(cache, tokens_B1):
+        (logits_B1V, _), new_vars = model.apply(
+            {**variables, "cache": cache}, encoded_BSD, enc_mask_BS, tokens_B1, decode=True,
+            max_decode_length=max_decode_len, method=T5.decode, mutable=["cache"])
+        return new_vars["cache"], logits_B1V[:, 0]
+
+    # The cache starts as zeros (decode_step 0); its shapes come from an abstract first step.
+    cache_shapes = jax.eval_shape(lambda: model.apply(
+        variables, encoded_BSD, enc_mask_BS, jnp.zeros((b, 1), jnp.int32), decode=True,
+        max_decode_length=max_decode_len, method=T5.decode, mutable=["cache"])[1]["cache"])
+    cache = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), cache_shapes)
+
+    def body(carry, _):
+        cache, tokens_B, done_B = carry
+        cache, logits_BV = step(cache, tokens_B[:, None])
+        next_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+        next_B = jnp.where(done_B, 0, next_B)
+        if eos_id is not None:
+            done_B = done_B | (next_B == eos_id)
+        return (cache, next_B, done_B), next_B
+
+    init = (cache, jnp.zeros((b,), jnp.int32), jnp.zeros((b,), jnp.bool_))
+    _, out_LB = jax.lax.scan(body, init, None, length=max_decode_len)
+    return out_LB.T
