@@ -8,9 +8,10 @@ and channel-mixing (`channel_mlp`) MLPs.
 
 Arguments: variant=<Mu|S|B|L>/<patch>, dataset=<tfds name>, topk=<k>, local.
 Local (`configs/mixer.py:local`): Mixer-Mu/7 (128 wide, 6 layers, 16 patches) on mnist5k,
-500 steps of batch 64, about 2 minutes on 2 CPU cores:
+500 steps of batch 64, about 2.5 minutes on 2 CPU cores:
   python -m lazy_jax.main --config=configs/mixer.py:local --workdir=runs/mixer_mnist5k
-It should reach ~90% test accuracy with both stacks' nonzero shares under the ~50% of initialisation.
+Measured: 94.5% test accuracy; the channel-mixing MLPs fall from ~50% to 17-35% nonzero per layer (mean 25%), while
+the token-mixing MLPs (16 patches, d_ff 64) stay at ~50-53% in so short a run.
 """
 from lazy_jax.config_base import base_config, parse_arg, vision_data_config
 from lazy_jax.models.mixer import default_model_config

