@@ -33,7 +33,7 @@ def get_config(arg=None):
         c.batch_size, c.eval_batch_size = 4096, 4096
         c.total_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 300_000, 100, 5000, 5000
         c.optimizer.update(learning_rate=1e-3, weight_decay=0.03, warmup_steps=10_000)
-        c.model.update(dtype="bfloat16", scan_layers=True)
+        c.model.update(dtype="bfloat16", scan_layers=False)
     c.model.topk = a.topk
     c.lock()
     return c

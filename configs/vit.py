@@ -41,7 +41,7 @@ def get_config(arg=None):
         c.checkpoint_every_steps = 5000
         c.optimizer.update(learning_rate=1e-3, weight_decay=0.03, warmup_steps=10_000)
         c.model.dtype = "bfloat16"
-        c.model.scan_layers = True
+        c.model.scan_layers = False  # unrolled layers ran 36% faster than nn.scan on an H200 (README)
     c.model.topk = a.topk
     c.lock()
     return c
