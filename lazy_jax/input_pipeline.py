@@ -37,11 +37,27 @@ def complete_model_config(config) -> dict[str, np.ndarray]:
         if config.model.num_classes == -1:
             config.model.num_classes = spec["num_classes"]
         return {"image": np.zeros((1, *spec["image_shape"]), np.float32), "label": np.zeros((1,), np.int32)}
-    from lazy_jax.data import text
+    return _complete_text_model_config(config)
+
+
+def _complete_text_model_config(config) -> dict[str, np.ndarray]:
+    """model.vocab_size -1 = the tokenizer's ids padded to a multiple of 128 (T5: 32100 -> 32128).
+
+    The example row has exactly the keys the text loader's train batches have (with pack=True
+    also the segment ids and positions), built by the same row functions, so the model is
+    initialised on the batch structure it will be trained on.
+    """
+    from lazy_jax.data import span_corruption, text
     spec = text.text_dataset_spec(config.data)
-    if spec["vocab_size"] > config.model.vocab_size:
-        raise ValueError(f"the tokenizer has {spec['vocab_size']} ids (sentinels included) but "
-                         f"model.vocab_size={config.model.vocab_size}; set --config.model.vocab_size>={spec['vocab_size']}")
-    zeros = lambda n: np.zeros((1, n), np.int32)
-    return {"encoder_input_tokens": zeros(spec["inputs_length"]), "decoder_input_tokens": zeros(spec["targets_length"]),
-            "decoder_target_tokens": zeros(spec["targets_length"])}
+    vocab = config.model.vocab_size
+    if vocab == -1:
+        config.model.vocab_size = spec["padded_vocab_size"]
+    elif not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < spec["vocab_size"]:
+        raise ValueError(f"model.vocab_size={vocab!r} is not allowed: the tokenizer has {spec['vocab_size']} ids "
+                         f"(sentinels included); use an integer >= {spec['vocab_size']}, or -1 for the tokenizer's "
+                         f"size padded to a multiple of 128 ({spec['padded_vocab_size']})")
+    inputs_length, targets_length = spec["inputs_length"], spec["targets_length"]
+    if config.data.pack:
+        return span_corruption.pack_rows([[]], inputs_length, targets_length)
+    empty = (np.zeros(0, np.int32), np.zeros(0, np.int32))
+    return span_corruption.pad_rows([empty], inputs_length, targets_length)

@@ -4,14 +4,17 @@ from __future__ import annotations
 import jax.numpy as jnp
 import optax
 
-SCHEDULES = ("warmup_cosine", "rsqrt", "constant")
+SCHEDULES = ("warmup_cosine", "rsqrt", "t5_rsqrt", "constant")
 OPTIMIZERS = ("adamw", "adafactor")
 
 
 def learning_rate_schedule(opt, total_steps: int):
     """warmup_cosine: linear warm-up, then cosine to end_lr_frac*lr.
     rsqrt: linear warm-up, then lr*sqrt(warmup/step) (T5's inverse square root: lr=0.01 and
-    warmup=10k give 1/sqrt(step) after warm-up)."""
+    warmup=10k give 1/sqrt(step) after warm-up).
+    t5_rsqrt: T5's own schedule, lr*sqrt(warmup/max(step, warmup)): constant lr during the
+    warm-up steps (no ramp), then the same decay (lr=0.01, warmup=10k: 1/sqrt(max(step, 10^4)),
+    Raffel et al. 2020, Sec. 3.1.2)."""
     lr, warmup = opt.learning_rate, opt.warmup_steps
     if opt.schedule == "warmup_cosine":
         return optax.warmup_cosine_decay_schedule(
@@ -20,6 +23,9 @@ def learning_rate_schedule(opt, total_steps: int):
     if opt.schedule == "rsqrt":
         w = max(warmup, 1)
         return lambda step: lr * jnp.minimum(step / w, jnp.sqrt(w / jnp.maximum(step, w)))
+    if opt.schedule == "t5_rsqrt":
+        w = max(warmup, 1)
+        return lambda step: lr * jnp.sqrt(w / jnp.maximum(step, w))
     if opt.schedule == "constant":
         return optax.constant_schedule(lr)
     raise ValueError(f"optimizer.schedule={opt.schedule!r} is unknown; allowed: {list(SCHEDULES)}")

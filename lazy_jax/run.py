@@ -3,12 +3,12 @@
 The run resumes from the workdir's newest readable checkpoint at its exact step (the data
 position is the step: batches are a pure function of (seed, step)). Metrics are fetched from
 the device only on logged steps; a NaN/Inf there, or before a checkpoint, stops the run and
-keeps the last good checkpoint. SIGTERM (preemption) saves a checkpoint and exits cleanly.
+keeps the last good checkpoint. SIGTERM (preemption) saves a checkpoint and exits cleanly (with
+several processes, at the next logged step, which all of them agree on).
 """
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import math
 import os
@@ -18,12 +18,14 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from lazy_jax import input_pipeline
 from lazy_jax import sharding as shd
 from lazy_jax.checkpoint import Checkpointer, param_shapes
-from lazy_jax.config_checks import validate_config
+from lazy_jax.config_checks import check_num_classes, validate_config
 from lazy_jax.metrics_writer import MetricsWriter
 from lazy_jax.train import Experiment
 
@@ -68,6 +70,20 @@ def _check_finite(step: int, metrics: dict) -> None:
                                  "check the data)")
 
 
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
+
+
+def _agreed_stop(local_stop: bool, sync_step: bool) -> bool:
+    """Whether to stop after this step. With several processes all must stop at the same step
+    (the checkpoint save is collective), so they agree at logged steps; alone, at once."""
+    if jax.process_count() == 1:
+        return local_stop
+    if not sync_step:
+        return False
+    return bool(np.any(multihost_utils.process_allgather(np.array(local_stop))))
+
+
 def _fmt_eta(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
@@ -93,6 +109,9 @@ class _nullcontext:
 def _train(config, workdir: Path, is_writer: bool) -> dict:
     pi, pc = jax.process_index(), jax.process_count()
     example = input_pipeline.complete_model_config(config)
+    if config.task == "classification":
+        from lazy_jax.data import vision
+        check_num_classes(config.model, vision.dataset_spec(config.data)["num_classes"], config.data.name)
     exp = Experiment(config, example)
     shd.check_batch_size(config.batch_size, exp.mesh, "batch_size")
     shd.check_batch_size(config.eval_batch_size, exp.mesh, "eval_batch_size")
@@ -116,8 +135,16 @@ def _train(config, workdir: Path, is_writer: bool) -> dict:
         if not cfg_path.exists():
             cfg_path.write_text(config.to_json_best_effort(indent=2))
 
+    params_finite = jax.jit(_all_finite, out_shardings=shd.replicated(exp.mesh))
+
     def save(step):
         _check_finite(step, last_train or {})
+        # The metrics of step s come from the parameters before its update: an update that
+        # overflows leaves finite metrics but non-finite parameters, which must not be saved.
+        if not bool(params_finite(state.params)):
+            raise NonFiniteError(f"the parameters after step {step} are not finite (NaN/Inf): the run stops here "
+                                 "without saving them; the last checkpoint written before it is kept (lower the "
+                                 "learning rate or check the data)")
         ckpt.save(step, state, {"step": step, "data_position": step, "param_shapes": shapes,
                                 "model": config.model.to_dict()})
 
@@ -126,7 +153,7 @@ def _train(config, workdir: Path, is_writer: bool) -> dict:
     last_train, last_eval = None, None
     try:
         batches = input_pipeline.train_batches(config, start, pi, pc)
-        t_last, s_last, t_start = time.time(), start, time.time()
+        t_last, s_last = time.time(), start
         with jax.set_mesh(exp.mesh):
             for step in range(start + 1, config.total_steps + 1):
                 batch = shd.global_batch(next(batches), exp.mesh)
@@ -140,28 +167,31 @@ def _train(config, workdir: Path, is_writer: bool) -> dict:
                     writer.write(step, "train", metrics)
                     last_train = metrics
                     if is_writer:
-                        rate = (step - start) / max(now - t_start, 1e-9)
+                        # the recent rate; the first step's includes compilation, so no ETA yet
+                        eta = "--" if step == start + 1 else _fmt_eta((config.total_steps - step) / metrics["steps_per_sec"])
                         print(f"step {step}/{config.total_steps} | loss {metrics['loss']:.4f} | "
                               f"acc {metrics['accuracy']:.3f} | nonzero {100 * metrics['nonzero_frac/mean']:.2f}% | "
-                              f"{metrics['steps_per_sec']:.2f} steps/s | ETA {_fmt_eta((config.total_steps - step) / rate)}",
+                              f"{metrics['steps_per_sec']:.2f} steps/s | ETA {eta}",
                               flush=True)
-                if step % config.eval_every_steps == 0 or step == config.total_steps:
+                if step % config.eval_every_steps == 0 or step in (1, config.total_steps):
                     last_eval = exp.evaluate(state.params, input_pipeline.eval_batches(config, pi, pc))
                     writer.write(step, "eval", last_eval)
                     if is_writer:
                         print(f"eval  {step} | loss {last_eval['loss']:.4f} | acc {last_eval['accuracy']:.3f} | "
                               f"nonzero {100 * last_eval['nonzero_frac/mean']:.2f}%", flush=True)
-                preempted = stop["signal"] is not None
+                preempted = _agreed_stop(stop["signal"] is not None, step % config.log_every_steps == 0)
                 if step % config.checkpoint_every_steps == 0 or step == config.total_steps or preempted:
                     last_train = jax.device_get(metrics)
                     save(step)
                 if preempted:
-                    ckpt.close()
+                    ckpt.wait()
                     if is_writer:
                         print(f"received signal {stop['signal']}: saved a checkpoint at step {step}; exiting", flush=True)
                     return {"train": last_train, "eval": last_eval, "preempted_at": step}
-        ckpt.close()
     finally:
+        # Also on an error: let an in-flight asynchronous save of an earlier (checked) step
+        # commit, instead of leaving a temporary directory behind at exit.
+        ckpt.close()
         signal.signal(signal.SIGTERM, previous)
         writer.close()
     if is_writer:

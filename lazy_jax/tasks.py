@@ -23,9 +23,17 @@ def classification_sums(logits_BC, batch, z_loss: float = 0.0):
 
 
 def seq2seq_sums(logits_BTV, batch, z_loss: float = 0.0):
-    """Token cross-entropy on decoder targets; padding (0) and masked-out rows carry no weight."""
+    """Token cross-entropy and token accuracy on decoder targets.
+
+    Token weights are the batch's 'decoder_loss_weights' when it has them (the text loader's:
+    1 on real target tokens, 0 on padding), else targets > 0; rows with 'mask' 0 (eval padding)
+    carry no weight. z-loss: z_loss * logsumexp(logits)^2 per weighted token (as t5x).
+    """
     targets_BT = batch["decoder_target_tokens"]
-    weight_BT = (targets_BT > 0).astype(jnp.float32)
+    if "decoder_loss_weights" in batch:
+        weight_BT = batch["decoder_loss_weights"].astype(jnp.float32)
+    else:
+        weight_BT = (targets_BT > 0).astype(jnp.float32)
     if "mask" in batch:
         weight_BT = weight_BT * batch["mask"][:, None].astype(jnp.float32)
     loss_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, targets_BT)

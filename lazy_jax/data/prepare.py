@@ -1,9 +1,13 @@
-"""Prepares an offline dataset (digits, mnist5k) as a tfds array_record dataset.
+"""Prepares an offline dataset as a tfds array_record dataset.
 
     python -m lazy_jax.data.prepare --dataset=mnist5k --data_dir=DIR
+    python -m lazy_jax.data.prepare --dataset=pydocs            # text + its SentencePiece model
 
+Images: digits, mnist5k (lazy_jax.data.offline). Text: pydocs, the Python standard library's
+documentation, with the SentencePiece model trained on its train split (4000 pieces + 100
+sentinels), and pydocs_kjv (pydocs plus Debian's bible-kjv text) (lazy_jax.data.text).
 Without --data_dir: $TFDS_DATA_DIR, else ~/tensorflow_datasets. Idempotent: an
-already prepared dataset is left alone. The loader also prepares these
+already prepared dataset is left alone. The loaders also prepare these
 datasets on first use, so this is only needed to prepare ahead (e.g. once on
 a shared file system before a multi-host run).
 """
@@ -18,10 +22,21 @@ from absl import flags
 from lazy_jax.data import offline
 from lazy_jax.data import sources
 
-_DATASET = flags.DEFINE_enum('dataset', None, sorted(offline.OFFLINE_DATASETS),
+TEXT_DATASETS = ('pydocs', 'pydocs_kjv')
+
+_DATASET = flags.DEFINE_enum('dataset', None, sorted(offline.OFFLINE_DATASETS) + list(TEXT_DATASETS),
                              'Offline dataset to prepare.', required=True)
 _DATA_DIR = flags.DEFINE_string(
     'data_dir', None, 'tfds data dir (default $TFDS_DATA_DIR, else ~/tensorflow_datasets).')
+
+
+def prepare(name: str, data_dir: str) -> tuple[bool, str]:
+  """Prepares `name` in `data_dir`; returns (built now, its version directory)."""
+  if name in TEXT_DATASETS:
+    from lazy_jax.data import text  # pylint: disable=g-import-not-at-top
+    built = text.prepare_pydocs(data_dir, add_bible_kjv=name == 'pydocs_kjv')
+    return built, text._version_dir(name, data_dir)  # pylint: disable=protected-access
+  return offline.prepare(name, data_dir), offline.version_dir(name, data_dir)
 
 
 def main(argv):
@@ -29,12 +44,11 @@ def main(argv):
   data_dir = sources.resolve_data_dir(_DATA_DIR.value)
   name = _DATASET.value
   start = time.perf_counter()
-  if offline.prepare(name, data_dir):
-    print(f'Prepared {name!r} in {offline.version_dir(name, data_dir)} '
-          f'({time.perf_counter() - start:.1f} s).')
+  built, version_dir = prepare(name, data_dir)
+  if built:
+    print(f'Prepared {name!r} in {version_dir} ({time.perf_counter() - start:.1f} s).')
   else:
-    print(f'{name!r} is already prepared in {offline.version_dir(name, data_dir)}; '
-          f'nothing to do.')
+    print(f'{name!r} is already prepared in {version_dir}; nothing to do.')
 
 
 if __name__ == '__main__':

@@ -12,9 +12,18 @@ its layers; dropout after the embedding, on attention probabilities, after the M
   {'encoder_input_tokens' [B,Ti] int32, 'decoder_input_tokens' [B,Tt], 'decoder_target_tokens' [B,Tt]}
 (0 = padding; optional 'encoder_mask' [B,Ti] / 'decoder_mask' [B,Tt] override the token masks,
 which are encoder_input_tokens > 0 and decoder_target_tokens > 0 since the decoder input starts
-with 0 as BOS) and returns (logits [B,Tt,V] float32, {'encoder': stats [L_enc], 'decoder': stats [L_dec]}).
+with 0 as BOS; optional 'encoder_segment_ids' [B,Ti] / 'decoder_segment_ids' [B,Tt] of packed rows)
+and returns (logits [B,Tt,V] float32, {'encoder': stats [L_enc], 'decoder': stats [L_dec]}).
 Padding never counts in the statistics. Attention masks only padded keys (and future keys in
 the decoder), as Hugging Face does; outputs at padded query positions are defined but unused.
+
+Packed rows (several examples per row, t5x packing): with segment ids, a token attends only to
+keys of its own segment (encoder self-attention, decoder self- and cross-attention: decoder
+segment s reads encoder segment s). 'encoder_positions' / 'decoder_positions' are not needed:
+relative position biases depend only on the distance of two tokens, and inside one contiguous
+segment that distance is the same as in an unpacked row; the decoder input restarts with BOS at
+each segment (the data does that). So a packed example gives the same logits and statistics as
+the same example alone in a padded row.
 
 Methods for `apply(..., method=...)`: `T5.encode(tokens)` -> (encoded [B,Ti,D], stats),
 `T5.decode(encoded, encoder_mask, decoder_input_tokens, ...)` -> (logits, stats); the module
@@ -355,15 +364,23 @@ def _run_layers(layer_cls, layer_kwargs: dict, num_layers: int, spec: T5Spec, x,
     return x, stack_layer_stats(per_layer)
 
 
+def _same_segment(query_segments_BQ: Array, key_segments_BK: Array) -> Array:
+    """[B,1,Q,K] True where query and key belong to the same packed example."""
+    return query_segments_BQ[:, None, :, None] == key_segments_BK[:, None, None, :]
+
+
 class Encoder(nn.Module):
     spec: T5Spec
 
     @nn.compact
-    def __call__(self, x_BTD: Array, token_mask_BT: Array, *, train: bool = False):
+    def __call__(self, x_BTD: Array, token_mask_BT: Array, *, segment_ids_BT: Array | None = None,
+                 train: bool = False):
         s = self.spec
         t = x_BTD.shape[1]
         bias_1HTT = RelativePositionBias(s, bidirectional=True, name="relpos_bias")(t, t)
         mask_B1TT = jnp.broadcast_to(token_mask_BT[:, None, None, :], (x_BTD.shape[0], 1, t, t))
+        if segment_ids_BT is not None:
+            mask_B1TT = mask_B1TT & _same_segment(segment_ids_BT, segment_ids_BT)
         x_BTD = nn.Dropout(s.dropout_rate)(x_BTD, deterministic=not train)
         x_BTD, stats = _run_layers(EncoderLayer, dict(spec=s, train=train), s.num_encoder_layers, s,
                                    x_BTD, bias_1HTT, mask_B1TT, token_mask_BT.astype(jnp.float32))
@@ -376,7 +393,8 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, y_BTD: Array, encoded_BSD: Array, encoder_mask_BS: Array, token_mask_BT: Array | None,
-                 *, train: bool = False, decode: bool = False, max_len: int | None = None):
+                 *, segment_ids_BT: Array | None = None, encoder_segment_ids_BS: Array | None = None,
+                 train: bool = False, decode: bool = False, max_len: int | None = None):
         s = self.spec
         b, t = y_BTD.shape[:2]
         relpos = RelativePositionBias(s, bidirectional=False, name="relpos_bias")
@@ -396,8 +414,16 @@ class Decoder(nn.Module):
             self_mask_B1TT = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), jnp.bool_)), (b, 1, t, t))
             if token_mask_BT is not None:
                 self_mask_B1TT = self_mask_B1TT & token_mask_BT[:, None, None, :].astype(jnp.bool_)
+            if segment_ids_BT is not None:
+                self_mask_B1TT = self_mask_B1TT & _same_segment(segment_ids_BT, segment_ids_BT)
         cross_mask_B1TS = jnp.broadcast_to(encoder_mask_BS[:, None, None, :].astype(jnp.bool_),
                                            (b, 1, t, encoded_BSD.shape[1]))
+        if (segment_ids_BT is None) != (encoder_segment_ids_BS is None):
+            raise ValueError("packed rows need both decoder and encoder segment ids (got only one of them)")
+        if segment_ids_BT is not None:
+            if decode:
+                raise ValueError("decode=True (KV-cache decoding) does not take packed rows (segment ids)")
+            cross_mask_B1TS = cross_mask_B1TS & _same_segment(segment_ids_BT, encoder_segment_ids_BS)
         stats_mask_BT = jnp.ones((b, t), jnp.float32) if token_mask_BT is None else token_mask_BT.astype(jnp.float32)
         y_BTD = nn.Dropout(s.dropout_rate)(y_BTD, deterministic=not train)
         y_BTD, stats = _run_layers(
@@ -425,24 +451,29 @@ class T5(nn.Module):
         self.encoder = Encoder(s)
         self.decoder = Decoder(s)
 
-    def encode(self, encoder_input_tokens: Array, encoder_mask: Array | None = None, *, train: bool = False):
+    def encode(self, encoder_input_tokens: Array, encoder_mask: Array | None = None, *,
+               encoder_segment_ids: Array | None = None, train: bool = False):
         """-> (encoded [B,Ti,D] in the activation dtype, encoder stats [L_enc])."""
         if encoder_mask is None:
             encoder_mask = encoder_input_tokens > 0
         x_BTD = self.token_embedder(encoder_input_tokens)
-        return self.encoder(x_BTD, encoder_mask.astype(jnp.bool_), train=train)
+        return self.encoder(x_BTD, encoder_mask.astype(jnp.bool_), segment_ids_BT=encoder_segment_ids, train=train)
 
     def decode(self, encoded: Array, encoder_mask: Array, decoder_input_tokens: Array,
-               decoder_mask: Array | None = None, *, train: bool = False, decode: bool = False,
+               decoder_mask: Array | None = None, *, decoder_segment_ids: Array | None = None,
+               encoder_segment_ids: Array | None = None, train: bool = False, decode: bool = False,
                max_decode_length: int | None = None):
         """-> (logits [B,Tt,V] f32, decoder stats [L_dec]).
 
-        decoder_mask [B,Tt] (None = every position valid) masks padded keys and the statistics.
+        decoder_mask [B,Tt] (None = every position valid) masks padded keys and the statistics;
+        decoder_segment_ids / encoder_segment_ids (packed rows, both or neither) keep attention
+        inside each example.
         decode=True runs one position with the KV cache ('cache' collection, mutable) of
         length max_decode_length.
         """
         y_BTD = self.token_embedder(decoder_input_tokens)
-        y_BTD, stats = self.decoder(y_BTD, encoded, encoder_mask, decoder_mask, train=train, decode=decode,
+        y_BTD, stats = self.decoder(y_BTD, encoded, encoder_mask, decoder_mask, segment_ids_BT=decoder_segment_ids,
+                                    encoder_segment_ids_BS=encoder_segment_ids, train=train, decode=decode,
                                     max_len=max_decode_length)
         # T5 v1.0 ties the output layer to the embedding and rescales the decoder output first.
         logits_BTV = self.token_embedder.attend(y_BTD * (self.spec.d_model ** -0.5))
@@ -460,8 +491,14 @@ class T5(nn.Module):
         if dec_mask is None:
             # The decoder input starts with BOS = 0, so its padding is read off the targets (as t5x).
             dec_mask = batch["decoder_target_tokens"] > 0
-        encoded, enc_stats = self.encode(batch["encoder_input_tokens"], enc_mask, train=train)
-        logits, dec_stats = self.decode(encoded, enc_mask, batch["decoder_input_tokens"], dec_mask, train=train)
+        enc_seg, dec_seg = batch.get("encoder_segment_ids"), batch.get("decoder_segment_ids")
+        if (enc_seg is None) != (dec_seg is None):
+            raise ValueError(f"a packed T5 batch needs both 'encoder_segment_ids' and 'decoder_segment_ids'; "
+                             f"got keys {sorted(batch)}")
+        encoded, enc_stats = self.encode(batch["encoder_input_tokens"], enc_mask, encoder_segment_ids=enc_seg,
+                                         train=train)
+        logits, dec_stats = self.decode(encoded, enc_mask, batch["decoder_input_tokens"], dec_mask,
+                                        decoder_segment_ids=dec_seg, encoder_segment_ids=enc_seg, train=train)
         return logits, {"encoder": enc_stats, "decoder": dec_stats}
 
 

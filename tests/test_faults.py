@@ -1,0 +1,278 @@
+"""Faults a long run meets: kills, preemption, NaN, corrupted checkpoints, a busy workdir, data
+that runs out. Each runs `python -m lazy_jax.main` in a subprocess on the tiny ViT-Mu/4 / digits
+config (one CPU device; a module-wide XLA compilation cache keeps the reruns fast).
+
+Kill during an asynchronous save: the child is the real entry point with one test-only patch,
+installed by `_KILL_AT_COMMIT` below (nothing in lazy_jax): orbax's atomic-rename commit of the
+chosen step SIGKILLs the process after every file of that checkpoint is written, before the
+rename that would make it complete; the checkpoint stays a temporary directory.
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TIMEOUT = 180  # seconds; a hang fails the test instead of blocking the suite
+
+# Steps 1..8, train rows every step, eval at 4 and 8, checkpoints at 3, 6 and 8.
+STEPS = dict(total_steps=8, log_every_steps=1, eval_every_steps=4, checkpoint_every_steps=3)
+
+_KILL_AT_COMMIT = """
+import os, runpy, signal
+from orbax.checkpoint._src.path import atomicity
+_finalize = atomicity.AtomicRenameTemporaryPath.finalize
+async def finalize(self):
+    if self._final_path.name == os.environ['KILL_AT_COMMIT_OF_STEP']:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return await _finalize(self)
+atomicity.AtomicRenameTemporaryPath.finalize = finalize
+runpy.run_module('lazy_jax.main', run_name='__main__', alter_sys=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Prepared digits and a shared compilation cache for the child processes."""
+    root = tmp_path_factory.mktemp("faults")
+    from lazy_jax.data.offline import prepare
+    prepare("digits", str(root / "tfds"))
+    e = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             JAX_COMPILATION_CACHE_DIR=str(root / "xla_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             PYTHONUNBUFFERED="1")
+    return {"data_dir": str(root / "tfds"), "environ": e}
+
+
+def main_argv(env, workdir, **overrides):
+    cfg = dict(batch_size=16, eval_batch_size=64, async_checkpointing=True, **STEPS)
+    cfg.update(overrides)
+    return (["--config=configs/vit.py:local,dataset=digits,variant=Mu/4", f"--workdir={workdir}",
+             f"--config.data.data_dir={env['data_dir']}", "--config.mesh.data=1"]
+            + [f"--config.{k}={v}" for k, v in cfg.items()])
+
+
+def run_main(env, workdir, *, python_code=None, extra_env=None, **overrides):
+    head = ["-c", python_code] if python_code else ["-m", "lazy_jax.main"]
+    return subprocess.run([sys.executable, *head, *main_argv(env, workdir, **overrides)], cwd=REPO,
+                          env={**env["environ"], **(extra_env or {})}, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+
+
+def start_main(env, workdir, **overrides):
+    return subprocess.Popen([sys.executable, "-m", "lazy_jax.main", *main_argv(env, workdir, **overrides)],
+                            cwd=REPO, env=env["environ"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_line(proc, prefix, timeout=TIMEOUT):
+    """Reads the child's stdout until a line starts with `prefix`; returns the lines read."""
+    lines, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith(prefix):
+            return lines
+    proc.kill()
+    raise AssertionError(f"no line starting with {prefix!r}; stdout: {''.join(lines)}; stderr: {proc.stderr.read()}")
+
+
+def rows(workdir):
+    return [json.loads(l) for l in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def complete_steps(workdir):
+    return sorted(int(p.name) for p in (Path(workdir) / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def assert_same_rows(reference, resumed):
+    keys = [(r["step"], r["split"]) for r in resumed]
+    assert len(keys) == len(set(keys)), f"duplicated (step, split) rows: {keys}"
+    assert keys == [(r["step"], r["split"]) for r in reference]
+    for a, b in zip(reference, resumed):
+        for k in a:
+            if k not in ("split", "steps_per_sec"):
+                np.testing.assert_allclose(b[k], a[k], rtol=1e-5, err_msg=f"{k} at step {a['step']}")
+
+
+@pytest.fixture(scope="module")
+def reference(env, tmp_path_factory):
+    """An uninterrupted run: its rows are what every interrupted-and-resumed run must end with."""
+    workdir = tmp_path_factory.mktemp("reference")
+    out = run_main(env, workdir)
+    assert out.returncode == 0, out.stderr
+    assert complete_steps(workdir) == [3, 6, 8]
+    return workdir
+
+
+def test_sigkill_during_training_resumes_from_last_complete_checkpoint(env, reference, tmp_path):
+    proc = start_main(env, tmp_path)
+    wait_for_line(proc, "step 7/")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=TIMEOUT)
+    # Saves are asynchronous: on a busy machine the save of step 3 or 6 may still be in flight.
+    restored = max(complete_steps(tmp_path), default=0)
+    assert restored in (0, 3, 6)
+    assert [r["step"] for r in rows(tmp_path) if r["split"] == "train"][-1] >= 7  # rows past it exist
+    out = run_main(env, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert (f"resuming at step {restored} of 8" if restored else "starting at step 0 of 8") in out.stdout
+    assert_same_rows(rows(reference), rows(tmp_path))
+    dropped = [json.loads(l) for l in (tmp_path / "metrics.dropped.jsonl").read_text().splitlines()]
+    assert dropped and all(r["step"] > restored for r in dropped)
+
+
+def test_sigkill_during_async_checkpoint_save(env, reference, tmp_path):
+    out = run_main(env, tmp_path, python_code=_KILL_AT_COMMIT, extra_env={"KILL_AT_COMMIT_OF_STEP": "6"})
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert complete_steps(tmp_path) == [3]
+    assert any(n.startswith("6.orbax-checkpoint-tmp") for n in names), names  # the save was cut off
+    assert {r["step"] for r in rows(tmp_path)} >= {6}  # rows of steps 4..6 were written before the kill
+    out = run_main(env, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "resuming at step 3 of 8" in out.stdout
+    assert complete_steps(tmp_path) == [3, 6, 8]
+    assert_same_rows(rows(reference), rows(tmp_path))
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(env, tmp_path):
+    """lr 1e38 after a warm-up step at lr 0: the update of step 2 blows the weights up; loss is NaN at 3."""
+    out = run_main(env, tmp_path, checkpoint_every_steps=1, log_every_steps=5,
+                   **{"optimizer.learning_rate": 1e38, "optimizer.warmup_steps": 2})
+    assert out.returncode == 2, out.stderr
+    assert "error: loss is nan at step 3" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert complete_steps(tmp_path) == [1, 2]
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if "tmp" in p.name]  # pending save committed
+    # The kept checkpoint restores. (Its weights are finite, but they are the ones that gave the NaN
+    # loss of step 3: a checkpoint's weights are only tried by the step after it.)
+    state, meta = restore_latest(env, tmp_path)
+    assert meta["step"] == 2 and int(state.step) == 2
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state.params)))
+
+
+def restore_latest(env, workdir):
+    """The newest checkpoint of `workdir`, restored in this process as the CLI would restore it."""
+    from lazy_jax import input_pipeline
+    from lazy_jax.checkpoint import Checkpointer, param_shapes
+    from lazy_jax.config_base import load_config
+    from lazy_jax.train import Experiment
+    c = load_config("configs/vit.py:local,dataset=digits,variant=Mu/4")
+    c.data.data_dir = env["data_dir"]
+    c.mesh.data = 1
+    exp = Experiment(c, input_pipeline.complete_model_config(c), devices=jax.devices()[:1])
+    ckpt = Checkpointer(Path(workdir) / "checkpoints")
+    try:
+        return ckpt.restore_latest(exp.abstract_state, param_shapes(exp.abstract_state.params))
+    finally:
+        ckpt.close()
+
+
+def test_nonfinite_parameters_are_never_saved(env, tmp_path, monkeypatch):
+    """An update that overflows the weights while its step's loss and gradients are finite (what
+    a learning rate past float32's range does) stops the run before that state is saved."""
+    import jax.numpy as jnp
+    from lazy_jax.config_base import load_config
+    from lazy_jax.run import NonFiniteError, train_and_evaluate
+    from lazy_jax.train import Experiment
+    real_init = Experiment.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        step = self.train_step
+
+        def overflowing_step(state, batch):
+            state, metrics = step(state, batch)
+            if int(state.step) == 2:
+                state = state.replace(params=jax.tree.map(lambda p: p * jnp.inf, state.params))
+            return state, metrics
+        self.train_step = overflowing_step
+
+    monkeypatch.setattr(Experiment, "__init__", init)
+    c = load_config("configs/vit.py:local,dataset=digits,variant=Mu/4")
+    c.data.data_dir = env["data_dir"]
+    c.update(batch_size=16, eval_batch_size=64, total_steps=4, log_every_steps=10, eval_every_steps=10,
+             checkpoint_every_steps=1, async_checkpointing=True)
+    c.model.scan_layers = True  # a faster compile
+    with pytest.raises(NonFiniteError, match=r"parameters after step 2 are not finite"):
+        train_and_evaluate(c, tmp_path)
+    assert complete_steps(tmp_path) == [1]
+
+
+def test_corrupted_latest_checkpoint_falls_back_to_the_previous(env, reference, tmp_path):
+    workdir = tmp_path / "w"
+    shutil.copytree(reference, workdir)
+    newest = workdir / "checkpoints" / "8"
+    files = sorted(p for p in newest.rglob("*") if p.is_file() and p.stat().st_size > 0)
+    assert files
+    for p in files:  # truncate everything: array data, metadata, the JSON sidecar
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 3])
+    out = run_main(env, workdir, total_steps=10)
+    assert out.returncode == 0, out.stderr
+    assert f"{newest}" in out.stderr and "trying the previous one" in out.stderr
+    assert "resuming at step 6 of 10" in out.stdout
+    assert 8 in complete_steps(workdir) and 10 in complete_steps(workdir)
+    keys = [(r["step"], r["split"]) for r in rows(workdir)]
+    assert len(keys) == len(set(keys))
+    assert [k for k in keys if k[0] <= 8] == [(r["step"], r["split"]) for r in rows(reference)]
+
+
+@pytest.fixture(scope="module")
+def running(env, tmp_path_factory):
+    """A long run, past its first step, shared by the busy-workdir and SIGTERM tests."""
+    workdir = tmp_path_factory.mktemp("running")
+    proc = start_main(env, workdir, total_steps=400, checkpoint_every_steps=1000, eval_every_steps=1000)
+    wait_for_line(proc, "step 2/")
+    yield proc, workdir
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=TIMEOUT)
+
+
+def test_second_run_on_the_same_workdir_refuses(env, running):
+    first, workdir = running
+    second = run_main(env, workdir)
+    assert second.returncode == 2
+    assert f"workdir {workdir} is in use by another run (pid {first.pid}" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert first.poll() is None  # the first run was not disturbed
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_zero(running):
+    proc, workdir = running
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, stderr
+    last = stdout.strip().splitlines()[-1]
+    match = re.fullmatch(r"received signal 15: saved a checkpoint at step (\d+); exiting", last)
+    assert match, stdout
+    assert complete_steps(workdir) == [int(match[1])]
+    assert not [p for p in (workdir / "checkpoints").iterdir() if "tmp" in p.name]
+
+
+def test_infinite_data_that_runs_out_is_refused_before_training(env, tmp_path):
+    out = run_main(env, tmp_path, total_steps=1000, **{"data.infinite": True})  # 16000 > 1437 examples
+    assert out.returncode == 2, out.stderr
+    assert "infinite data" in out.stderr and "some example would be seen twice" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("split", ["data.eval_split=test[:0]", "data.train_split=train[5:5]"])
+def test_empty_split_is_a_clear_error(env, tmp_path, split):
+    key, value = split.split("=")
+    out = run_main(env, tmp_path, **{key: value})
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert value in out.stderr and "empty" in out.stderr, out.stderr
+    assert not (tmp_path / "metrics.jsonl").exists()

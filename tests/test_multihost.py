@@ -1,0 +1,111 @@
+"""Two CPU processes on localhost (jax.distributed, gloo collectives) train the tiny ViT as one
+run and match a single-process run of the same global batch.
+
+Each process has 2 local CPU devices (a 4-device global mesh) and gets the contiguous block p of
+every global batch. Both share one workdir, as hosts share a file system: only process 0 writes
+metrics and holds the workdir lock; every process writes its part of each orbax checkpoint.
+The multi-process run stops at step 4 and a second multi-process launch resumes it to step 6 from
+that shared checkpoint. (The learning-rate schedule is constant, so the total step count does not
+change the updates.)
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TIMEOUT = 300
+
+
+def free_port() -> int:
+    try:
+        import portpicker
+        return portpicker.pick_unused_port()
+    except ImportError:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("multihost")
+    from lazy_jax.data.offline import prepare
+    prepare("digits", str(root / "tfds"))  # before the processes start: they must not race to prepare it
+    e = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_COMPILATION_CACHE_DIR=str(root / "xla_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+    return {"data_dir": str(root / "tfds"), "environ": e}
+
+
+def argv(env, workdir, total_steps):
+    return ["-m", "lazy_jax.main", "--config=configs/vit.py:local,dataset=digits,variant=Mu/4",
+            f"--workdir={workdir}", f"--config.data.data_dir={env['data_dir']}", "--config.mesh.data=-1",
+            "--config.batch_size=16", "--config.eval_batch_size=64", f"--config.total_steps={total_steps}",
+            "--config.log_every_steps=1", "--config.eval_every_steps=2", "--config.checkpoint_every_steps=2",
+            "--config.optimizer.schedule=constant", "--config.async_checkpointing=True"]
+
+
+def run_cluster(env, workdir, total_steps, num_processes):
+    """Starts `num_processes` processes of one run; returns their (returncode, stdout, stderr)."""
+    port = free_port()
+    procs = []
+    for i in range(num_processes):
+        cluster = ([f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}",
+                    f"--process_id={i}"] if num_processes > 1 else [])
+        local_devices = 4 // num_processes  # 4 devices in all, like the 2 x 2 cluster
+        e = dict(env["environ"], XLA_FLAGS=f"--xla_force_host_platform_device_count={local_devices}")
+        procs.append(subprocess.Popen([sys.executable, *argv(env, workdir, total_steps), *cluster], cwd=REPO,
+                                      env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=TIMEOUT)
+            outs.append((p.returncode, out, err))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for i, (rc, out, err) in enumerate(outs):
+        assert rc == 0, f"process {i} exited {rc}:\n{out}\n{err[-4000:]}"
+    return outs
+
+
+def rows(workdir):
+    return [json.loads(l) for l in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def single(env, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("single")
+    run_cluster(env, workdir, total_steps=6, num_processes=1)
+    return rows(workdir)
+
+
+def test_two_processes_match_one_and_resume_from_a_shared_checkpoint(env, single, tmp_path):
+    outs = run_cluster(env, tmp_path, total_steps=4, num_processes=2)
+    assert "starting at step 0 of 4" in outs[0][1] and "mesh {'data': 4" in outs[0][1]
+    assert "step 1/4" not in outs[1][1]  # only process 0 reports and writes metrics
+    ckpts = tmp_path / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["2", "4"]
+
+    outs = run_cluster(env, tmp_path, total_steps=6, num_processes=2)
+    assert "resuming at step 4 of 6" in outs[0][1]
+    assert sorted(p.name for p in ckpts.iterdir()) == ["2", "4", "6"]
+
+    multi = rows(tmp_path)
+    assert [(r["step"], r["split"]) for r in multi] == [(r["step"], r["split"]) for r in single]
+    checked = 0
+    for a, b in zip(single, multi):
+        assert set(a) == set(b)
+        for k in a:
+            if k not in ("split", "steps_per_sec"):
+                np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-6, err_msg=f"{k} at step {a['step']}")
+                checked += k.startswith(("loss", "nonzero_frac"))
+    assert checked > 6 * 8  # loss and every layer's statistics, on train and eval rows
