@@ -36,11 +36,12 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
-    from lazy_jax.run import train_and_evaluate
+    from lazy_jax.run import WorkdirInUseError, train_and_evaluate
     try:
         initialize_distributed()
         train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (ValueError, RuntimeError, FileNotFoundError, FloatingPointError) as e:
+    # Errors that name a bad input print as one line; anything else keeps its traceback.
+    except (ValueError, WorkdirInUseError, FileNotFoundError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -8,6 +8,7 @@ several processes, at the next logged step, which all of them agree on).
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import math
@@ -34,6 +35,10 @@ class NonFiniteError(FloatingPointError):
     pass
 
 
+class WorkdirInUseError(RuntimeError):
+    pass
+
+
 class WorkdirLock:
     """An exclusive lock on the workdir, so a second run on it refuses instead of interleaving."""
 
@@ -50,7 +55,7 @@ class WorkdirLock:
             self.file.seek(0)
             holder = self.file.read().strip() or "unknown"
             self.file.close()
-            raise RuntimeError(f"workdir {self.path.parent} is in use by another run ({holder}); "
+            raise WorkdirInUseError(f"workdir {self.path.parent} is in use by another run ({holder}); "
                                "wait for it to finish or use another --workdir") from None
         self.file.truncate(0)
         self.file.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
@@ -94,16 +99,8 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     workdir = Path(workdir)
     validate_config(config)
     is_writer = jax.process_index() == 0
-    with WorkdirLock(workdir) if is_writer else _nullcontext():
+    with WorkdirLock(workdir) if is_writer else contextlib.nullcontext():
         return _train(config, workdir, is_writer)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _train(config, workdir: Path, is_writer: bool) -> dict:

@@ -25,7 +25,6 @@ class SelfAttention(nn.Module):
         if d % self.num_heads:
             raise ValueError(f"width {d} is not divisible by num_heads={self.num_heads}")
         dh = d // self.num_heads
-        init = nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
         param = lambda name, names, shape, fn: self.param(name, nn.with_logical_partitioning(fn, names), shape)
         w_3DHK = param("qkv_kernel", (None, "embed", "heads", "kv"), (3, d, self.num_heads, dh),
                        nn.initializers.xavier_uniform(in_axis=1, out_axis=(2, 3), batch_axis=(0,)))

@@ -63,7 +63,6 @@ class EncoderLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x_BTD, mask_BT):
-        d = x_BTD.shape[-1]
         ln = lambda name: nn.LayerNorm(dtype=self.dtype, name=name,
                                        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
                                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
