@@ -25,7 +25,8 @@ first use or by `python -m lazy_jax.data.prepare --dataset=pydocs`) with its 400
 SentencePiece model (+100 sentinels = 4100 ids; vocab_size -1 takes it from the tokenizer,
 padded to 4224), inputs 128 / targets 29 (random_spans_helper), batch 32, 500 steps, AdamW lr
 1e-2 with warm-up and cosine decay, dropout 0, no packing; ~4 minutes on 2 busy CPU cores
-(252 s measured, compile and data preparation included; ~3.4 steps/s on idle cores):
+(252 s measured there; 177 s on idle cores, at ~3.3 steps/s; compile and data preparation
+included):
   python -m lazy_jax.main --config=configs/t5.py:local --workdir=runs/t5_pydocs
 The loss falls from 8.8 to ~5.3 (token accuracy ~27%) and the end-of-run table shows every
 layer's nonzero share falling from ~50% at initialisation: after 500 steps the decoder is at
