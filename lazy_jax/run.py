@@ -183,7 +183,9 @@ def _train(config, workdir: Path, is_writer: bool) -> dict:
                 if preempted:
                     ckpt.wait()
                     if is_writer:
-                        print(f"received signal {stop['signal']}: saved a checkpoint at step {step}; exiting", flush=True)
+                        why = (f"received signal {stop['signal']}" if stop["signal"] is not None
+                               else "another process received a stop signal")
+                        print(f"{why}: saved a checkpoint at step {step}; exiting", flush=True)
                     return {"train": last_train, "eval": last_eval, "preempted_at": step}
     finally:
         # Also on an error: let an in-flight asynchronous save of an earlier (checked) step

@@ -109,3 +109,35 @@ def test_two_processes_match_one_and_resume_from_a_shared_checkpoint(env, single
                 np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-6, err_msg=f"{k} at step {a['step']}")
                 checked += k.startswith(("loss", "nonzero_frac"))
     assert checked > 6 * 8  # loss and every layer's statistics, on train and eval rows
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(env, tmp_path):
+    """Preemption of one host: all processes agree on the stop step, save together and exit 0."""
+    import signal
+    import time
+    port = free_port()
+    procs = []
+    for i in range(2):
+        e = dict(env["environ"], XLA_FLAGS="--xla_force_host_platform_device_count=2", PYTHONUNBUFFERED="1")
+        procs.append(subprocess.Popen(
+            [sys.executable, *argv(env, tmp_path, 200), f"--coordinator_address=127.0.0.1:{port}",
+             "--num_processes=2", f"--process_id={i}"], cwd=REPO, env=e,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        deadline = time.time() + TIMEOUT
+        line = ""
+        while "step 3/" not in line and time.time() < deadline:  # process 0 reports every step
+            line = procs[0].stdout.readline()
+            assert line or procs[0].poll() is None, "process 0 ended early"
+        procs[1].send_signal(signal.SIGTERM)
+        outs = [p.communicate(timeout=TIMEOUT) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0, 0], outs[1][1][-3000:]
+    assert "another process received a stop signal: saved a checkpoint at step" in outs[0][0]
+    stopped = int(outs[0][0].split("saved a checkpoint at step ")[1].split(";")[0])
+    assert 3 < stopped < 200
+    assert str(stopped) in {p.name for p in (tmp_path / "checkpoints").iterdir()}
