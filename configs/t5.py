@@ -4,7 +4,7 @@ Full size (default, arg ''): T5-Base v1.0 (768 wide, 12+12 layers, d_ff 3072, 12
 c4/en span corruption at T5's shapes (noise density 0.15, mean span 3, inputs 512, targets 114),
 batch 128, Adafactor (factored, parameter-scale updates, decay 0.8, update clipping 1.0, no
 momentum) with T5's inverse-square-root schedule 0.01 / sqrt(max(step, 10^4)), dropout 0.1,
-524,288 steps (2^19, as T5's baseline), bf16 activations with f32 parameters, scanned layers.
+524,288 steps (2^19, as T5's baseline), bf16 activations with f32 parameters, unrolled layers.
 Batch: 128 rows of 512 encoder tokens. pack=False is T5's own span_corruption: documents are
 concatenated and cut into 568-token chunks before corruption, so nearly every row is a full
 512 tokens (~65k encoder tokens per batch, T5's 2^16); packing corrupted examples into rows
@@ -73,7 +73,7 @@ def get_config(arg=None):
                            schedule="t5_rsqrt", grad_clip_norm=0.0)
         c.model.dropout_rate = 0.1
         c.model.dtype = "bfloat16"
-        c.model.scan_layers = True
+        c.model.scan_layers = False  # unrolled ran 1.44x faster than nn.scan on an H200 (README)
     c.model.vocab_size = -1  # from the tokenizer, padded to a multiple of 128 (T5: 32100 -> 32128)
     c.model.topk = a.topk
     c.lock()

@@ -3,7 +3,8 @@
   python -m lazy_jax.bench --config=configs/vit.py --meshes=1x1x1,2x1x1,1x2x1 --per_device_batch=256
 
 Each mesh 'DxFxM' (data x fsdp x model) uses the first D*F*M devices; the global batch is
-per_device_batch x D x F. Synthetic inputs skip the data pipeline, so this measures the jitted
+per_device_batch x D x F. Seq2seq configs (T5) get uniform random tokens at the config's
+inputs/targets lengths and also report tokens/s (encoder + decoder tokens). Synthetic inputs skip the data pipeline, so this measures the jitted
 step alone: compile, 3 warm-up steps, then `--steps` timed steps. Prints a table (and JSON
 with --json) of step time and examples/s, and scaling efficiency against the first mesh.
 """
@@ -34,7 +35,14 @@ def synthetic_batch(config, n: int, rng: np.random.Generator) -> dict[str, np.nd
         size = config.data.image_size or 224
         return {"image": rng.normal(size=(n, size, size, 3)).astype(np.float32),
                 "label": rng.integers(0, FLAGS.num_classes, size=(n,)).astype(np.int32)}
-    raise ValueError(f"bench supports task 'classification', not {config.task!r}")
+    if config.task == "seq2seq":  # uniform random tokens at the config's span-corruption lengths
+        ti, tt = config.data.inputs_length, config.data.targets_length
+        targets = rng.integers(2, config.model.vocab_size, size=(n, tt)).astype(np.int32)
+        return {"encoder_input_tokens": rng.integers(2, config.model.vocab_size, size=(n, ti)).astype(np.int32),
+                "decoder_target_tokens": targets,
+                "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+                "decoder_loss_weights": np.ones((n, tt), np.float32)}
+    raise ValueError(f"bench supports tasks 'classification' and 'seq2seq', not {config.task!r}")
 
 
 def measure(config, mesh_str: str) -> dict:
@@ -42,7 +50,10 @@ def measure(config, mesh_str: str) -> dict:
     config = config.copy_and_resolve_references()
     config.unlock()
     config.mesh.update(data=d, fsdp=f, model=m)
-    config.model.num_classes = FLAGS.num_classes
+    if config.task == "classification":
+        config.model.num_classes = FLAGS.num_classes
+    elif config.model.vocab_size == -1:
+        config.model.vocab_size = 32128  # T5's vocabulary, padded
     n = FLAGS.per_device_batch * d * f
     config.batch_size = n
     batch = synthetic_batch(config, n, np.random.default_rng(0))
@@ -64,6 +75,7 @@ def measure(config, mesh_str: str) -> dict:
         step_s = (time.perf_counter() - t0) / FLAGS.steps
     return {"mesh": mesh_str, "devices": d * f * m, "global_batch": n, "compile_s": round(compile_s, 1),
             "step_ms": round(1000 * step_s, 2), "examples_per_s": round(n / step_s, 1),
+            "tokens_per_s": round(n * sum(v.shape[1] for k, v in batch.items() if k.endswith("input_tokens")) / step_s),
             "loss": float(metrics["loss"]), "nonzero_frac_mean": float(metrics["nonzero_frac/mean"])}
 
 
@@ -71,11 +83,11 @@ def main(argv):
     del argv
     results = [measure(FLAGS.config, m) for m in FLAGS.meshes.split(",")]
     base = results[0]["examples_per_s"] / results[0]["devices"]
-    print(f"{'mesh':>8} {'devices':>7} {'batch':>6} {'step ms':>8} {'examples/s':>11} {'efficiency':>10}")
+    print(f"{'mesh':>8} {'devices':>7} {'batch':>6} {'step ms':>8} {'examples/s':>11} {'tokens/s':>10} {'efficiency':>10}")
     for r in results:
         r["scaling_efficiency"] = round(r["examples_per_s"] / (base * r["devices"]), 3)
         print(f"{r['mesh']:>8} {r['devices']:>7} {r['global_batch']:>6} {r['step_ms']:>8.2f} "
-              f"{r['examples_per_s']:>11.1f} {r['scaling_efficiency']:>10.3f}")
+              f"{r['examples_per_s']:>11.1f} {r['tokens_per_s']:>10} {r['scaling_efficiency']:>10.3f}")
     if FLAGS.json:
         with open(FLAGS.json, "w") as fh:
             json.dump({"device": jax.devices()[0].device_kind, "results": results}, fh, indent=2)
