@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from lazy_jax.config_checks import check_num_classes
+
 
 def _module(config):
     if config.task == "classification":
@@ -36,6 +38,7 @@ def complete_model_config(config) -> dict[str, np.ndarray]:
         spec = vision.dataset_spec(config.data)
         if config.model.num_classes == -1:
             config.model.num_classes = spec["num_classes"]
+        check_num_classes(config.model, spec["num_classes"], config.data.name)
         return {"image": np.zeros((1, *spec["image_shape"]), np.float32), "label": np.zeros((1,), np.int32)}
     return _complete_text_model_config(config)
 

@@ -26,7 +26,7 @@ from jax.experimental import multihost_utils
 from lazy_jax import input_pipeline
 from lazy_jax import sharding as shd
 from lazy_jax.checkpoint import Checkpointer, param_shapes
-from lazy_jax.config_checks import check_num_classes, validate_config
+from lazy_jax.config_checks import validate_config
 from lazy_jax.metrics_writer import MetricsWriter
 from lazy_jax.train import Experiment
 
@@ -106,9 +106,6 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
 def _train(config, workdir: Path, is_writer: bool) -> dict:
     pi, pc = jax.process_index(), jax.process_count()
     example = input_pipeline.complete_model_config(config)
-    if config.task == "classification":
-        from lazy_jax.data import vision
-        check_num_classes(config.model, vision.dataset_spec(config.data)["num_classes"], config.data.name)
     exp = Experiment(config, example)
     shd.check_batch_size(config.batch_size, exp.mesh, "batch_size")
     shd.check_batch_size(config.eval_batch_size, exp.mesh, "eval_batch_size")

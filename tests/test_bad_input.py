@@ -6,7 +6,7 @@ import pytest
 
 from lazy_jax.config_base import load_config
 from lazy_jax.run import train_and_evaluate
-from tests.test_train import tiny_config, data_dir  # noqa: F401  (fixture)
+from tests.test_train import tiny_config
 
 
 def run_main(*args, cwd=None):

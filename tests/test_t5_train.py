@@ -1,8 +1,5 @@
 """T5 span-corruption training end to end: packing, loss weights, mesh equivalence, resume, metric names."""
-import json
-import os
 import re
-import signal
 
 import jax
 import jax.numpy as jnp
@@ -13,9 +10,9 @@ from lazy_jax import input_pipeline
 from lazy_jax.config_base import load_config
 from lazy_jax.data import span_corruption, text
 from lazy_jax.models.t5 import T5
-from lazy_jax.run import train_and_evaluate
 from lazy_jax.tasks import seq2seq_sums
 from lazy_jax.train import Experiment
+from tests.resume_helpers import assert_preempt_and_resume_matches
 
 VOCAB = 4224  # the offline tokenizer's 4100 ids, padded
 LAYERS = 2
@@ -175,33 +172,9 @@ def test_eight_device_mesh_matches_one_device(data_dir, single_device_steps, mes
     assert single[1]["loss"] < single[0]["loss"] + 1.0 and np.isfinite(single[1]["loss"])
 
 
-def read_rows(workdir):
-    return [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_preempt_and_resume_matches_uninterrupted_run(data_dir, tmp_path, monkeypatch):
     """Real pydocs batches: SIGTERM during step 4 -> checkpoint, rerun continues at 5, same metrics rows."""
-    train_and_evaluate(tiny_config(data_dir), tmp_path / "full")
-    real = input_pipeline.train_batches
-
-    def preempted_batches(config, start_step, *args):
-        for step, batch in enumerate(real(config, start_step, *args), start_step + 1):
-            if step == 4:  # arrives while step 4's batch is fetched
-                os.kill(os.getpid(), signal.SIGTERM)
-            yield batch
-
-    monkeypatch.setattr(input_pipeline, "train_batches", preempted_batches)
-    out = train_and_evaluate(tiny_config(data_dir), tmp_path / "resumed")
-    assert out["preempted_at"] == 4
-    monkeypatch.setattr(input_pipeline, "train_batches", real)
-    train_and_evaluate(tiny_config(data_dir), tmp_path / "resumed")
-    a, b = read_rows(tmp_path / "full"), read_rows(tmp_path / "resumed")
-    assert [(r["step"], r["split"]) for r in a] == [(r["step"], r["split"]) for r in b]
-    for ra, rb in zip(a, b):
-        assert set(ra) == set(rb)
-        for k in ra:
-            if k not in ("steps_per_sec", "split"):
-                np.testing.assert_allclose(ra[k], rb[k], rtol=1e-5, err_msg=f"{k} at step {ra['step']}")
+    a = assert_preempt_and_resume_matches(lambda: tiny_config(data_dir), tmp_path, monkeypatch)
 
     # Metric names: per layer of both stacks, on train and eval rows.
     assert {r["split"] for r in a} == {"train", "eval"}

@@ -1,8 +1,5 @@
 """The trainer: mesh equivalence, golden one step, resume, metrics names, bad input."""
-import json
-import os
 import re
-import signal
 
 import jax
 import numpy as np
@@ -11,6 +8,7 @@ import pytest
 from lazy_jax.config_base import load_config
 from lazy_jax.run import train_and_evaluate
 from lazy_jax.train import Experiment
+from tests.resume_helpers import assert_preempt_and_resume_matches, read_rows
 
 N_LAYERS = 6  # ViT-Mu
 
@@ -24,14 +22,6 @@ def tiny_config(tmp_path, **overrides):
     for k, v in overrides.items():
         c[k] = v
     return c
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    from lazy_jax.data.offline import prepare
-    prepare("digits", str(d / "tfds"))
-    return d
 
 
 def synthetic_batch(n=16, seed=0):
@@ -88,34 +78,8 @@ GOLDEN = {"loss": 2.311219, "accuracy": 0.0625, "grad_norm": 2.53185, "nonzero_f
           "nonzero_frac/encoder/layer_05": 0.4912598, "nonzero_frac/mean": 0.4980754}
 
 
-def read_rows(workdir):
-    return [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_preempt_and_resume_matches_uninterrupted_run(data_dir, tmp_path, monkeypatch):
-    """SIGTERM during step 4 saves a checkpoint after it and returns; the rerun continues at step 5."""
-    train_and_evaluate(tiny_config(data_dir), tmp_path / "full")
-
-    from lazy_jax import input_pipeline
-    real = input_pipeline.train_batches
-
-    def preempted_batches(config, start_step, *args):
-        for step, batch in enumerate(real(config, start_step, *args), start_step + 1):
-            if step == 4:  # arrives while step 4's batch is fetched
-                os.kill(os.getpid(), signal.SIGTERM)
-            yield batch
-
-    monkeypatch.setattr(input_pipeline, "train_batches", preempted_batches)
-    out = train_and_evaluate(tiny_config(data_dir), tmp_path / "resumed")
-    assert out["preempted_at"] == 4
-    monkeypatch.setattr(input_pipeline, "train_batches", real)
-    train_and_evaluate(tiny_config(data_dir), tmp_path / "resumed")
-    a, b = read_rows(tmp_path / "full"), read_rows(tmp_path / "resumed")
-    assert [(r["step"], r["split"]) for r in a] == [(r["step"], r["split"]) for r in b]
-    for ra, rb in zip(a, b):
-        for k in ra:
-            if k not in ("steps_per_sec", "split"):
-                np.testing.assert_allclose(ra[k], rb[k], rtol=1e-5, err_msg=f"{k} at step {ra['step']}")
+    assert_preempt_and_resume_matches(lambda: tiny_config(data_dir), tmp_path, monkeypatch)
 
 
 def test_metrics_jsonl_names(data_dir, tmp_path):
