@@ -116,13 +116,13 @@ def reference(env, tmp_path_factory):
 
 def test_sigkill_during_training_resumes_from_last_complete_checkpoint(env, reference, tmp_path):
     proc = start_main(env, tmp_path)
-    wait_for_line(proc, "step 7/")
+    wait_for_line(proc, "step 5/")  # not later: the run must still be short of its last step when killed
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=TIMEOUT)
-    # Saves are asynchronous: on a busy machine the save of step 3 or 6 may still be in flight.
+    # Saves are asynchronous: on a busy machine the save of step 3 may still be in flight.
     restored = max(complete_steps(tmp_path), default=0)
-    assert restored in (0, 3, 6)
-    assert [r["step"] for r in rows(tmp_path) if r["split"] == "train"][-1] >= 7  # rows past it exist
+    assert restored in (0, 3)
+    assert [r["step"] for r in rows(tmp_path) if r["split"] == "train"][-1] >= 5  # rows past it exist
     out = run_main(env, tmp_path)
     assert out.returncode == 0, out.stderr
     assert (f"resuming at step {restored} of 8" if restored else "starting at step 0 of 8") in out.stdout
@@ -231,7 +231,9 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_previous(env, reference, 
 def running(env, tmp_path_factory):
     """A long run, past its first step, shared by the busy-workdir and SIGTERM tests."""
     workdir = tmp_path_factory.mktemp("running")
-    proc = start_main(env, workdir, total_steps=400, checkpoint_every_steps=1000, eval_every_steps=1000)
+    # Far more steps than the tests take (~60 steps/s here): it must still be running when signalled.
+    never = 10**7
+    proc = start_main(env, workdir, total_steps=never, checkpoint_every_steps=never, eval_every_steps=never)
     wait_for_line(proc, "step 2/")
     yield proc, workdir
     if proc.poll() is None:

@@ -128,6 +128,8 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(env, tmp_path):
         line = ""
         while "step 3/" not in line and time.time() < deadline:  # process 0 reports every step
             line = procs[0].stdout.readline()
+        # Process 0 prints step 3 before the processes agree on stopping at step 3, so the
+        # agreed step is 3 or later.
             assert line or procs[0].poll() is None, "process 0 ended early"
         procs[1].send_signal(signal.SIGTERM)
         outs = [p.communicate(timeout=TIMEOUT) for p in procs]
@@ -139,5 +141,5 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(env, tmp_path):
     assert [p.returncode for p in procs] == [0, 0], outs[1][1][-3000:]
     assert "another process received a stop signal: saved a checkpoint at step" in outs[0][0]
     stopped = int(outs[0][0].split("saved a checkpoint at step ")[1].split(";")[0])
-    assert 3 < stopped < 200
+    assert 3 <= stopped < 200
     assert str(stopped) in {p.name for p in (tmp_path / "checkpoints").iterdir()}
