@@ -13,6 +13,8 @@ little here. Needs c4/en in array_record form under $TFDS_DATA_DIR and T5's Sent
 model (cc_all.32000/sentencepiece.model; vocabulary 32100 ids, padded to 32128):
   python -m lazy_jax.main --config=configs/t5.py --workdir=gs://BUCKET/t5_base \
     --config.data.spm_path=/path/to/sentencepiece.model
+Eval (every 10k steps): loss, token accuracy and sparsity on the first 16384 documents of
+C4's validation split, corrupted with a fixed seed, tokenized once per process.
 The paper reports ~3.0% nonzero MLP activations per token on average for T5-Base after
 training on C4 (every layer but the first at or under ~10%; larger models sparser).
 
@@ -65,7 +67,9 @@ def get_config(arg=None):
     else:
         c.model = default_model_config(a.size or "base")
         c.data = text_data_config("c4/en", inputs_length=512)  # targets 114
-        c.data.eval_split = "validation"
+        # The first 16384 of C4's 364,608 validation documents: a fixed eval set small enough to
+        # be tokenized once per process and kept (the whole split would be re-read every eval).
+        c.data.eval_split = "validation[:16384]"
         c.batch_size, c.eval_batch_size = 128, 128
         c.total_steps, c.log_every_steps, c.eval_every_steps = 524_288, 100, 10_000
         c.checkpoint_every_steps = 10_000

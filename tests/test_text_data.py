@@ -213,6 +213,19 @@ def test_eval_batches_cover_split_once_with_mask(data_dir, pack):
   _assert_batches_equal(whole, again)
 
 
+def test_eval_rows_are_made_once_per_split_and_geometry(data_dir, monkeypatch):
+  c = _config(data_dir, inputs_length=64, targets_length=16)
+  first = list(text.text_eval_batches(c, global_batch_size=16))
+  made = []
+  real_rows = text._rows
+  monkeypatch.setattr(text, '_rows', lambda *a: made.append(1) or real_rows(*a))
+  _assert_batches_equal(first, list(text.text_eval_batches(c, global_batch_size=16)))
+  assert not made  # the second eval reuses the rows
+  c.inputs_length = 32
+  other = list(text.text_eval_batches(c, global_batch_size=16))
+  assert made and other[0]['encoder_input_tokens'].shape[1] == 32  # another geometry, new rows
+
+
 class _FakeC4(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """A tiny stand-in for c4/en: same name, config and 'text' field."""
 

@@ -467,8 +467,7 @@ def text_eval_batches(config_data: ml_collections.ConfigDict, *, global_batch_si
   """
   b = stream.local_batch_size(global_batch_size, process_count)
   _check_process(process_index, process_count)
-  reader, lengths = _pipeline(config_data, config_data.eval_split)
-  rows = _eval_rows(reader, lengths)
+  rows, lengths = _eval_rows(config_data)
   num_batches = -(-len(rows) // global_batch_size)
 
   def batches():
@@ -487,11 +486,29 @@ def text_eval_batches(config_data: ml_collections.ConfigDict, *, global_batch_si
 _EMPTY = (np.zeros(0, np.int32), np.zeros(0, np.int32))
 
 
-def _eval_rows(reader: _DocumentReader, lengths: _Lengths) -> list:
+def _eval_rows(config_data) -> tuple[list, _Lengths]:
+  """The eval split's corrupted rows; the same at every eval, so made once per process for
+  splits of up to CACHE_MAX_DOCUMENTS documents (larger ones are tokenized again each eval)."""
+  key = (_prepared_dataset_dir(config_data), config_data.eval_split,
+         load_tokenizer(config_data).path, *(config_data[k] for k in _ROW_GEOMETRY_KEYS))
+  if key in _EVAL_ROWS:
+    return _EVAL_ROWS[key]
+  reader, lengths = _pipeline(config_data, config_data.eval_split)
+
   def documents():
     for start in range(0, reader.num_documents, 1024):
       yield from reader.read(range(start, min(start + 1024, reader.num_documents)))
-  return list(_rows(documents(), lengths, (EVAL_NOISE_SEED,)))
+  made = list(_rows(documents(), lengths, (EVAL_NOISE_SEED,))), lengths
+  if reader.num_documents <= CACHE_MAX_DOCUMENTS:
+    _EVAL_ROWS[key] = made
+    while len(_EVAL_ROWS) > 2:
+      _EVAL_ROWS.pop(next(iter(_EVAL_ROWS)))
+  return made
+
+
+_ROW_GEOMETRY_KEYS = ('inputs_length', 'targets_length', 'noise_density',
+                      'mean_noise_span_length', 'pack', 'truncate')
+_EVAL_ROWS: dict[tuple, tuple[list, _Lengths]] = {}
 
 
 def text_dataset_spec(config_data: ml_collections.ConfigDict) -> dict[str, Any]:
