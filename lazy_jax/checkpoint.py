@@ -3,7 +3,8 @@
 Saves are asynchronous and atomic (orbax writes to a temporary directory and renames it), the
 newest `keep` are kept. Restore checks the stored parameter shapes against the model being
 built before reading any array, and falls back to an older checkpoint if the newest is
-unreadable (a warning names it; nothing is deleted).
+unreadable (a warning names it; no complete checkpoint is deleted). Temporary directories
+of saves that a kill cut off are removed when the next run opens the workdir.
 """
 from __future__ import annotations
 
@@ -27,7 +28,10 @@ class ModelMismatchError(ValueError):
 class Checkpointer:
     def __init__(self, directory: str | Path, *, keep: int = 3, async_save: bool = True):
         self.directory = Path(directory).absolute()
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
+        # cleanup_tmp_directories: process 0 (the one holding the workdir lock) removes the
+        # temporary directories of saves cut off by a kill; they were never complete checkpoints.
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
+                                               cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 
     def all_steps(self) -> list[int]:

@@ -142,6 +142,7 @@ def test_sigkill_during_async_checkpoint_save(env, reference, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "resuming at step 3 of 8" in out.stdout
     assert complete_steps(tmp_path) == [3, 6, 8]
+    assert not [p.name for p in (tmp_path / "checkpoints").iterdir() if "tmp" in p.name]  # cleaned up
     assert_same_rows(rows(reference), rows(tmp_path))
 
 
