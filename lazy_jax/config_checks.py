@@ -9,7 +9,7 @@ import math
 
 from lazy_jax.models.stack import check_remat_policy, dtype_of
 from lazy_jax.optim import OPTIMIZERS, SCHEDULES
-from lazy_jax.sparsity import ACTIVATIONS, check_topk
+from lazy_jax.sparsity import ACTIVATIONS, check_topk, check_topk_impl
 from lazy_jax.tasks import TASKS
 
 
@@ -61,6 +61,8 @@ def validate_config(config) -> None:
         check_remat_policy(m.remat_policy)
     for d_ff in mlp_widths(m):
         check_topk(m.topk, d_ff)
+    if "topk_impl" in m:
+        check_topk_impl(m.topk_impl)
     if "vocab_size" in m and (not isinstance(m.vocab_size, int) or isinstance(m.vocab_size, bool)
                               or (m.vocab_size <= 0 and m.vocab_size != -1)):
         raise ValueError(f"model.vocab_size={m.vocab_size!r} is not allowed: use a positive integer or -1 "

@@ -5,7 +5,8 @@ statistics. Definitions (DESIGN.md):
 - activation map `a_BTF` = act(x @ W_in) (after Top-k when k > 0): the map that multiplies W_out.
 - nonzero_frac = mean over valid tokens of count(a > 0) / d_ff, reduced on the device in f32.
 - Top-k keeps, per token, entries >= the k-th largest of that token's row; zeros stay zeros;
-  the mask carries no gradient. k = 0 means dense.
+  the mask carries no gradient. k = 0 means dense. The threshold comes from an exact bisection
+  by default; `jax.lax.top_k` is the reference it is tested against.
 """
 from __future__ import annotations
 
@@ -32,16 +33,58 @@ def check_topk(k: int, d_ff: int) -> None:
         raise ValueError(f"topk k={k!r} is not allowed: use an integer 0 <= k <= d_ff={d_ff} (0 = dense)")
 
 
-def topk_mask(a_BTF: Array, k: int) -> Array:
+def kth_largest_reference(a_BTF: Array, k: int) -> Array:
+    """[..., 1]: the k-th largest entry of each row, by `jax.lax.top_k` (the reference)."""
+    return jax.lax.top_k(a_BTF, k)[0][..., -1:]
+
+
+def kth_largest_positive(a_BTF: Array, k: int) -> Array:
+    """[..., 1]: the k-th largest of max(row, 0), found exactly by bisection on the bit pattern.
+
+    Non-negative floats order like their bits read as integers, so the threshold is built one
+    bit at a time from the top: keep a bit if at least k entries are >= the candidate. That is
+    15 (bf16) or 31 (f32) passes of compare-and-count over the row, each a fused row reduction,
+    where `jax.lax.top_k` sorts. On an H200, Top-k (k=128) this way cost ViT-B/16 13% of its
+    dense training throughput, against 36% with `jax.lax.top_k` (README). Entries <= 0 enter
+    as 0, so where a row has fewer than k positives the result is 0; `topk_mask` keeps only
+    positives, so both thresholds give the same mask.
+    """
+    x_BTF = jnp.where(a_BTF > 0, a_BTF, jnp.zeros_like(a_BTF))  # also turns -0.0 into +0.0
+    int_dtype = {2: jnp.int16, 4: jnp.int32}.get(x_BTF.dtype.itemsize)
+    if int_dtype is None or not jnp.issubdtype(x_BTF.dtype, jnp.floating):
+        raise ValueError(f"Top-k by bisection needs a 16- or 32-bit float map, got {x_BTF.dtype}")
+    bits_BTF = jax.lax.bitcast_convert_type(x_BTF, int_dtype)
+    kth_BT1 = jnp.zeros((*a_BTF.shape[:-1], 1), int_dtype)
+    for bit in reversed(range(8 * x_BTF.dtype.itemsize - 1)):  # the sign bit is 0
+        candidate_BT1 = kth_BT1 | (1 << bit)
+        count_BT1 = jnp.sum(bits_BTF >= candidate_BT1, axis=-1, keepdims=True, dtype=jnp.int32)
+        kth_BT1 = jnp.where(count_BT1 >= k, candidate_BT1, kth_BT1)
+    return jax.lax.bitcast_convert_type(kth_BT1, x_BTF.dtype)
+
+
+TOPK_IMPLS: dict[str, Callable[[Array, int], Array]] = {
+    "bisect": kth_largest_positive,  # the default: exact, and much faster on GPUs
+    "lax": kth_largest_reference,
+}
+
+
+def check_topk_impl(impl: str) -> None:
+    if impl not in TOPK_IMPLS:
+        raise ValueError(f"topk_impl={impl!r} is unknown; allowed: {sorted(TOPK_IMPLS)}")
+
+
+def topk_mask(a_BTF: Array, k: int, impl: str = "bisect") -> Array:
     """Keeps the entries of each row >= its k-th largest value (and > 0); the rest become 0.
 
-    The reference implementation (`jax.lax.top_k`); a faster one must agree with it.
-    The mask is a constant for autodiff: dropped entries get zero gradient, kept entries
-    the gradient of the activation itself.
+    `impl` picks how the k-th largest value is found ('bisect' or 'lax', i.e. jax.lax.top_k,
+    the reference); both give the same threshold on every row with at least k positives and
+    so the same mask. The mask is a constant for autodiff: dropped entries get zero gradient,
+    kept entries the gradient of the activation itself.
     """
     if k == 0:
         return a_BTF
-    kth_BT1 = jax.lax.top_k(a_BTF, k)[0][..., -1:]
+    check_topk_impl(impl)
+    kth_BT1 = jax.lax.stop_gradient(TOPK_IMPLS[impl](a_BTF, k))
     keep_BTF = jax.lax.stop_gradient((a_BTF >= kth_BT1) & (a_BTF > 0))
     return jnp.where(keep_BTF, a_BTF, jnp.zeros_like(a_BTF))
 
@@ -85,6 +128,7 @@ class MlpBlock(nn.Module):
       d_ff: hidden width.
       activation: a key of ACTIVATIONS (ReLU for the paper; GELU etc. to measure other models).
       topk: keep the k largest entries per token; 0 = dense.
+      topk_impl: how the k-th largest value is found: 'bisect' (default) or 'lax' (reference).
       use_bias: ViT/Mixer MLPs have biases, T5 v1.0 has none.
       dropout_rate: dropout after the activation (as in T5) and nowhere else.
       neuron_freq, count_hist_bins: the optional statistics of `activation_stats`.
@@ -94,6 +138,7 @@ class MlpBlock(nn.Module):
     d_ff: int
     activation: str = "relu"
     topk: int = 0
+    topk_impl: str = "bisect"
     use_bias: bool = True
     dropout_rate: float = 0.0
     neuron_freq: bool = False
@@ -121,7 +166,7 @@ class MlpBlock(nn.Module):
             bias_init=nn.with_logical_partitioning(self.bias_init, names[1:]), name=name)
         h_BTF = dense(self.d_ff, (self.embed_axis, "mlp"), "wi")(x_BTD)
         a_BTF = ACTIVATIONS[self.activation](h_BTF)
-        a_BTF = topk_mask(a_BTF, self.topk)
+        a_BTF = topk_mask(a_BTF, self.topk, self.topk_impl)
         a_BTF = nn.with_logical_constraint(a_BTF, (*self.act_axes, "mlp"))
         stats = activation_stats(a_BTF, mask_BT, neuron_freq=self.neuron_freq,
                                  count_hist_bins=self.count_hist_bins)

@@ -42,6 +42,14 @@ def test_topk_out_of_range(data_dir, tmp_path, k):
         train_and_evaluate(c, tmp_path)
 
 
+def test_unknown_topk_impl(data_dir, tmp_path):
+    c = tiny_config(data_dir)
+    c.model.update(topk=8, topk_impl="sort")
+    with pytest.raises(ValueError, match=r"topk_impl='sort' is unknown; allowed: \['bisect', 'lax'\]"):
+        train_and_evaluate(c, tmp_path)
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
 def test_mesh_that_does_not_match_devices(data_dir, tmp_path):
     c = tiny_config(data_dir)
     c.mesh.update(data=3, fsdp=1, model=1)

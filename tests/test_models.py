@@ -242,6 +242,18 @@ def test_remat_matches_no_remat(policy, scan):
   assert float(jnp.abs(grad['params']['embedding']['kernel']).max()) > 0
 
 
+@pytest.mark.parametrize('kind,dtype', [('vit', 'bfloat16'), ('mixer', 'float32'), ('mlp', 'float32')])
+def test_topk_bisection_and_lax_top_k_give_the_same_model(kind, dtype):
+  """Same logits, statistics and gradients whichever way the k-th largest value is found."""
+  variables = _variables(kind, _config(kind))
+  k = 3
+  got, want = (_jitted(kind, _config(kind, topk=k, topk_impl=impl, dtype=dtype), 'grad')(variables, _batch())
+               for impl in ('bisect', 'lax'))
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+  for stack in got[0][1][1].values():  # Top-k was applied (every d_ff here is >= 8)
+    assert np.asarray(stack['nonzero_frac']).max() <= k / 8 + 1e-6
+
+
 def test_unknown_remat_policy():
   with pytest.raises(ValueError, match="remat_policy='some'"):
     _abstract_boxed('vit', _config('vit', remat_policy='some'), _batch())

@@ -216,10 +216,11 @@ def _topk_input(seed=0, k=6, d_ff=24):
   return a
 
 
+@pytest.mark.parametrize('impl', sorted(sparsity.TOPK_IMPLS))
 @pytest.mark.parametrize('k', [1, 6, 24])
-def test_topk_keeps_min_k_positives_with_top_k_values(k):
+def test_topk_keeps_min_k_positives_with_top_k_values(k, impl):
   a = _topk_input(k=max(k, 2))
-  out = np.asarray(sparsity.topk_mask(jnp.asarray(a), k))
+  out = np.asarray(sparsity.topk_mask(jnp.asarray(a), k, impl))
   positives = (a > 0).sum(-1)
   np.testing.assert_array_equal((out != 0).sum(-1), np.minimum(k, positives))
   assert np.any(positives < k) or k == 1
@@ -232,15 +233,16 @@ def test_topk_keeps_min_k_positives_with_top_k_values(k):
     np.testing.assert_array_equal(kept, want, err_msg=str(idx))
 
 
-def test_topk_gradient_flows_only_through_kept_entries():
+@pytest.mark.parametrize('impl', sorted(sparsity.TOPK_IMPLS))
+def test_topk_gradient_flows_only_through_kept_entries(impl):
   k = 6
   a = jnp.asarray(_topk_input(k=k))
   w = jnp.asarray(np.random.default_rng(1).uniform(0.5, 1.5, a.shape), jnp.float32)
-  grad = np.asarray(jax.grad(lambda x: jnp.sum(sparsity.topk_mask(x, k) * w))(a))
-  kept = np.asarray(sparsity.topk_mask(a, k)) != 0
+  grad = np.asarray(jax.grad(lambda x: jnp.sum(sparsity.topk_mask(x, k, impl) * w))(a))
+  kept = np.asarray(sparsity.topk_mask(a, k, impl)) != 0
   np.testing.assert_array_equal(grad[kept], np.asarray(w)[kept])    # d out / d a = 1
   np.testing.assert_array_equal(grad[~kept], 0.0)
-  ones_grad = np.asarray(jax.grad(lambda x: jnp.sum(sparsity.topk_mask(x, k)))(a))
+  ones_grad = np.asarray(jax.grad(lambda x: jnp.sum(sparsity.topk_mask(x, k, impl)))(a))
   np.testing.assert_array_equal(ones_grad, kept.astype(np.float32))
 
 
@@ -249,10 +251,42 @@ def test_topk_zero_is_identity():
   np.testing.assert_array_equal(np.asarray(sparsity.topk_mask(a, 0)), np.asarray(a))
 
 
-def test_topk_keeps_ties_at_the_kth_value():
+@pytest.mark.parametrize('impl', sorted(sparsity.TOPK_IMPLS))
+def test_topk_keeps_ties_at_the_kth_value(impl):
   """DESIGN.md: keep entries >= the k-th largest, so ties at the threshold all stay."""
   a = jnp.asarray([[3.0, 1.0, 3.0, 3.0, 0.0, 2.0]])
-  np.testing.assert_array_equal(np.asarray(sparsity.topk_mask(a, 2)), [[3.0, 0, 3.0, 3.0, 0, 0]])
+  np.testing.assert_array_equal(np.asarray(sparsity.topk_mask(a, 2, impl)), [[3.0, 0, 3.0, 3.0, 0, 0]])
+
+
+def _awkward_rows(dtype, d_ff=64, seed=0):
+  """Rows full of ties (values on a coarse grid), negatives, -0.0, tiny and huge values."""
+  rng = np.random.default_rng(seed)
+  a = np.round(rng.standard_normal((40, d_ff)) * 3) / 4
+  a[1] = -np.abs(a[1])                            # no positives
+  a[2] = np.where(a[2] > 0, a[2], -0.0)           # negative zeros
+  a[3, :5] = [1e-40, 3e-39, 1e-45, 2.0, 2.0]      # subnormals (f32), zero in bf16
+  a[4, :3] = [3e38, 1e30, 3e38]                   # near the top of the range
+  a[5] = 0.5                                      # one value everywhere
+  return jnp.asarray(a.astype(np.float32)).astype(dtype)
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize('k', [1, 3, 17, 64])
+def test_bisection_threshold_equals_lax_top_k(dtype, k):
+  a = _awkward_rows(dtype)
+  ref_kth = np.asarray(sparsity.kth_largest_reference(a, k), np.float32)
+  kth = np.asarray(jax.jit(sparsity.kth_largest_positive, static_argnums=1)(a, k), np.float32)
+  enough = np.asarray((a > 0).sum(-1) >= k)
+  np.testing.assert_array_equal(kth[enough], ref_kth[enough])  # the same k-th value, ties included
+  np.testing.assert_array_equal(kth[~enough], 0.0)
+  for impl in sparsity.TOPK_IMPLS:
+    got = np.asarray(sparsity.topk_mask(a, k, impl), np.float32)
+    np.testing.assert_array_equal(got, np.asarray(sparsity.topk_mask(a, k, 'lax'), np.float32), err_msg=impl)
+
+
+def test_unknown_topk_impl_is_refused_by_name():
+  with pytest.raises(ValueError, match=r"topk_impl='sort' is unknown; allowed: \['bisect', 'lax'\]"):
+    sparsity.topk_mask(jnp.ones((2, 4)), 2, 'sort')
 
 
 @pytest.mark.parametrize('activation', ['relu', 'gelu'])

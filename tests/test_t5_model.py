@@ -190,6 +190,9 @@ def test_topk_and_dropout(model_and_vars):
     assert float(jnp.min(aux["encoder"]["nonzero_frac"])) > 0
     train_logits, _ = jit_apply(model, train=True)(variables, batch, rngs={"dropout": fast_key(1)})
     assert not np.allclose(eval_logits, train_logits)
+    lax_logits, lax_aux = jit_apply(T5(tiny_config(topk=4, dropout_rate=0.3, topk_impl="lax")))(variables, batch)
+    np.testing.assert_array_equal(lax_logits, eval_logits)  # the reference Top-k gives the same model
+    jax.tree.map(np.testing.assert_array_equal, lax_aux, aux)
 
 
 def slow_greedy(encode, decode, variables, enc, max_len, eos_id):

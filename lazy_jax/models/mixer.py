@@ -33,7 +33,7 @@ MIXER_SIZES = {
 def default_model_config(variant: str = "B/16") -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         name="mixer", variant=variant, num_classes=-1, dtype="float32", activation="relu",
-        topk=0, dropout_rate=0.0, scan_layers=False, remat_policy="none",
+        topk=0, topk_impl="bisect", dropout_rate=0.0, scan_layers=False, remat_policy="none",
         neuron_freq=False, count_hist_bins=0))
 
 
@@ -76,7 +76,7 @@ class Mixer(nn.Module):
                          bias_init=_named(nn.initializers.zeros, ("embed",)), name="stem")(image_BHWC)
         x_BTD = x_BhwD.reshape(n, -1, hidden)
         mask_B = batch.get("mask", jnp.ones((n,), jnp.float32))
-        common = dict(activation=cfg.activation, topk=cfg.topk, dropout_rate=cfg.dropout_rate,
+        common = dict(activation=cfg.activation, topk=cfg.topk, topk_impl=cfg.topk_impl, dropout_rate=cfg.dropout_rate,
                       neuron_freq=cfg.neuron_freq, count_hist_bins=cfg.count_hist_bins)
         layer = dict(tokens_mlp=dict(d_ff=d_tok, **common), channels_mlp=dict(d_ff=d_ch, **common),
                      deterministic=not train, dtype=dtype)

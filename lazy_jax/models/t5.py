@@ -41,6 +41,7 @@ Config fields (config.model, see `default_model_config`):
   dropout_rate    T5 dropout rate (0.1 for pre-training in the paper's setup, 0 to fine-tune)
   activation      'relu' (T5 v1.0); any key of sparsity.ACTIVATIONS to measure other choices
   topk            Top-k per token in every MLP (same k per layer); 0 = dense
+  topk_impl       how the k-th largest is found: 'bisect' (default) or 'lax' (jax.lax.top_k)
   scan_layers     nn.scan over the layers of each stack (params get a leading 'layers' axis)
   remat_policy    'none' | 'minimal' | 'full' | 'save_dots' (models.stack.REMAT_POLICIES)
   neuron_freq     also return per-neuron activation frequency [d_ff] per layer
@@ -61,7 +62,7 @@ import ml_collections
 import numpy as np
 
 from lazy_jax.models.stack import REMAT_POLICIES, check_remat_policy, dtype_of
-from lazy_jax.sparsity import ACTIVATIONS, MlpBlock, check_topk, stack_layer_stats
+from lazy_jax.sparsity import ACTIVATIONS, MlpBlock, check_topk, check_topk_impl, stack_layer_stats
 
 Array = jax.Array
 
@@ -94,6 +95,7 @@ def default_model_config(size: str = "base") -> ml_collections.ConfigDict:
         dropout_rate=0.0,
         activation="relu",
         topk=0,
+        topk_impl="bisect",
         scan_layers=False,
         remat_policy="none",
         neuron_freq=False,
@@ -135,6 +137,7 @@ class T5Spec:
     dropout_rate: float
     activation: str
     topk: int
+    topk_impl: str
     scan_layers: bool
     remat_policy: str
     neuron_freq: bool
@@ -144,6 +147,7 @@ class T5Spec:
 def t5_spec(config) -> T5Spec:
     dims = t5_dims(config)
     check_topk(config.topk, dims["d_ff"])
+    check_topk_impl(config.topk_impl)
     check_remat_policy(config.remat_policy)
     # Other activations are allowed (to study them); T5 v1.0 and the HF loader are ReLU.
     if config.activation not in ACTIVATIONS:
@@ -160,7 +164,7 @@ def t5_spec(config) -> T5Spec:
         num_buckets=int(config.relative_attention_num_buckets),
         max_distance=int(config.relative_attention_max_distance),
         eps=float(config.layer_norm_epsilon), dtype=dtype_of(config.dtype),
-        dropout_rate=float(config.dropout_rate), activation=config.activation, topk=int(config.topk),
+        dropout_rate=float(config.dropout_rate), activation=config.activation, topk=int(config.topk), topk_impl=config.topk_impl,
         scan_layers=bool(config.scan_layers), remat_policy=config.remat_policy,
         neuron_freq=bool(config.neuron_freq), count_hist_bins=int(config.count_hist_bins))
 
@@ -290,8 +294,8 @@ class Attention(nn.Module):
 
 
 def _mlp(spec: T5Spec) -> MlpBlock:
-    return MlpBlock(d_ff=spec.d_ff, activation=spec.activation, topk=spec.topk, use_bias=False,
-                    dropout_rate=spec.dropout_rate, neuron_freq=spec.neuron_freq,
+    return MlpBlock(d_ff=spec.d_ff, activation=spec.activation, topk=spec.topk, topk_impl=spec.topk_impl,
+                    use_bias=False, dropout_rate=spec.dropout_rate, neuron_freq=spec.neuron_freq,
                     count_hist_bins=spec.count_hist_bins, dtype=spec.dtype, param_dtype=jnp.float32,
                     kernel_init=nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
                     name="mlp")

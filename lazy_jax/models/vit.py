@@ -45,6 +45,7 @@ def default_model_config(variant: str = "B/16") -> ml_collections.ConfigDict:
         dtype="float32",        # activations; parameters stay float32
         activation="relu",
         topk=0,                 # Top-k per token in every MLP; 0 = dense
+        topk_impl="bisect",     # how the k-th largest is found: 'bisect' or 'lax' (jax.lax.top_k)
         dropout_rate=0.0,
         scan_layers=False,
         remat_policy="none",
@@ -107,7 +108,7 @@ class ViT(nn.Module):
 
         example_mask_B = batch.get("mask", jnp.ones((n,), jnp.float32))
         mask_BT = jnp.broadcast_to(example_mask_B[:, None], x_BTD.shape[:2])
-        mlp = dict(d_ff=d_ff, activation=cfg.activation, topk=cfg.topk, use_bias=True,
+        mlp = dict(d_ff=d_ff, activation=cfg.activation, topk=cfg.topk, topk_impl=cfg.topk_impl, use_bias=True,
                    neuron_freq=cfg.neuron_freq, count_hist_bins=cfg.count_hist_bins)
         layer = dict(num_heads=heads, mlp=mlp, dropout_rate=cfg.dropout_rate, deterministic=not train, dtype=dtype)
         x_BTD, stats = layer_stack("encoderblock", EncoderLayer, layer, depth, x_BTD, mask_BT,
