@@ -84,8 +84,8 @@ def topk_mask(a_BTF: Array, k: int, impl: str = "bisect") -> Array:
     if k == 0:
         return a_BTF
     check_topk_impl(impl)
-    kth_BT1 = jax.lax.stop_gradient(TOPK_IMPLS[impl](a_BTF, k))
-    keep_BTF = jax.lax.stop_gradient((a_BTF >= kth_BT1) & (a_BTF > 0))
+    kth_BT1 = jax.lax.stop_gradient(TOPK_IMPLS[impl](a_BTF, k))  # no backward pass through it
+    keep_BTF = (a_BTF >= kth_BT1) & (a_BTF > 0)  # boolean: carries no gradient
     return jnp.where(keep_BTF, a_BTF, jnp.zeros_like(a_BTF))
 
 

@@ -17,10 +17,9 @@ from jax.sharding import PartitionSpec
 from lazy_jax.models import mixer as mixer_lib
 from lazy_jax.models import mlp as mlp_lib
 from lazy_jax.models import vit as vit_lib
+from tests.model_helpers import MIXER_TINY, VIT_TINY, random_variables
 
-VIT_TINY = (32, 2, 2, 64)      # width, heads, depth, d_ff
 VIT_ONE_LAYER = (32, 2, 1, 64)  # for the remat tests, whose gradient compiles are the slowest
-MIXER_TINY = (16, 2, 8, 48)    # hidden, depth, tokens_mlp_dim, channels_mlp_dim
 MLP_D_FF = 96
 BINS = 5
 B, HW, PATCH, CLASSES = 3, 28, 7, 5
@@ -64,25 +63,8 @@ def _abstract_boxed(kind, config, batch):
   return jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), batch)
 
 
-def _random_params(abstract, seed):
-  """Random values that keep activations O(1); LayerNorm scales near 1."""
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name = str(path[-1].key)
-    if name == 'scale':
-      x = 1.0 + 0.1 * rng.standard_normal(leaf.shape)
-    elif leaf.ndim <= 1 or name.endswith('bias'):
-      x = 0.1 * rng.standard_normal(leaf.shape)
-    else:
-      x = 0.5 * rng.standard_normal(leaf.shape) / np.sqrt(leaf.shape[-2])
-    return jnp.asarray(x, leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, abstract)
-
-
 def _variables(kind, config, seed=0):
-  return _random_params(nn.meta.unbox(_abstract_boxed(kind, config, _batch())), seed)
+  return random_variables(MODELS[kind](config), _batch(), seed)
 
 
 _CACHE = {}

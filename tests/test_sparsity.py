@@ -5,8 +5,6 @@ after the activation and Top-k) with `nn.intercept_methods`, count it again in n
 with the statistics the model returns in `aux`. Models are shrunk to a few tiny layers by adding
 a test size to the variant tables, so every config compiles in about a second.
 """
-import functools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -17,10 +15,9 @@ from lazy_jax import sparsity
 from lazy_jax.models import mixer as mixer_lib
 from lazy_jax.models import mlp as mlp_lib
 from lazy_jax.models import vit as vit_lib
+from tests.model_helpers import MIXER_TINY, VIT_TINY, random_variables
 
 # Tiny sizes so that each config compiles fast on a 2-core CPU.
-VIT_TINY = (32, 2, 2, 64)      # width, heads, depth, d_ff
-MIXER_TINY = (16, 2, 8, 48)    # hidden, depth, tokens_mlp_dim, channels_mlp_dim
 BINS = 7                       # does not divide d_ff: exercises the bin edges
 
 
@@ -31,28 +28,6 @@ def _tiny_sizes(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _random_params(abstract, seed):
-  """Fills an (unboxed) abstract param tree with random values that keep activations O(1)."""
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name = str(path[-1].key)
-    if name == 'scale':
-      x = 1.0 + 0.1 * rng.standard_normal(leaf.shape)
-    elif leaf.ndim <= 1 or name.endswith('bias'):
-      x = 0.1 * rng.standard_normal(leaf.shape)
-    else:
-      x = 0.5 * rng.standard_normal(leaf.shape) / np.sqrt(leaf.shape[-2])
-    return jnp.asarray(x, leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, abstract)
-
-
-def _variables(model, batch, seed=0):
-  abstract = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), batch)
-  return _random_params(nn.meta.unbox(abstract), seed)
 
 
 def _capture_wo_inputs(module_cls, config):
@@ -112,7 +87,7 @@ def _stats_cases(module_cls, config, stack_keys):
   """Runs the model with and without a padding mask and checks every stack against numpy."""
   model, apply = _capture_wo_inputs(module_cls, config)
   images = _images(1)
-  variables = _variables(model, {'image': images, 'mask': jnp.asarray(MASK)})
+  variables = random_variables(model, {'image': images, 'mask': jnp.asarray(MASK)})
 
   # Without a mask every example counts.
   _, aux, captured = apply(variables, {'image': images})
@@ -165,7 +140,7 @@ def test_mixer_token_mlp_rows_are_channels():
   config.update(num_classes=5, neuron_freq=True, count_hist_bins=BINS)
   model = mixer_lib.Mixer(config)
   batch = {'image': _images(0), 'mask': jnp.asarray(MASK)}
-  _, aux = jax.eval_shape(lambda v, b: model.apply(v, b), _variables(model, batch), batch)
+  _, aux = jax.eval_shape(lambda v, b: model.apply(v, b), random_variables(model, batch), batch)
   hidden, depth, d_tok, d_ch = MIXER_TINY
   assert aux['token_mlp']['neuron_freq'].shape == (depth, d_tok)
   assert aux['channel_mlp']['neuron_freq'].shape == (depth, d_ch)

@@ -351,12 +351,18 @@ def _tokenize_split(dataset_dir, split, spm_path, reader: _DocumentReader) -> li
   """All documents of a split, tokenized once per (dataset, split, vocabulary) per process."""
   key = (dataset_dir, split, spm_path)
   if key not in _TOKENIZED:
-    _TOKENIZED[key] = [t for start in range(0, reader.num_documents, 1024)
-                       for t in reader.tokenize(range(start, min(start + 1024,
-                                                                  reader.num_documents)))]
-    while len(_TOKENIZED) > 4:
-      _TOKENIZED.pop(next(iter(_TOKENIZED)))
+    _remember(_TOKENIZED, key, [t for start in range(0, reader.num_documents, 1024)
+                                for t in reader.tokenize(range(start, min(start + 1024,
+                                                                           reader.num_documents)))],
+              max_entries=4)
   return _TOKENIZED[key]
+
+
+def _remember(cache: dict, key, value, max_entries: int) -> None:
+  """Stores `value`, dropping the oldest entries beyond `max_entries`."""
+  cache[key] = value
+  while len(cache) > max_entries:
+    cache.pop(next(iter(cache)))
 
 
 _TOKENIZED: dict[tuple[str, str, str], list[np.ndarray]] = {}
@@ -500,9 +506,7 @@ def _eval_rows(config_data) -> tuple[list, _Lengths]:
       yield from reader.read(range(start, min(start + 1024, reader.num_documents)))
   made = list(_rows(documents(), lengths, (EVAL_NOISE_SEED,))), lengths
   if reader.num_documents <= CACHE_MAX_DOCUMENTS:
-    _EVAL_ROWS[key] = made
-    while len(_EVAL_ROWS) > 2:
-      _EVAL_ROWS.pop(next(iter(_EVAL_ROWS)))
+    _remember(_EVAL_ROWS, key, made, max_entries=2)
   return made
 
 
