@@ -40,6 +40,7 @@ gives the same dropout masks on any mesh; the faster 'rbg' / 'unsafe_rbg' implem
 promise that, so we keep threefry; the local run uses dropout 0, which also avoids the slow CPU
 compile of the dropout masks.
 """
+
 from lazy_jax.config_base import base_config, parse_arg, text_data_config
 from lazy_jax.models.t5 import default_model_config
 
@@ -61,8 +62,15 @@ def get_config(arg=None):
         c.total_steps, c.log_every_steps, c.eval_every_steps = 500, 50, 250
         c.checkpoint_every_steps = 250
         # lr 1e-2: at 3e-3 the loss is about the same after 600 steps but the sparsity moves less.
-        c.optimizer.update(name="adamw", learning_rate=1e-2, weight_decay=1e-4, warmup_steps=100,
-                           schedule="warmup_cosine", end_lr_frac=0.1, grad_clip_norm=1.0)
+        c.optimizer.update(
+            name="adamw",
+            learning_rate=1e-2,
+            weight_decay=1e-4,
+            warmup_steps=100,
+            schedule="warmup_cosine",
+            end_lr_frac=0.1,
+            grad_clip_norm=1.0,
+        )
         c.model.dropout_rate = 0.0
     else:
         c.model = default_model_config(a.size or "base")
@@ -73,8 +81,14 @@ def get_config(arg=None):
         c.batch_size, c.eval_batch_size = 128, 128
         c.total_steps, c.log_every_steps, c.eval_every_steps = 524_288, 100, 10_000
         c.checkpoint_every_steps = 10_000
-        c.optimizer.update(name="adafactor", learning_rate=0.01, weight_decay=0.0, warmup_steps=10_000,
-                           schedule="t5_rsqrt", grad_clip_norm=0.0)
+        c.optimizer.update(
+            name="adafactor",
+            learning_rate=0.01,
+            weight_decay=0.0,
+            warmup_steps=10_000,
+            schedule="t5_rsqrt",
+            grad_clip_norm=0.0,
+        )
         c.model.dropout_rate = 0.1
         c.model.dtype = "bfloat16"
         c.model.scan_layers = False  # unrolled ran 1.44x faster than nn.scan on an H200 (README)

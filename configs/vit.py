@@ -18,6 +18,7 @@ d_ff 512, 4 heads, 50 tokens incl. class token) on mnist5k (4000 train / 1000 te
 It should reach ~95% test accuracy while the nonzero share of every layer falls from about half
 at initialisation to a few percent; see README.md for the figures we measured.
 """
+
 from lazy_jax.config_base import base_config, parse_arg, vision_data_config
 from lazy_jax.models.vit import default_model_config
 

@@ -59,6 +59,9 @@ case "$cmd" in
     ;;
   test)
     ensure_venv
+    # One formatter and linter for the whole tree (pyproject.toml): a lint or format error fails the run.
+    "$venv/bin/ruff" check --quiet . && "$venv/bin/ruff" format --check --quiet . \
+      || { echo "error: ruff found lint or format errors (fix with: .venv/bin/ruff check --fix . && .venv/bin/ruff format .)" >&2; exit 1; }
     # The T5 parity test compares with transformers' PyTorch T5, which runs in its own
     # Python 3.11 environment with a CPU torch (.venv-hf, made once, ~1-2 minutes).
     "$venv/bin/python" tests/hf_reference.py --setup

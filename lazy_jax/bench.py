@@ -8,6 +8,7 @@ inputs/targets lengths and also report tokens/s (encoder + decoder tokens). Synt
 step alone: compile, 3 warm-up steps, then `--steps` timed steps. Prints a table (and JSON
 with --json) of step time and examples/s, and scaling efficiency against the first mesh.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,15 +34,19 @@ flags.DEFINE_string("json", None, "write results here")
 def synthetic_batch(config, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     if config.task == "classification":
         size = config.data.image_size or 224
-        return {"image": rng.normal(size=(n, size, size, 3)).astype(np.float32),
-                "label": rng.integers(0, FLAGS.num_classes, size=(n,)).astype(np.int32)}
+        return {
+            "image": rng.normal(size=(n, size, size, 3)).astype(np.float32),
+            "label": rng.integers(0, FLAGS.num_classes, size=(n,)).astype(np.int32),
+        }
     if config.task == "seq2seq":  # uniform random tokens at the config's span-corruption lengths
         ti, tt = config.data.inputs_length, config.data.targets_length
         targets = rng.integers(2, config.model.vocab_size, size=(n, tt)).astype(np.int32)
-        return {"encoder_input_tokens": rng.integers(2, config.model.vocab_size, size=(n, ti)).astype(np.int32),
-                "decoder_target_tokens": targets,
-                "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
-                "decoder_loss_weights": np.ones((n, tt), np.float32)}
+        return {
+            "encoder_input_tokens": rng.integers(2, config.model.vocab_size, size=(n, ti)).astype(np.int32),
+            "decoder_target_tokens": targets,
+            "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+            "decoder_loss_weights": np.ones((n, tt), np.float32),
+        }
     raise ValueError(f"bench supports tasks 'classification' and 'seq2seq', not {config.task!r}")
 
 
@@ -73,21 +78,32 @@ def measure(config, mesh_str: str) -> dict:
             state, metrics = exp.train_step(state, gbatch)
         jax.block_until_ready(metrics)
         step_s = (time.perf_counter() - t0) / FLAGS.steps
-    return {"mesh": mesh_str, "devices": d * f * m, "global_batch": n, "compile_s": round(compile_s, 1),
-            "step_ms": round(1000 * step_s, 2), "examples_per_s": round(n / step_s, 1),
-            "tokens_per_s": round(n * sum(v.shape[1] for k, v in batch.items() if k.endswith("input_tokens")) / step_s),
-            "loss": float(metrics["loss"]), "nonzero_frac_mean": float(metrics["nonzero_frac/mean"])}
+    return {
+        "mesh": mesh_str,
+        "devices": d * f * m,
+        "global_batch": n,
+        "compile_s": round(compile_s, 1),
+        "step_ms": round(1000 * step_s, 2),
+        "examples_per_s": round(n / step_s, 1),
+        "tokens_per_s": round(n * sum(v.shape[1] for k, v in batch.items() if k.endswith("input_tokens")) / step_s),
+        "loss": float(metrics["loss"]),
+        "nonzero_frac_mean": float(metrics["nonzero_frac/mean"]),
+    }
 
 
 def main(argv):
     del argv
     results = [measure(FLAGS.config, m) for m in FLAGS.meshes.split(",")]
     base = results[0]["examples_per_s"] / results[0]["devices"]
-    print(f"{'mesh':>8} {'devices':>7} {'batch':>6} {'step ms':>8} {'examples/s':>11} {'tokens/s':>10} {'efficiency':>10}")
+    print(
+        f"{'mesh':>8} {'devices':>7} {'batch':>6} {'step ms':>8} {'examples/s':>11} {'tokens/s':>10} {'efficiency':>10}"
+    )
     for r in results:
         r["scaling_efficiency"] = round(r["examples_per_s"] / (base * r["devices"]), 3)
-        print(f"{r['mesh']:>8} {r['devices']:>7} {r['global_batch']:>6} {r['step_ms']:>8.2f} "
-              f"{r['examples_per_s']:>11.1f} {r['tokens_per_s']:>10} {r['scaling_efficiency']:>10.3f}")
+        print(
+            f"{r['mesh']:>8} {r['devices']:>7} {r['global_batch']:>6} {r['step_ms']:>8.2f} "
+            f"{r['examples_per_s']:>11.1f} {r['tokens_per_s']:>10} {r['scaling_efficiency']:>10.3f}"
+        )
     if FLAGS.json:
         with open(FLAGS.json, "w") as fh:
             json.dump({"device": jax.devices()[0].device_kind, "results": results}, fh, indent=2)

@@ -6,6 +6,7 @@ built before reading any array, and falls back to an older checkpoint if the new
 unreadable (a warning names it; no complete checkpoint is deleted). Temporary directories
 of saves that a kill cut off are removed when the next run opens the workdir.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,16 +31,18 @@ class Checkpointer:
         self.directory = Path(directory).absolute()
         # cleanup_tmp_directories: process 0 (the one holding the workdir lock) removes the
         # temporary directories of saves cut off by a kill; they were never complete checkpoints.
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
-                                               cleanup_tmp_directories=True)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True
+        )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
     def save(self, step: int, state: Any, meta: dict) -> None:
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                        meta=ocp.args.JsonSave(meta)), force=True)
+        self.manager.save(
+            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True
+        )
 
     def read_meta(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -59,13 +62,16 @@ class Checkpointer:
                 detail = ", ".join(f"{k}: checkpoint {stored.get(k)} vs model {expected_shapes.get(k)}" for k in diff)
                 raise ModelMismatchError(
                     f"the checkpoint at {self.directory}/{step} belongs to a model of another shape ({detail}); "
-                    f"use a new --workdir for this model, or the config that wrote it (model={meta.get('model')})")
+                    f"use a new --workdir for this model, or the config that wrote it (model={meta.get('model')})"
+                )
             try:
-                restored = self.manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state)))
+                restored = self.manager.restore(
+                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+                )
             except Exception as e:
-                logging.warning("checkpoint %s/%d could not be restored (%s); trying the previous one",
-                                self.directory, step, e)
+                logging.warning(
+                    "checkpoint %s/%d could not be restored (%s); trying the previous one", self.directory, step, e
+                )
                 continue
             return restored["state"], meta
         return None, None

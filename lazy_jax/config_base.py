@@ -3,6 +3,7 @@
 Config files under configs/ build on `base_config()` and return a locked ConfigDict, so an
 unknown `--config.key` is refused by name.
 """
+
 from __future__ import annotations
 
 import ml_collections
@@ -30,33 +31,38 @@ def parse_arg(arg: str | None, defaults: dict) -> ml_collections.ConfigDict:
 
 
 def vision_data_config(name: str, image_size=None) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        name=name,                      # tensorflow-datasets name
-        train_split="train",
-        eval_split="test",
-        data_dir=config_dict.placeholder(str),  # None: $TFDS_DATA_DIR or ~/tensorflow_datasets
-        image_size=config_dict.placeholder(int) if image_size is None else image_size,  # None: native
-        infinite=False,                 # True: no example is seen twice (error if the data runs out)
-        random_labels=False,            # paper's random-label experiment
-        random_inputs=False,            # paper's random-input experiment (Gaussian images)
-        shuffle_seed=0,
-        num_workers=0,
-    ))
+    return ml_collections.ConfigDict(
+        dict(
+            name=name,  # tensorflow-datasets name
+            train_split="train",
+            eval_split="test",
+            data_dir=config_dict.placeholder(str),  # None: $TFDS_DATA_DIR or ~/tensorflow_datasets
+            image_size=config_dict.placeholder(int) if image_size is None else image_size,  # None: native
+            infinite=False,  # True: no example is seen twice (error if the data runs out)
+            random_labels=False,  # paper's random-label experiment
+            random_inputs=False,  # paper's random-input experiment (Gaussian images)
+            shuffle_seed=0,
+            num_workers=0,
+        )
+    )
 
 
-def text_data_config(name: str, inputs_length: int = 512, targets_length: int | None = None,
-                     **overrides) -> ml_collections.ConfigDict:
+def text_data_config(
+    name: str, inputs_length: int = 512, targets_length: int | None = None, **overrides
+) -> ml_collections.ConfigDict:
     """`config.data` of a span-corruption text task (fields: lazy_jax.data.text.default_config).
 
     targets_length None = what T5's random_spans_helper gives for `inputs_length` and the noise
     settings (512 -> 114 at noise density 0.15, mean span 3).
     """
     from lazy_jax.data import span_corruption, text
+
     c = text.default_config()
     c.update(name=name, inputs_length=inputs_length, **overrides)
     if targets_length is None:
-        targets_length = span_corruption.random_spans_helper(
-            inputs_length, c.noise_density, c.mean_noise_span_length)[1]
+        targets_length = span_corruption.random_spans_helper(inputs_length, c.noise_density, c.mean_noise_span_length)[
+            1
+        ]
     c.targets_length = targets_length
     return c
 
@@ -64,8 +70,8 @@ def text_data_config(name: str, inputs_length: int = 512, targets_length: int | 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.task = "classification"          # or 'seq2seq'
-    c.batch_size = 128                 # global, over all devices and processes
+    c.task = "classification"  # or 'seq2seq'
+    c.batch_size = 128  # global, over all devices and processes
     c.eval_batch_size = 256
     c.total_steps = 1000
     c.log_every_steps = 50
@@ -74,9 +80,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.async_checkpointing = True
     c.z_loss = 0.0
-    c.optimizer = ml_collections.ConfigDict(dict(
-        name="adamw", learning_rate=1e-3, b1=0.9, b2=0.999, weight_decay=1e-4,
-        schedule="warmup_cosine", warmup_steps=100, end_lr_frac=0.0, grad_clip_norm=1.0))
+    c.optimizer = ml_collections.ConfigDict(
+        dict(
+            name="adamw",
+            learning_rate=1e-3,
+            b1=0.9,
+            b2=0.999,
+            weight_decay=1e-4,
+            schedule="warmup_cosine",
+            warmup_steps=100,
+            end_lr_frac=0.0,
+            grad_clip_norm=1.0,
+        )
+    )
     # Mesh sizes; -1 = all remaining devices. data x fsdp split the batch, fsdp also the weights.
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
     c.logical_axis_rules = [(name, list(axes) if isinstance(axes, tuple) else axes) for name, axes in DEFAULT_RULES]
@@ -86,6 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
 def load_config(spec: str) -> ml_collections.ConfigDict:
     """'configs/vit.py:local' -> that file's get_config('local') (for notebooks and tests)."""
     import importlib.util
+
     path, _, arg = spec.partition(":")
     module_spec = importlib.util.spec_from_file_location("lazy_jax_config", path)
     if module_spec is None:

@@ -4,6 +4,7 @@ Resumes from DIR's newest checkpoint if there is one. Multi-host: --multihost le
 jax.distributed.initialize() find the coordinator (TPU VMs, SLURM); a local cluster passes
 --coordinator_address, --num_processes and --process_id.
 """
+
 from __future__ import annotations
 
 import sys
@@ -12,8 +13,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "ml_collections config file, e.g. configs/vit.py:local",
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+    "config", None, "ml_collections config file, e.g. configs/vit.py:local", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics.jsonl, TensorBoard events, report/")
 flags.DEFINE_bool("multihost", False, "call jax.distributed.initialize() with auto-detection (TPU VM, SLURM)")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a cluster without auto-detection")
@@ -24,6 +26,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def initialize_distributed() -> None:
     import jax
+
     if FLAGS.coordinator_address or FLAGS.num_processes:
         if FLAGS.coordinator_address is None or FLAGS.num_processes is None or FLAGS.process_id is None:
             raise ValueError("a local cluster needs all of --coordinator_address, --num_processes and --process_id")
@@ -37,6 +40,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
     from lazy_jax.run import WorkdirInUseError, train_and_evaluate
+
     try:
         initialize_distributed()
         train_and_evaluate(FLAGS.config, FLAGS.workdir)

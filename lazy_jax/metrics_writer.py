@@ -4,6 +4,7 @@ Only process 0 writes. On resume, rows logged after the restored step (they will
 again) move to metrics.dropped.jsonl, so metrics.jsonl never holds a step twice and nothing
 written is lost.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,9 +47,9 @@ class MetricsWriter:
         if not drop:
             return
         with open(self.workdir / "metrics.dropped.jsonl", "a") as f:
-            f.write("".join(l + "\n" for l in drop))
+            f.write("".join(line + "\n" for line in drop))
         tmp = self.jsonl.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(l + "\n" for l in keep))
+        tmp.write_text("".join(line + "\n" for line in keep))
         os.replace(tmp, self.jsonl)
 
     def write(self, step: int, split: str, metrics: dict) -> None:
@@ -79,6 +80,7 @@ class MetricsWriter:
     def _writer(self):
         if self._tb is None:
             from tensorboardX import SummaryWriter  # no TensorFlow needed
+
             self._tb = SummaryWriter(str(self.workdir / "tb"))
         return self._tb
 

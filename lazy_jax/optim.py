@@ -1,4 +1,5 @@
 """Optimizers and learning-rate schedules from config.optimizer."""
+
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -18,8 +19,12 @@ def learning_rate_schedule(opt, total_steps: int):
     lr, warmup = opt.learning_rate, opt.warmup_steps
     if opt.schedule == "warmup_cosine":
         return optax.warmup_cosine_decay_schedule(
-            init_value=0.0, peak_value=lr, warmup_steps=warmup,
-            decay_steps=max(total_steps, warmup + 1), end_value=lr * opt.end_lr_frac)
+            init_value=0.0,
+            peak_value=lr,
+            warmup_steps=warmup,
+            decay_steps=max(total_steps, warmup + 1),
+            end_value=lr * opt.end_lr_frac,
+        )
     if opt.schedule == "rsqrt":
         w = max(warmup, 1)
         return lambda step: lr * jnp.minimum(step / w, jnp.sqrt(w / jnp.maximum(step, w)))

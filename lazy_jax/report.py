@@ -21,14 +21,16 @@ The plain functions (`read_metrics`, `first_last_table`, `format_first_last`,
 `write_report`) are importable without matplotlib or absl flags, so the trainer can print
 the end-of-run summary with them; matplotlib is imported only to draw the figures.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import math
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- metrics rows
 
+
 def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
     """Returns the rows of `<workdir>/metrics.jsonl` in file order.
 
@@ -55,8 +58,9 @@ def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
     """
     path = Path(workdir) / METRICS_FILE
     if not path.is_file():
-        raise ValueError(f"no metrics file at {path}: expected the {METRICS_FILE} a training "
-                         f"run writes into its --workdir")
+        raise ValueError(
+            f"no metrics file at {path}: expected the {METRICS_FILE} a training run writes into its --workdir"
+        )
     rows, bad_lines = [], []
     with path.open("r", encoding="utf-8", errors="replace") as f:
         for line_no, line in enumerate(f, start=1):
@@ -72,8 +76,12 @@ def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
                 continue
             rows.append(row)
     if bad_lines:
-        logger.warning("%s: skipped %d malformed line(s): %s", path, len(bad_lines),
-                       ", ".join(map(str, bad_lines[:20])) + (" ..." if len(bad_lines) > 20 else ""))
+        logger.warning(
+            "%s: skipped %d malformed line(s): %s",
+            path,
+            len(bad_lines),
+            ", ".join(map(str, bad_lines[:20])) + (" ..." if len(bad_lines) > 20 else ""),
+        )
     return rows
 
 
@@ -143,18 +151,17 @@ def _pct(value: float | None) -> str:
 
 def _short_name(name: str) -> str:
     """'nonzero_frac/encoder/layer_03' -> 'encoder/layer_03'."""
-    return name[len(NONZERO_PREFIX):] if name.startswith(NONZERO_PREFIX) else name
+    return name[len(NONZERO_PREFIX) :] if name.startswith(NONZERO_PREFIX) else name
 
 
 def _split_step_range(rows: list[dict[str, Any]], split: str) -> tuple[int, int] | None:
-    steps = [int(r["step"]) for r in split_rows(rows, split)
-             if any(k.startswith(NONZERO_PREFIX) for k in r)]
+    steps = [int(r["step"]) for r in split_rows(rows, split) if any(k.startswith(NONZERO_PREFIX) for k in r)]
     return (steps[0], steps[-1]) if steps else None
 
 
 def _first_last_by_split(rows: list[dict[str, Any]], splits: list[str]):
     """(metric names in table order, {split: {name: (first, last)}})."""
-    tables = {s: {n: (f, l) for n, f, l in first_last_table(rows, s)} for s in splits}
+    tables = {s: {n: (f, last) for n, f, last in first_last_table(rows, s)} for s in splits}
     names = sorted({n for t in tables.values() for n in t}, key=metric_sort_key)
     return names, tables
 
@@ -173,17 +180,19 @@ def format_first_last(rows: list[dict[str, Any]]) -> str:
     for n in names:
         line = [_short_name(n)]
         for s in splits:
-            f, l = tables[s].get(n, (None, None))
-            line.append(f"{_pct(f):>7} -> {_pct(l):>7}" if f is not None else "-")
+            f, last = tables[s].get(n, (None, None))
+            line.append(f"{_pct(f):>7} -> {_pct(last):>7}" if f is not None else "-")
         lines.append(line)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
-           for line in lines]
+    out = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))) for line in lines
+    ]
     out.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(out)
 
 
 # ----------------------------------------------------------------------------- config
+
 
 def _lookup(config: dict[str, Any], dotted: str) -> Any:
     node: Any = config
@@ -221,11 +230,15 @@ def config_summary(config: dict[str, Any]) -> dict[str, Any]:
     model = " ".join(str(v) for v in (model_name, variant) if v is not None) or None
     summary = {
         "model": model,
-        "dataset": _first_of(config, ["dataset", "dataset.name", "data.name", "data.dataset",
-                                      "dataset_name", "data.tfds_name"], "dataset"),
+        "dataset": _first_of(
+            config,
+            ["dataset", "dataset.name", "data.name", "data.dataset", "dataset_name", "data.tfds_name"],
+            "dataset",
+        ),
         "topk": _first_of(config, ["model.topk", "topk", "model.mlp.topk"], "topk"),
-        "steps": _first_of(config, ["num_train_steps", "total_steps", "train_steps", "num_steps",
-                                    "steps"], "num_train_steps"),
+        "steps": _first_of(
+            config, ["num_train_steps", "total_steps", "train_steps", "num_steps", "steps"], "num_train_steps"
+        ),
     }
     return {k: v for k, v in summary.items() if v is not None}
 
@@ -240,13 +253,15 @@ def read_config(workdir: str | Path) -> dict[str, Any] | None:
         logger.warning("%s is not valid JSON (%s); the report leaves the config out", path, e)
         return None
     if not isinstance(config, dict):
-        logger.warning("%s holds a %s, not a JSON object; the report leaves the config out",
-                       path, type(config).__name__)
+        logger.warning(
+            "%s holds a %s, not a JSON object; the report leaves the config out", path, type(config).__name__
+        )
         return None
     return config
 
 
 # ----------------------------------------------------------------------------- stats files
+
 
 def latest_stats_files(workdir: str | Path) -> dict[str, tuple[int, Path]]:
     """{split: (step, path)} of the last-step `stats/<split>_<step>.npz` of each split."""
@@ -271,6 +286,7 @@ def load_stats(path: Path) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- report.md
+
 
 def _md_table(header: list[str], body: list[list[str]], align: str | None = None) -> list[str]:
     align = align or "l" + "r" * (len(header) - 1)
@@ -306,8 +322,9 @@ def write_report(workdir: str | Path) -> Path:
     workdir = Path(workdir)
     rows = read_metrics(workdir)
     if not rows:
-        raise ValueError(f"{workdir / METRICS_FILE} holds no metric rows (no line is a JSON "
-                         f"object with 'step' and 'split')")
+        raise ValueError(
+            f"{workdir / METRICS_FILE} holds no metric rows (no line is a JSON object with 'step' and 'split')"
+        )
     out_dir = workdir / REPORT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     splits = splits_of(rows)
@@ -329,9 +346,15 @@ def write_report(workdir: str | Path) -> Path:
     body = []
     for s in splits:
         r = rows_by_split[s]
-        body.append([s, str(int(r[-1]["step"])), _fmt(_last_value(r, "loss"), ".4f"),
-                     _pct(_as_float(_last_value(r, "accuracy"))),
-                     _pct(_as_float(_last_value(r, "nonzero_frac/mean")))])
+        body.append(
+            [
+                s,
+                str(int(r[-1]["step"])),
+                _fmt(_last_value(r, "loss"), ".4f"),
+                _pct(_as_float(_last_value(r, "accuracy"))),
+                _pct(_as_float(_last_value(r, "nonzero_frac/mean"))),
+            ]
+        )
     md += _md_table(["split", "step", "loss", "accuracy", "nonzero_frac/mean"], body) + [""]
 
     # First / last nonzero_frac.
@@ -341,16 +364,19 @@ def write_report(workdir: str | Path) -> Path:
         header = ["stack", "layer"]
         for s in splits:
             steps = _split_step_range(rows, s)
-            header += ([f"{s} first (step {steps[0]})", f"{s} last (step {steps[1]})"] if steps
-                       else [f"{s} first", f"{s} last"])
+            header += (
+                [f"{s} first (step {steps[0]})", f"{s} last (step {steps[1]})"]
+                if steps
+                else [f"{s} first", f"{s} last"]
+            )
         body = []
         for n in names:
             parts = _short_name(n).split("/")
             stack, layer = (parts[0], parts[1].removeprefix("layer_")) if len(parts) == 2 else ("all", parts[0])
             line = [stack, layer]
             for s in splits:
-                f, l = tables[s].get(n, (None, None))
-                line += [_pct(f), _pct(l)]
+                f, last = tables[s].get(n, (None, None))
+                line += [_pct(f), _pct(last)]
             body.append(line)
         md += _md_table(header, body, "ll" + "r" * (len(header) - 2)) + [""]
     else:
@@ -364,25 +390,43 @@ def write_report(workdir: str | Path) -> Path:
     for s in splits:
         png = report_figures.plot_nonzero_frac(rows_by_split[s], s, out_dir / f"nonzero_frac_{_safe_name(s)}.png")
         if png:
-            md += [f"Nonzero entries per layer ({s}), log scale; dashed: mean over the stack's layers.",
-                   "", f"![nonzero_frac {s}]({png.name})", ""]
+            md += [
+                f"Nonzero entries per layer ({s}), log scale; dashed: mean over the stack's layers.",
+                "",
+                f"![nonzero_frac {s}]({png.name})",
+                "",
+            ]
     for s, (step, path) in latest_stats_files(workdir).items():
         stats = load_stats(path)
         png = report_figures.plot_neuron_usage(stats, s, step, out_dir / f"neuron_usage_{_safe_name(s)}.png")
         if not png:
             logger.warning("%s holds no neuron_freq/* or count_hist/* arrays; no figure", path)
             continue
-        md += [f"Neuron usage ({s}, step {step}, from {STATS_DIR}/{path.name}): share of tokens per "
-               f"number of nonzero entries, and each neuron's activation frequency, sorted.", "",
-               f"![neuron usage {s}]({png.name})", ""]
+        md += [
+            f"Neuron usage ({s}, step {step}, from {STATS_DIR}/{path.name}): share of tokens per "
+            f"number of nonzero entries, and each neuron's activation frequency, sorted.",
+            "",
+            f"![neuron usage {s}]({png.name})",
+            "",
+        ]
         dead = _dead_neuron_rows(stats)
         if dead:
             md += [f"Neurons never active on the batch ({s}, step {step}):", ""]
             md += _md_table(["stack", "layer", "d_ff", "never active"], dead, "llrr") + [""]
 
     if config is not None:
-        md += ["## Config", "", "<details><summary>config.json</summary>", "", "```json",
-               json.dumps(config, indent=2, sort_keys=True), "```", "", "</details>", ""]
+        md += [
+            "## Config",
+            "",
+            "<details><summary>config.json</summary>",
+            "",
+            "```json",
+            json.dumps(config, indent=2, sort_keys=True),
+            "```",
+            "",
+            "</details>",
+            "",
+        ]
 
     report_path = out_dir / "report.md"
     report_path.write_text("\n".join(md), encoding="utf-8")
@@ -400,6 +444,7 @@ def _dead_neuron_rows(stats: dict[str, np.ndarray]) -> list[list[str]]:
 
 
 # ----------------------------------------------------------------------------- CLI
+
 
 def main(argv: list[str]) -> None:
     from absl import flags

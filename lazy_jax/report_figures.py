@@ -4,6 +4,7 @@ Figures are built as `matplotlib.figure.Figure` objects without pyplot, so no di
 global backend switch are needed and importing this module changes nothing for the caller.
 Each plot function returns the path it wrote, or None when there is nothing to draw.
 """
+
 from __future__ import annotations
 
 import re
@@ -53,8 +54,11 @@ def _percent_log_axis(ax) -> None:
     ax.set_yscale("log")
     plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")
     ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(ticker.FuncFormatter(
-        lambda v, _: f"{v:g}" if v > 0 and round(v / 10 ** np.floor(np.log10(v)), 6) in (2, 5) else ""))
+    ax.yaxis.set_minor_formatter(
+        ticker.FuncFormatter(
+            lambda v, _: f"{v:g}" if v > 0 and round(v / 10 ** np.floor(np.log10(v)), 6) in (2, 5) else ""
+        )
+    )
 
 
 def _series(rows: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -87,11 +91,10 @@ def plot_nonzero_frac(rows: list[dict[str, Any]], split: str, path: Path) -> Pat
     axes = fig.subplots(1, len(stacks), sharey=True, squeeze=False)[0]
     marker = "." if len(rows) <= 30 else None
     for ax, (stack, layers) in zip(axes, stacks.items()):
-        palette = _colors(max(l for l, _ in layers) + 1)
+        palette = _colors(max(layer for layer, _ in layers) + 1)
         for layer, name in layers:
             steps, values = _series(rows, name)
-            ax.plot(steps, 100 * values, color=palette[layer], marker=marker, lw=1.2,
-                    label=f"layer {layer:02d}")
+            ax.plot(steps, 100 * values, color=palette[layer], marker=marker, lw=1.2, label=f"layer {layer:02d}")
         steps, values = _series(rows, f"nonzero_frac/{stack}/mean")
         if steps.size:
             ax.plot(steps, 100 * values, color="black", ls="--", lw=1.5, marker=marker, label="mean")
@@ -99,7 +102,7 @@ def plot_nonzero_frac(rows: list[dict[str, Any]], split: str, path: Path) -> Pat
         ax.set_title(stack)
         ax.set_xlabel("step")
         ax.grid(True, which="both", alpha=0.3)
-        _depth_key(fig, ax, [l for l, _ in layers])
+        _depth_key(fig, ax, [layer for layer, _ in layers])
     axes[0].set_ylabel("nonzero entries (% of d_ff)")
     fig.suptitle(f"Activation map density per layer ({split})")
     return _save(fig, path)
@@ -107,8 +110,7 @@ def plot_nonzero_frac(rows: list[dict[str, Any]], split: str, path: Path) -> Pat
 
 def plot_loss(rows_by_split: dict[str, list[dict[str, Any]]], path: Path) -> Path | None:
     """Loss (left) and accuracy (right, if logged) against step, one line per split."""
-    panels = [k for k in ("loss", "accuracy")
-              if any(_series(r, k)[0].size for r in rows_by_split.values())]
+    panels = [k for k in ("loss", "accuracy") if any(_series(r, k)[0].size for r in rows_by_split.values())]
     if not panels:
         return None
     fig = Figure(figsize=(5.5 * len(panels), 4.0), layout="constrained")
@@ -149,7 +151,7 @@ def plot_neuron_usage(stats: dict[str, np.ndarray], split: str, step: int, path:
             if not layers:
                 ax.set_axis_off()
                 continue
-            palette = _colors(max(l for l, _ in layers) + 1)
+            palette = _colors(max(layer for layer, _ in layers) + 1)
             if kind == "count_hist":
                 x_max = 0.0
                 for layer, name in layers:
@@ -173,6 +175,6 @@ def plot_neuron_usage(stats: dict[str, np.ndarray], split: str, step: int, path:
                 ax.set_ylabel("tokens on which the neuron is nonzero (%)")
                 ax.set_title(f"{stack}: per-neuron activation frequency")
             ax.grid(True, alpha=0.3)
-            _depth_key(fig, ax, [l for l, _ in layers])
+            _depth_key(fig, ax, [layer for layer, _ in layers])
     fig.suptitle(f"Neuron usage ({split}, step {step})")
     return _save(fig, path)

@@ -6,6 +6,7 @@ the device only on logged steps; a NaN/Inf there, or before a checkpoint, stops 
 keeps the last good checkpoint. SIGTERM (preemption) saves a checkpoint and exits cleanly (with
 several processes, at the next logged step, which all of them agree on).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -55,8 +56,10 @@ class WorkdirLock:
             self.file.seek(0)
             holder = self.file.read().strip() or "unknown"
             self.file.close()
-            raise WorkdirInUseError(f"workdir {self.path.parent} is in use by another run ({holder}); "
-                               "wait for it to finish or use another --workdir") from None
+            raise WorkdirInUseError(
+                f"workdir {self.path.parent} is in use by another run ({holder}); "
+                "wait for it to finish or use another --workdir"
+            ) from None
         self.file.truncate(0)
         self.file.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         self.file.flush()
@@ -70,9 +73,11 @@ class WorkdirLock:
 def _check_finite(step: int, metrics: dict) -> None:
     for name in ("loss", "grad_norm"):
         if name in metrics and not math.isfinite(float(metrics[name])):
-            raise NonFiniteError(f"{name} is {float(metrics[name])} at step {step}: the run stops here; "
-                                 "the last checkpoint written before it is kept (lower the learning rate or "
-                                 "check the data)")
+            raise NonFiniteError(
+                f"{name} is {float(metrics[name])} at step {step}: the run stops here; "
+                "the last checkpoint written before it is kept (lower the learning rate or "
+                "check the data)"
+            )
 
 
 def _all_finite(tree) -> jax.Array:
@@ -91,7 +96,9 @@ def _agreed_stop(local_stop: bool, sync_step: bool) -> bool:
 
 def _fmt_eta(seconds: float) -> str:
     seconds = int(max(seconds, 0))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
 
 
 def train_and_evaluate(config, workdir: str | Path) -> dict:
@@ -111,6 +118,7 @@ def _train(config, workdir: Path, is_writer: bool) -> dict:
     shd.check_batch_size(config.eval_batch_size, exp.mesh, "eval_batch_size")
     if config.data.get("infinite", False):
         from lazy_jax.data import vision
+
         vision.check_infinite_data(config.data, config.total_steps, config.batch_size)
 
     ckpt = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints, async_save=config.async_checkpointing)
@@ -123,8 +131,11 @@ def _train(config, workdir: Path, is_writer: bool) -> dict:
     writer = MetricsWriter(workdir, enabled=is_writer)
     writer.truncate_after(start)
     if is_writer:
-        print(f"{'resuming at' if start else 'starting at'} step {start} of {config.total_steps}; "
-              f"mesh {dict(exp.mesh.shape)}; {sum(np.prod(s) for s in shapes.values()):,} parameters", flush=True)
+        print(
+            f"{'resuming at' if start else 'starting at'} step {start} of {config.total_steps}; "
+            f"mesh {dict(exp.mesh.shape)}; {sum(np.prod(s) for s in shapes.values()):,} parameters",
+            flush=True,
+        )
         cfg_path = workdir / "config.json"
         if not cfg_path.exists():
             cfg_path.write_text(config.to_json_best_effort(indent=2))
@@ -136,11 +147,14 @@ def _train(config, workdir: Path, is_writer: bool) -> dict:
         # The metrics of step s come from the parameters before its update: an update that
         # overflows leaves finite metrics but non-finite parameters, which must not be saved.
         if not bool(params_finite(state.params)):
-            raise NonFiniteError(f"the parameters after step {step} are not finite (NaN/Inf): the run stops here "
-                                 "without saving them; the last checkpoint written before it is kept (lower the "
-                                 "learning rate or check the data)")
-        ckpt.save(step, state, {"step": step, "data_position": step, "param_shapes": shapes,
-                                "model": config.model.to_dict()})
+            raise NonFiniteError(
+                f"the parameters after step {step} are not finite (NaN/Inf): the run stops here "
+                "without saving them; the last checkpoint written before it is kept (lower the "
+                "learning rate or check the data)"
+            )
+        ckpt.save(
+            step, state, {"step": step, "data_position": step, "param_shapes": shapes, "model": config.model.to_dict()}
+        )
 
     stop = {"signal": None}
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
@@ -162,17 +176,26 @@ def _train(config, workdir: Path, is_writer: bool) -> dict:
                     last_train = metrics
                     if is_writer:
                         # the recent rate; the first step's includes compilation, so no ETA yet
-                        eta = "--" if step == start + 1 else _fmt_eta((config.total_steps - step) / metrics["steps_per_sec"])
-                        print(f"step {step}/{config.total_steps} | loss {metrics['loss']:.4f} | "
-                              f"acc {metrics['accuracy']:.3f} | nonzero {100 * metrics['nonzero_frac/mean']:.2f}% | "
-                              f"{metrics['steps_per_sec']:.2f} steps/s | ETA {eta}",
-                              flush=True)
+                        eta = (
+                            "--"
+                            if step == start + 1
+                            else _fmt_eta((config.total_steps - step) / metrics["steps_per_sec"])
+                        )
+                        print(
+                            f"step {step}/{config.total_steps} | loss {metrics['loss']:.4f} | "
+                            f"acc {metrics['accuracy']:.3f} | nonzero {100 * metrics['nonzero_frac/mean']:.2f}% | "
+                            f"{metrics['steps_per_sec']:.2f} steps/s | ETA {eta}",
+                            flush=True,
+                        )
                 if step % config.eval_every_steps == 0 or step in (1, config.total_steps):
                     last_eval = exp.evaluate(state.params, input_pipeline.eval_batches(config, pi, pc))
                     writer.write(step, "eval", last_eval)
                     if is_writer:
-                        print(f"eval  {step} | loss {last_eval['loss']:.4f} | acc {last_eval['accuracy']:.3f} | "
-                              f"nonzero {100 * last_eval['nonzero_frac/mean']:.2f}%", flush=True)
+                        print(
+                            f"eval  {step} | loss {last_eval['loss']:.4f} | acc {last_eval['accuracy']:.3f} | "
+                            f"nonzero {100 * last_eval['nonzero_frac/mean']:.2f}%",
+                            flush=True,
+                        )
                 preempted = _agreed_stop(stop["signal"] is not None, step % config.log_every_steps == 0)
                 if step % config.checkpoint_every_steps == 0 or step == config.total_steps or preempted:
                     last_train = jax.device_get(metrics)
@@ -180,8 +203,11 @@ def _train(config, workdir: Path, is_writer: bool) -> dict:
                 if preempted:
                     ckpt.wait()
                     if is_writer:
-                        why = (f"received signal {stop['signal']}" if stop["signal"] is not None
-                               else "another process received a stop signal")
+                        why = (
+                            f"received signal {stop['signal']}"
+                            if stop["signal"] is not None
+                            else "another process received a stop signal"
+                        )
                         print(f"{why}: saved a checkpoint at step {step}; exiting", flush=True)
                     return {"train": last_train, "eval": last_eval, "preempted_at": step}
     finally:
@@ -197,6 +223,7 @@ def _train(config, workdir: Path, is_writer: bool) -> dict:
 
 def print_summary(workdir: Path) -> None:
     from lazy_jax import report
+
     rows = report.read_metrics(workdir)
     print("\nnonzero share of MLP activations per layer, first -> last logged step:")
     print(report.format_first_last(rows), flush=True)

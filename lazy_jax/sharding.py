@@ -4,6 +4,7 @@ The mesh has axes ('data', 'fsdp', 'model'); parameters and activations carry lo
 names (set in the models) that the config's `logical_axis_rules` map to mesh axes. Shardings are
 decided from `jax.eval_shape` before anything is materialised.
 """
+
 from __future__ import annotations
 
 import math
@@ -12,7 +13,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")  # the batch is split over both; fsdp also shards parameters
@@ -45,12 +47,16 @@ def mesh_shape(mesh_config, num_devices: int) -> tuple[int, ...]:
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if num_devices % known:
-            raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} does not fit {num_devices} devices: "
-                             f"{num_devices} is not divisible by {known}")
+            raise ValueError(
+                f"mesh {dict(zip(MESH_AXES, sizes))} does not fit {num_devices} devices: "
+                f"{num_devices} is not divisible by {known}"
+            )
         sizes[sizes.index(-1)] = num_devices // known
     if math.prod(sizes) != num_devices:
-        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but "
-                         f"{num_devices} are present; make data*fsdp*model equal {num_devices} or set one axis to -1")
+        raise ValueError(
+            f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but "
+            f"{num_devices} are present; make data*fsdp*model equal {num_devices} or set one axis to -1"
+        )
     return tuple(sizes)
 
 
@@ -67,8 +73,10 @@ def data_parallel_size(mesh) -> int:
 def check_batch_size(global_batch_size: int, mesh, what: str = "batch_size") -> None:
     dp = data_parallel_size(mesh)
     if global_batch_size <= 0 or global_batch_size % dp:
-        raise ValueError(f"{what}={global_batch_size} must be a positive multiple of the data-parallel size "
-                         f"{dp} (mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']})")
+        raise ValueError(
+            f"{what}={global_batch_size} must be a positive multiple of the data-parallel size "
+            f"{dp} (mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']})"
+        )
     if global_batch_size % jax.process_count():
         raise ValueError(f"{what}={global_batch_size} must be divisible by the process count {jax.process_count()}")
 

@@ -8,9 +8,11 @@ statistics. Definitions (DESIGN.md):
   the mask carries no gradient. k = 0 means dense. The threshold comes from an exact bisection
   by default; `jax.lax.top_k` is the reference it is tested against.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -89,8 +91,9 @@ def topk_mask(a_BTF: Array, k: int, impl: str = "bisect") -> Array:
     return jnp.where(keep_BTF, a_BTF, jnp.zeros_like(a_BTF))
 
 
-def activation_stats(a_BTF: Array, mask_BT: Array | None, *, neuron_freq: bool = False,
-                     count_hist_bins: int = 0) -> dict[str, Array]:
+def activation_stats(
+    a_BTF: Array, mask_BT: Array | None, *, neuron_freq: bool = False, count_hist_bins: int = 0
+) -> dict[str, Array]:
     """Reduces an activation map to its sparsity statistics, on the device, in f32.
 
     Returns a dict with
@@ -135,6 +138,7 @@ class MlpBlock(nn.Module):
       out_features: width of the output (None = the input width; a 2-layer MLP classifier
         sets it to the number of classes).
     """
+
     d_ff: int
     activation: str = "relu"
     topk: int = 0
@@ -161,15 +165,19 @@ class MlpBlock(nn.Module):
         check_topk(self.topk, self.d_ff)
         d_model = x_BTD.shape[-1]
         dense = lambda feats, names, name: nn.Dense(
-            feats, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+            feats,
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
             kernel_init=nn.with_logical_partitioning(self.kernel_init, names),
-            bias_init=nn.with_logical_partitioning(self.bias_init, names[1:]), name=name)
+            bias_init=nn.with_logical_partitioning(self.bias_init, names[1:]),
+            name=name,
+        )
         h_BTF = dense(self.d_ff, (self.embed_axis, "mlp"), "wi")(x_BTD)
         a_BTF = ACTIVATIONS[self.activation](h_BTF)
         a_BTF = topk_mask(a_BTF, self.topk, self.topk_impl)
         a_BTF = nn.with_logical_constraint(a_BTF, (*self.act_axes, "mlp"))
-        stats = activation_stats(a_BTF, mask_BT, neuron_freq=self.neuron_freq,
-                                 count_hist_bins=self.count_hist_bins)
+        stats = activation_stats(a_BTF, mask_BT, neuron_freq=self.neuron_freq, count_hist_bins=self.count_hist_bins)
         a_BTF = nn.Dropout(self.dropout_rate)(a_BTF, deterministic=not train)
         out_names = ("mlp", self.embed_axis) if self.out_features is None else ("mlp", "classes")
         y_BTD = dense(self.out_features or d_model, out_names, "wo")(a_BTF)

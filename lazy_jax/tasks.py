@@ -3,6 +3,7 @@
 `task_sums(task, logits, batch)` returns {'loss': sum, 'correct': sum, 'weight': sum,
 'z_loss': sum}; the train loss is loss/weight (+ z_loss/weight), metrics are ratios.
 """
+
 from __future__ import annotations
 
 import jax
@@ -18,8 +19,12 @@ def classification_sums(logits_BC, batch, z_loss: float = 0.0):
     loss_B = optax.softmax_cross_entropy_with_integer_labels(logits_BC, labels_B)
     correct_B = (jnp.argmax(logits_BC, -1) == labels_B).astype(jnp.float32)
     zl_B = z_loss * jnp.square(jax.nn.logsumexp(logits_BC, -1))
-    return {"loss": jnp.sum(loss_B * weight_B), "correct": jnp.sum(correct_B * weight_B),
-            "weight": jnp.sum(weight_B), "z_loss": jnp.sum(zl_B * weight_B)}
+    return {
+        "loss": jnp.sum(loss_B * weight_B),
+        "correct": jnp.sum(correct_B * weight_B),
+        "weight": jnp.sum(weight_B),
+        "z_loss": jnp.sum(zl_B * weight_B),
+    }
 
 
 def seq2seq_sums(logits_BTV, batch, z_loss: float = 0.0):
@@ -39,8 +44,12 @@ def seq2seq_sums(logits_BTV, batch, z_loss: float = 0.0):
     loss_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, targets_BT)
     correct_BT = (jnp.argmax(logits_BTV, -1) == targets_BT).astype(jnp.float32)
     zl_BT = z_loss * jnp.square(jax.nn.logsumexp(logits_BTV, -1))
-    return {"loss": jnp.sum(loss_BT * weight_BT), "correct": jnp.sum(correct_BT * weight_BT),
-            "weight": jnp.sum(weight_BT), "z_loss": jnp.sum(zl_BT * weight_BT)}
+    return {
+        "loss": jnp.sum(loss_BT * weight_BT),
+        "correct": jnp.sum(correct_BT * weight_BT),
+        "weight": jnp.sum(weight_BT),
+        "z_loss": jnp.sum(zl_BT * weight_BT),
+    }
 
 
 def task_sums(task: str, logits, batch, z_loss: float = 0.0):

@@ -7,6 +7,7 @@ from `jax.eval_shape`, before anything is materialised) and the two jitted steps
 Metrics hold loss, accuracy, learning rate, gradient norm and the sparsity statistics named as
 in DESIGN.md (`sparsity.stats_to_metrics`).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -17,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from lazy_jax import sharding as shd
 from lazy_jax.models import get_model
@@ -52,7 +54,7 @@ def state_shardings(abstract_boxed: Any, mesh, rules) -> Any:
     are replicated.
     """
     is_box = lambda x: isinstance(x, nn.Partitioned)
-    spec = lambda x: (P(*x.names) if is_box(x) and len(x.names) == x.value.ndim else P())
+    spec = lambda x: P(*x.names) if is_box(x) and len(x.names) == x.value.ndim else P()
     logical = jax.tree.map(spec, abstract_boxed, is_leaf=is_box)
     mesh_shardings = nn.logical_to_mesh_sharding(logical, mesh, rules)
     shapes = jax.tree.map(lambda x: x.value.shape if is_box(x) else x.shape, abstract_boxed, is_leaf=is_box)
@@ -66,8 +68,11 @@ def finalize_eval(sums: dict) -> dict[str, float | np.ndarray]:
     aux = {}
     for stack, stats in sums["stats"].items():
         tokens_L = np.maximum(np.asarray(stats["num_tokens"]), 1.0)
-        aux[stack] = {k: np.asarray(v) / tokens_L.reshape((-1,) + (1,) * (np.ndim(v) - 1))
-                      for k, v in stats.items() if k != "num_tokens"}
+        aux[stack] = {
+            k: np.asarray(v) / tokens_L.reshape((-1,) + (1,) * (np.ndim(v) - 1))
+            for k, v in stats.items()
+            if k != "num_tokens"
+        }
     metrics.update({k: np.asarray(v) for k, v in stats_to_metrics(aux).items()})
     return metrics
 
@@ -87,13 +92,22 @@ class Experiment:
         self.state_sharding = state_shardings(abstract_boxed, self.mesh, self.rules)
         self.abstract_state = jax.tree.map(
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-            nn.unbox(abstract_boxed), self.state_sharding)
+            nn.unbox(abstract_boxed),
+            self.state_sharding,
+        )
         self.batch_sharding = shd.batch_sharding(self.mesh)
         self.replicated = shd.replicated(self.mesh)
-        self.train_step = jax.jit(self._train_step, in_shardings=(self.state_sharding, self.batch_sharding),
-                                  out_shardings=(self.state_sharding, self.replicated), donate_argnums=(0,))
-        self.eval_step = jax.jit(self._eval_step, in_shardings=(self.state_sharding.params, self.batch_sharding),
-                                 out_shardings=self.replicated)
+        self.train_step = jax.jit(
+            self._train_step,
+            in_shardings=(self.state_sharding, self.batch_sharding),
+            out_shardings=(self.state_sharding, self.replicated),
+            donate_argnums=(0,),
+        )
+        self.eval_step = jax.jit(
+            self._eval_step,
+            in_shardings=(self.state_sharding.params, self.batch_sharding),
+            out_shardings=self.replicated,
+        )
 
     # -- state -----------------------------------------------------------------------------
     def _init_boxed(self, rng) -> TrainState:
@@ -104,13 +118,15 @@ class Experiment:
     def init_state(self, seed: int) -> TrainState:
         with jax.set_mesh(self.mesh):
             return jax.jit(lambda r: nn.unbox(self._init_boxed(r)), out_shardings=self.state_sharding)(
-                jax.random.key(seed))
+                jax.random.key(seed)
+            )
 
     # -- steps -----------------------------------------------------------------------------
     def _apply(self, params, batch, train: bool, rng=None):
         with nn.logical_axis_rules(self.rules):
-            return self.model.apply({"params": params}, batch, train=train,
-                                    rngs={"dropout": rng} if rng is not None else None)
+            return self.model.apply(
+                {"params": params}, batch, train=train, rngs={"dropout": rng} if rng is not None else None
+            )
 
     def _train_step(self, state: TrainState, batch):
         cfg = self.config
@@ -126,9 +142,13 @@ class Experiment:
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         weight = jnp.maximum(sums["weight"], 1.0)
-        metrics = {"loss": sums["loss"] / weight, "accuracy": sums["correct"] / weight,
-                   "learning_rate": self.schedule(state.step), "grad_norm": optax.tree.norm(grads),
-                   **stats_to_metrics(aux)}
+        metrics = {
+            "loss": sums["loss"] / weight,
+            "accuracy": sums["correct"] / weight,
+            "learning_rate": self.schedule(state.step),
+            "grad_norm": optax.tree.norm(grads),
+            **stats_to_metrics(aux),
+        }
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     def _eval_step(self, params, batch):
@@ -137,8 +157,10 @@ class Experiment:
         weighted = {}
         for stack, stats in aux.items():
             tokens_L = stats["num_tokens"]
-            weighted[stack] = {k: (v * tokens_L.reshape((-1,) + (1,) * (v.ndim - 1)) if k != "num_tokens" else v)
-                               for k, v in stats.items()}
+            weighted[stack] = {
+                k: (v * tokens_L.reshape((-1,) + (1,) * (v.ndim - 1)) if k != "num_tokens" else v)
+                for k, v in stats.items()
+            }
         return {"task": sums, "stats": weighted}
 
     def evaluate(self, params, local_batches) -> dict:

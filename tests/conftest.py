@@ -1,4 +1,5 @@
 """Tests run on the CPU with 8 fake devices, so mesh tests need no accelerator."""
+
 import os
 
 os.environ["JAX_PLATFORMS"] = "cpu"
@@ -25,6 +26,7 @@ import pytest  # noqa: E402  (after the environment is set)
 def data_dir(tmp_path_factory):
     """A data dir (`<it>/tfds`) holding the offline `digits` dataset; modules may override it."""
     from lazy_jax.data.offline import prepare
+
     d = tmp_path_factory.mktemp("data")
     prepare("digits", str(d / "tfds"))
     return d

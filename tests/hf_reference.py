@@ -15,6 +15,7 @@ Environment variables: LAZY_JAX_HF_PYTHON = a Python that already has torch + tr
 LAZY_JAX_HF_PIP_ARGS = extra pip arguments (e.g. an index with CPU torch wheels).
 This file imports only the standard library at the top: the test process imports it too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,9 @@ class HfEnvUnavailable(RuntimeError):
 
 def _python_version(python: str) -> tuple[int, int] | None:
     try:
-        out = subprocess.run([python, "-c", "import sys; print(*sys.version_info[:2])"],
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [python, "-c", "import sys; print(*sys.version_info[:2])"], capture_output=True, text=True, timeout=60
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return tuple(map(int, out.stdout.split())) if out.returncode == 0 else None
@@ -57,19 +59,27 @@ def find_base_python() -> str:
     major, minor = BASE_VERSION
     name = f"python{major}.{minor}"
     pyenv = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
-    candidates = [shutil.which(name), *sorted(glob.glob(f"{pyenv}/versions/{major}.{minor}*/bin/python3")),
-                  f"/usr/local/bin/{name}", f"/usr/bin/{name}", *sorted(glob.glob(f"/opt/*/bin/{name}"))]
+    candidates = [
+        shutil.which(name),
+        *sorted(glob.glob(f"{pyenv}/versions/{major}.{minor}*/bin/python3")),
+        f"/usr/local/bin/{name}",
+        f"/usr/bin/{name}",
+        *sorted(glob.glob(f"/opt/*/bin/{name}")),
+    ]
     for c in candidates:
         if c and _python_version(c) == BASE_VERSION:
             return c
-    raise HfEnvUnavailable(f"no {name} found (PATH, {pyenv}/versions, /usr/local/bin, /usr/bin, /opt/*/bin); "
-                           f"the PyTorch reference needs one: install it (e.g. 'pyenv install 3.11') "
-                           "or set LAZY_JAX_HF_BASE_PYTHON / LAZY_JAX_HF_PYTHON")
+    raise HfEnvUnavailable(
+        f"no {name} found (PATH, {pyenv}/versions, /usr/local/bin, /usr/bin, /opt/*/bin); "
+        f"the PyTorch reference needs one: install it (e.g. 'pyenv install 3.11') "
+        "or set LAZY_JAX_HF_BASE_PYTHON / LAZY_JAX_HF_PYTHON"
+    )
 
 
 @contextlib.contextmanager
 def _lock():
     import fcntl
+
     with open(os.path.join(tempfile.gettempdir(), "lazy_jax_venv_hf.lock"), "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
@@ -97,10 +107,13 @@ def ensure_hf_python(log=print) -> str:
                 f.write("# created by tests/hf_reference.py\n*\n")  # as Python >= 3.13's venv does
         log(f"== installing {' '.join(REQUIREMENTS)} into {VENV}")
         extra = shlex.split(os.environ.get("LAZY_JAX_HF_PIP_ARGS", ""))
-        proc = subprocess.run([python, "-m", "pip", "install", "-q", *extra, *REQUIREMENTS],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [python, "-m", "pip", "install", "-q", *extra, *REQUIREMENTS], capture_output=True, text=True
+        )
         if proc.returncode != 0:
-            raise RuntimeError(f"pip install {' '.join(REQUIREMENTS)} into {VENV} failed:\n{proc.stdout}\n{proc.stderr}")
+            raise RuntimeError(
+                f"pip install {' '.join(REQUIREMENTS)} into {VENV} failed:\n{proc.stdout}\n{proc.stderr}"
+            )
         with open(stamp, "w") as f:
             f.write(wanted)
         log(f"== {VENV} ready in {time.time() - start:.0f} s")
@@ -110,31 +123,63 @@ def ensure_hf_python(log=print) -> str:
 def run_reference(out_dir: str, timeout: float = 600) -> None:
     """Runs this file's reference computation in the HF environment, writing into out_dir."""
     python = ensure_hf_python(log=lambda msg: print(msg, file=sys.stderr))
-    proc = subprocess.run([python, os.path.abspath(__file__), "--out", out_dir],
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [python, os.path.abspath(__file__), "--out", out_dir], capture_output=True, text=True, timeout=timeout
+    )
     if proc.returncode != 0:
-        raise RuntimeError(f"HF reference failed ({python}; if its environment is broken, delete {VENV} "
-                           f"to rebuild it):\n{proc.stdout}\n{proc.stderr}")
+        raise RuntimeError(
+            f"HF reference failed ({python}; if its environment is broken, delete {VENV} "
+            f"to rebuild it):\n{proc.stdout}\n{proc.stderr}"
+        )
 
 
 # ----------------------------------------------------------------------------- the reference
 # Small T5 v1.0 configs. 'long': the default 32 buckets / max distance 128 with sequences longer
 # than 128; 'short_distance': few buckets and a small max distance, asymmetric depths.
 CASES = {
-    "long": dict(config=dict(vocab_size=97, d_model=32, d_kv=8, d_ff=64, num_heads=4, num_layers=2,
-                             num_decoder_layers=3, relative_attention_num_buckets=32,
-                             relative_attention_max_distance=128),
-                 batch=2, enc_len=150, dec_len=140, enc_valid=(150, 131), dec_valid=(140, 100)),
-    "short_distance": dict(config=dict(vocab_size=61, d_model=24, d_kv=6, d_ff=48, num_heads=3, num_layers=3,
-                                       num_decoder_layers=2, relative_attention_num_buckets=8,
-                                       relative_attention_max_distance=12),
-                           batch=3, enc_len=30, dec_len=25, enc_valid=(30, 17, 5), dec_valid=(25, 9, 20)),
+    "long": dict(
+        config=dict(
+            vocab_size=97,
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_heads=4,
+            num_layers=2,
+            num_decoder_layers=3,
+            relative_attention_num_buckets=32,
+            relative_attention_max_distance=128,
+        ),
+        batch=2,
+        enc_len=150,
+        dec_len=140,
+        enc_valid=(150, 131),
+        dec_valid=(140, 100),
+    ),
+    "short_distance": dict(
+        config=dict(
+            vocab_size=61,
+            d_model=24,
+            d_kv=6,
+            d_ff=48,
+            num_heads=3,
+            num_layers=3,
+            num_decoder_layers=2,
+            relative_attention_num_buckets=8,
+            relative_attention_max_distance=12,
+        ),
+        batch=3,
+        enc_len=30,
+        dec_len=25,
+        enc_valid=(30, 17, 5),
+        dec_valid=(25, 9, 20),
+    ),
 }
 BUCKET_RANGE = 300  # bucket tables for relative positions -300..300
 
 
 def _tokens(rng, vocab: int, length: int, valid: tuple[int, ...]):
     import numpy as np
+
     toks = rng.integers(2, vocab, size=(len(valid), length)).astype(np.int64)
     for row, n in enumerate(valid):
         toks[row, n:] = 0
@@ -153,8 +198,13 @@ def write_reference(out_dir: str) -> None:
     for case_id, (name, case) in enumerate(CASES.items()):
         torch.manual_seed(case_id)
         rng = np.random.default_rng(case_id)
-        config = T5Config(**case["config"], feed_forward_proj="relu", tie_word_embeddings=True,
-                          dropout_rate=0.1, attn_implementation="eager")
+        config = T5Config(
+            **case["config"],
+            feed_forward_proj="relu",
+            tie_word_embeddings=True,
+            dropout_rate=0.1,
+            attn_implementation="eager",
+        )
         model = T5ForConditionalGeneration(config).eval()
         enc = _tokens(rng, config.vocab_size, case["enc_len"], case["enc_valid"])
         tgt = _tokens(rng, config.vocab_size, case["dec_len"], case["dec_valid"])
@@ -162,22 +212,38 @@ def write_reference(out_dir: str) -> None:
         enc_mask, dec_mask = (enc > 0).astype(np.int64), (tgt > 0).astype(np.int64)
         with torch.no_grad():
             encoder_hidden = model.get_encoder()(
-                input_ids=torch.from_numpy(enc), attention_mask=torch.from_numpy(enc_mask)).last_hidden_state
-            logits = model(input_ids=torch.from_numpy(enc), attention_mask=torch.from_numpy(enc_mask),
-                           decoder_input_ids=torch.from_numpy(dec_in),
-                           decoder_attention_mask=torch.from_numpy(dec_mask)).logits
+                input_ids=torch.from_numpy(enc), attention_mask=torch.from_numpy(enc_mask)
+            ).last_hidden_state
+            logits = model(
+                input_ids=torch.from_numpy(enc),
+                attention_mask=torch.from_numpy(enc_mask),
+                decoder_input_ids=torch.from_numpy(dec_in),
+                decoder_attention_mask=torch.from_numpy(dec_mask),
+            ).logits
         rel = torch.arange(-BUCKET_RANGE, BUCKET_RANGE + 1)
-        buckets = {f"buckets_{kind}": T5Attention._relative_position_bucket(
-            rel, bidirectional=kind == "bidirectional", num_buckets=config.relative_attention_num_buckets,
-            max_distance=config.relative_attention_max_distance).numpy()
-            for kind in ("bidirectional", "causal")}
+        buckets = {
+            f"buckets_{kind}": T5Attention._relative_position_bucket(
+                rel,
+                bidirectional=kind == "bidirectional",
+                num_buckets=config.relative_attention_num_buckets,
+                max_distance=config.relative_attention_max_distance,
+            ).numpy()
+            for kind in ("bidirectional", "causal")
+        }
         state = {f"state/{k}": v.detach().float().numpy() for k, v in model.state_dict().items()}
-        np.savez(os.path.join(out_dir, f"{name}.npz"), **state, **buckets,
-                 config_json=np.array(config.to_json_string()), relative_positions=rel.numpy(),
-                 encoder_input_tokens=enc.astype(np.int32), decoder_input_tokens=dec_in.astype(np.int32),
-                 decoder_target_tokens=tgt.astype(np.int32), encoder_hidden=encoder_hidden.float().numpy(),
-                 logits=logits.float().numpy(),
-                 versions=np.array(json.dumps({"torch": torch.__version__, "transformers": transformers.__version__})))
+        np.savez(
+            os.path.join(out_dir, f"{name}.npz"),
+            **state,
+            **buckets,
+            config_json=np.array(config.to_json_string()),
+            relative_positions=rel.numpy(),
+            encoder_input_tokens=enc.astype(np.int32),
+            decoder_input_tokens=dec_in.astype(np.int32),
+            decoder_target_tokens=tgt.astype(np.int32),
+            encoder_hidden=encoder_hidden.float().numpy(),
+            logits=logits.float().numpy(),
+            versions=np.array(json.dumps({"torch": torch.__version__, "transformers": transformers.__version__})),
+        )
         model.save_pretrained(os.path.join(out_dir, f"{name}_safetensors"))
         bin_dir = os.path.join(out_dir, f"{name}_bin")
         os.makedirs(bin_dir, exist_ok=True)

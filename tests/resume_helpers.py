@@ -1,5 +1,6 @@
 """Shared by the ViT and T5 trainer tests: a run preempted by SIGTERM and resumed must write
 the same metrics rows as an uninterrupted run."""
+
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ from lazy_jax.run import train_and_evaluate
 
 
 def read_rows(workdir):
-    return [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
 def assert_preempt_and_resume_matches(make_config, tmp_path, monkeypatch, stop_step=4):

@@ -1,4 +1,5 @@
 """Bad input gets a clear error naming the value and what is allowed, before any work is done."""
+
 import subprocess
 import sys
 
@@ -10,8 +11,9 @@ from tests.test_train import tiny_config
 
 
 def run_main(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "lazy_jax.main", *args], capture_output=True, text=True,
-                          timeout=300, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "lazy_jax.main", *args], capture_output=True, text=True, timeout=300, cwd=cwd
+    )
 
 
 def test_unknown_config_key_is_refused_by_name(tmp_path):

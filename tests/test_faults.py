@@ -7,6 +7,7 @@ installed by `_KILL_AT_COMMIT` below (nothing in lazy_jax): orbax's atomic-renam
 chosen step SIGKILLs the process after every file of that checkpoint is written, before the
 rename that would make it complete; the checkpoint stays a temporary directory.
 """
+
 import json
 import os
 import re
@@ -45,31 +46,51 @@ def env(tmp_path_factory):
     """Prepared digits and a shared compilation cache for the child processes."""
     root = tmp_path_factory.mktemp("faults")
     from lazy_jax.data.offline import prepare
+
     prepare("digits", str(root / "tfds"))
-    e = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
-             JAX_COMPILATION_CACHE_DIR=str(root / "xla_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             PYTHONUNBUFFERED="1")
+    e = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+        JAX_COMPILATION_CACHE_DIR=str(root / "xla_cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        PYTHONUNBUFFERED="1",
+    )
     return {"data_dir": str(root / "tfds"), "environ": e}
 
 
 def main_argv(env, workdir, **overrides):
     cfg = dict(batch_size=16, eval_batch_size=64, async_checkpointing=True, **STEPS)
     cfg.update(overrides)
-    return (["--config=configs/vit.py:local,dataset=digits,variant=Mu/4", f"--workdir={workdir}",
-             f"--config.data.data_dir={env['data_dir']}", "--config.mesh.data=1"]
-            + [f"--config.{k}={v}" for k, v in cfg.items()])
+    return [
+        "--config=configs/vit.py:local,dataset=digits,variant=Mu/4",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={env['data_dir']}",
+        "--config.mesh.data=1",
+    ] + [f"--config.{k}={v}" for k, v in cfg.items()]
 
 
 def run_main(env, workdir, *, python_code=None, extra_env=None, **overrides):
     head = ["-c", python_code] if python_code else ["-m", "lazy_jax.main"]
-    return subprocess.run([sys.executable, *head, *main_argv(env, workdir, **overrides)], cwd=REPO,
-                          env={**env["environ"], **(extra_env or {})}, capture_output=True, text=True,
-                          timeout=TIMEOUT)
+    return subprocess.run(
+        [sys.executable, *head, *main_argv(env, workdir, **overrides)],
+        cwd=REPO,
+        env={**env["environ"], **(extra_env or {})},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
 
 
 def start_main(env, workdir, **overrides):
-    return subprocess.Popen([sys.executable, "-m", "lazy_jax.main", *main_argv(env, workdir, **overrides)],
-                            cwd=REPO, env=env["environ"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lazy_jax.main", *main_argv(env, workdir, **overrides)],
+        cwd=REPO,
+        env=env["environ"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for_line(proc, prefix, timeout=TIMEOUT):
@@ -87,7 +108,7 @@ def wait_for_line(proc, prefix, timeout=TIMEOUT):
 
 
 def rows(workdir):
-    return [json.loads(l) for l in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
 
 
 def complete_steps(workdir):
@@ -127,7 +148,7 @@ def test_sigkill_during_training_resumes_from_last_complete_checkpoint(env, refe
     assert out.returncode == 0, out.stderr
     assert (f"resuming at step {restored} of 8" if restored else "starting at step 0 of 8") in out.stdout
     assert_same_rows(rows(reference), rows(tmp_path))
-    dropped = [json.loads(l) for l in (tmp_path / "metrics.dropped.jsonl").read_text().splitlines()]
+    dropped = [json.loads(line) for line in (tmp_path / "metrics.dropped.jsonl").read_text().splitlines()]
     assert dropped and all(r["step"] > restored for r in dropped)
 
 
@@ -148,8 +169,13 @@ def test_sigkill_during_async_checkpoint_save(env, reference, tmp_path):
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(env, tmp_path):
     """lr 1e38 after a warm-up step at lr 0: the update of step 2 blows the weights up; loss is NaN at 3."""
-    out = run_main(env, tmp_path, checkpoint_every_steps=1, log_every_steps=5,
-                   **{"optimizer.learning_rate": 1e38, "optimizer.warmup_steps": 2})
+    out = run_main(
+        env,
+        tmp_path,
+        checkpoint_every_steps=1,
+        log_every_steps=5,
+        **{"optimizer.learning_rate": 1e38, "optimizer.warmup_steps": 2},
+    )
     assert out.returncode == 2, out.stderr
     assert "error: loss is nan at step 3" in out.stderr
     assert "Traceback" not in out.stderr
@@ -168,6 +194,7 @@ def restore_latest(env, workdir):
     from lazy_jax.checkpoint import Checkpointer, param_shapes
     from lazy_jax.config_base import load_config
     from lazy_jax.train import Experiment
+
     c = load_config("configs/vit.py:local,dataset=digits,variant=Mu/4")
     c.data.data_dir = env["data_dir"]
     c.mesh.data = 1
@@ -183,9 +210,11 @@ def test_nonfinite_parameters_are_never_saved(env, tmp_path, monkeypatch):
     """An update that overflows the weights while its step's loss and gradients are finite (what
     a learning rate past float32's range does) stops the run before that state is saved."""
     import jax.numpy as jnp
+
     from lazy_jax.config_base import load_config
     from lazy_jax.run import NonFiniteError, train_and_evaluate
     from lazy_jax.train import Experiment
+
     real_init = Experiment.__init__
 
     def init(self, *args, **kwargs):
@@ -197,13 +226,21 @@ def test_nonfinite_parameters_are_never_saved(env, tmp_path, monkeypatch):
             if int(state.step) == 2:
                 state = state.replace(params=jax.tree.map(lambda p: p * jnp.inf, state.params))
             return state, metrics
+
         self.train_step = overflowing_step
 
     monkeypatch.setattr(Experiment, "__init__", init)
     c = load_config("configs/vit.py:local,dataset=digits,variant=Mu/4")
     c.data.data_dir = env["data_dir"]
-    c.update(batch_size=16, eval_batch_size=64, total_steps=4, log_every_steps=10, eval_every_steps=10,
-             checkpoint_every_steps=1, async_checkpointing=True)
+    c.update(
+        batch_size=16,
+        eval_batch_size=64,
+        total_steps=4,
+        log_every_steps=10,
+        eval_every_steps=10,
+        checkpoint_every_steps=1,
+        async_checkpointing=True,
+    )
     c.model.scan_layers = True  # a faster compile
     with pytest.raises(NonFiniteError, match=r"parameters after step 2 are not finite"):
         train_and_evaluate(c, tmp_path)

@@ -24,8 +24,16 @@ GPU = ROOT / "launch" / "gpu_host.sh"
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 
 # Environment fallbacks of the scripts; cleared so the host's environment cannot leak in.
-SCRIPT_ENV = ("TPU_NAME", "TPU_ZONE", "TPU_PROJECT", "TPU_ACCELERATOR_TYPE",
-              "TPU_RUNTIME_VERSION", "CONFIG", "WORKDIR", "GPU_HOSTS")
+SCRIPT_ENV = (
+    "TPU_NAME",
+    "TPU_ZONE",
+    "TPU_PROJECT",
+    "TPU_ACCELERATOR_TYPE",
+    "TPU_RUNTIME_VERSION",
+    "CONFIG",
+    "WORKDIR",
+    "GPU_HOSTS",
+)
 
 FAKE_TOOL = """#!/usr/bin/env bash
 printf '%s\\n' "$(basename "$0") $*" >> "$FAKE_CALLS"
@@ -52,8 +60,7 @@ def launch(script, *args, fake=None, extra_env=None, cwd=None):
         env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
         env["FAKE_CALLS"] = str(calls)
     env.update(extra_env or {})
-    return subprocess.run(["bash", str(script), *args], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=60)
+    return subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=60)
 
 
 def dry_run(script, *args, **kwargs):
@@ -70,7 +77,7 @@ def option(argv, name):
     """Value of `--name=value` or `--name value` in argv (None if absent)."""
     for i, word in enumerate(argv):
         if word.startswith(name + "="):
-            return word[len(name) + 1:]
+            return word[len(name) + 1 :]
         if word == name:
             return argv[i + 1]
     return None
@@ -116,19 +123,18 @@ def test_tpu_create_pod_slice(fake_path):
 
 
 def test_tpu_create_v4_defaults_and_overrides():
-    (cmd,) = dry_run(TPU, "create", "--name=t", "--zone=us-central2-b",
-                     "--accelerator-type=v4-8", "--preemptible")
+    (cmd,) = dry_run(TPU, "create", "--name=t", "--zone=us-central2-b", "--accelerator-type=v4-8", "--preemptible")
     assert option(cmd, "--version") == "tpu-ubuntu2204-base"
     assert "--preemptible" in cmd and "--spot" not in cmd
     assert option(cmd, "--project") is None  # gcloud's configured project
-    (cmd,) = dry_run(TPU, "create", "--name", "t", "--zone", "z", "--accelerator-type", "v6e-8",
-                     "--version", "v2-custom")
+    (cmd,) = dry_run(
+        TPU, "create", "--name", "t", "--zone", "z", "--accelerator-type", "v6e-8", "--version", "v2-custom"
+    )
     assert option(cmd, "--version") == "v2-custom"
 
 
 def test_tpu_flags_from_environment():
-    env = {"TPU_NAME": "env-tpu", "TPU_ZONE": "europe-west4-b",
-           "TPU_ACCELERATOR_TYPE": "v5litepod-16"}
+    env = {"TPU_NAME": "env-tpu", "TPU_ZONE": "europe-west4-b", "TPU_ACCELERATOR_TYPE": "v5litepod-16"}
     (cmd,) = dry_run(TPU, "create", extra_env=env)
     assert cmd[5] == "env-tpu"
     assert option(cmd, "--zone") == "europe-west4-b"
@@ -146,9 +152,9 @@ def test_tpu_setup_copies_checkout_and_installs_pinned_jax_on_all_workers(fake_p
     assert scp[6].endswith("/lazy_jax") and scp[7] == "lazy-v5p:"
     assert option(ssh, "--worker") == "all"
     words = remote_words(ssh)
-    assert ["-m", "venv", ".venv"] == words[words.index("venv") - 1:words.index("venv") + 2]
+    assert ["-m", "venv", ".venv"] == words[words.index("venv") - 1 : words.index("venv") + 2]
     pip = words.index("install", words.index("--upgrade") + 1)
-    installed = words[pip:words.index("&&", pip)]
+    installed = words[pip : words.index("&&", pip)]
     assert ["-e", "."] == installed[2:4], installed
     assert f"jax[tpu]=={pinned_jax_version()}" in installed
     assert "gcsfs" in installed
@@ -175,19 +181,34 @@ def test_tpu_setup_stage_ships_checkout_files_only(tmp_path):
 
 
 def test_tpu_run_on_all_workers_passes_config_workdir_and_overrides(fake_path):
-    (cmd,) = dry_run(TPU, "run", *SLICE, "--config=configs/t5.py:base", "--workdir=gs://bkt/t5",
-                     "--config.total_steps=100", "--config.model.topk=8",
-                     "--env=TFDS_DATA_DIR=gs://bkt/tfds", "--", "--extra_flag=it's a b",
-                     fake=fake_path)
+    (cmd,) = dry_run(
+        TPU,
+        "run",
+        *SLICE,
+        "--config=configs/t5.py:base",
+        "--workdir=gs://bkt/t5",
+        "--config.total_steps=100",
+        "--config.model.topk=8",
+        "--env=TFDS_DATA_DIR=gs://bkt/tfds",
+        "--",
+        "--extra_flag=it's a b",
+        fake=fake_path,
+    )
     assert cmd[4] == "ssh" and cmd[5] == "lazy-v5p"
     assert option(cmd, "--worker") == "all"
     words = remote_words(cmd)
     main = words.index("lazy_jax.main")
     assert words[main - 1] == "-m" and words[main - 2] == ".venv/bin/python"
-    assert words[main - 4:main - 2] == ["{", "nohup"]
-    args = words[main + 1:words.index(">")]
-    assert args == ["--config=configs/t5.py:base", "--workdir=gs://bkt/t5", "--multihost",
-                    "--config.total_steps=100", "--config.model.topk=8", "--extra_flag=it's a b"]
+    assert words[main - 4 : main - 2] == ["{", "nohup"]
+    args = words[main + 1 : words.index(">")]
+    assert args == [
+        "--config=configs/t5.py:base",
+        "--workdir=gs://bkt/t5",
+        "--multihost",
+        "--config.total_steps=100",
+        "--config.model.topk=8",
+        "--extra_flag=it's a b",
+    ]
     assert words[:2] == ["cd", "lazy_jax"]
     assert "TFDS_DATA_DIR=gs://bkt/tfds" in words[:main]
     assert words[words.index(">") + 1] == "logs/main.log"
@@ -232,21 +253,24 @@ def test_tpu_real_run_calls_what_dry_run_prints(fake_path):
     assert result.stderr.startswith("+ gcloud ")  # traced to stderr when run for real
 
 
-@pytest.mark.parametrize("args, message", [
-    (("bogus",), "unknown subcommand 'bogus'"),
-    ((), "missing subcommand"),
-    (("create", "--zone=z", "--accelerator-type=v4-8"), "needs --name"),
-    (("create", "--name=t", "--accelerator-type=v4-8"), "needs --zone"),
-    (("create", "--name=t", "--zone=z"), "needs --accelerator-type"),
-    (("create", "--name=t", "--zone=z", "--accelerator-type=tpu8"), "must look like v4-8"),
-    (("create", "--name=t", "--zone=z", "--accelerator-type=v9x-8"), "pass --version"),
-    (("run", "--name=t", "--zone=z", "--workdir=gs://b"), "needs --config"),
-    (("run", "--name=t", "--zone=z", "--config=c.py"), "needs --workdir"),
-    (("copy-back", "--name=t", "--zone=z"), "needs --workdir"),
-    (("run", "--name=t", "--zone=z", "--bogus"), "unknown flag '--bogus'"),
-    (("run", "--name", "--zone=z"), "--name needs a value"),
-    (("setup", "--name=t", "--zone=z", "--remote-dir=a/b"), "--remote-dir"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("bogus",), "unknown subcommand 'bogus'"),
+        ((), "missing subcommand"),
+        (("create", "--zone=z", "--accelerator-type=v4-8"), "needs --name"),
+        (("create", "--name=t", "--accelerator-type=v4-8"), "needs --zone"),
+        (("create", "--name=t", "--zone=z"), "needs --accelerator-type"),
+        (("create", "--name=t", "--zone=z", "--accelerator-type=tpu8"), "must look like v4-8"),
+        (("create", "--name=t", "--zone=z", "--accelerator-type=v9x-8"), "pass --version"),
+        (("run", "--name=t", "--zone=z", "--workdir=gs://b"), "needs --config"),
+        (("run", "--name=t", "--zone=z", "--config=c.py"), "needs --workdir"),
+        (("copy-back", "--name=t", "--zone=z"), "needs --workdir"),
+        (("run", "--name=t", "--zone=z", "--bogus"), "unknown flag '--bogus'"),
+        (("run", "--name", "--zone=z"), "--name needs a value"),
+        (("setup", "--name=t", "--zone=z", "--remote-dir=a/b"), "--remote-dir"),
+    ],
+)
 def test_tpu_usage_errors(args, message, fake_path):
     result = launch(TPU, *args, "--dry-run", fake=fake_path)
     assert result.returncode == 2
@@ -266,34 +290,51 @@ def test_tpu_help():
 
 
 def test_gpu_single_host_runs_one_process_without_coordinator(fake_path):
-    cd, cmd = dry_run(GPU, "run", "--config=configs/vit.py", "--workdir=runs/vit",
-                      "--config.total_steps=5", "--mem-fraction=0.9", fake=fake_path)
+    cd, cmd = dry_run(
+        GPU,
+        "run",
+        "--config=configs/vit.py",
+        "--workdir=runs/vit",
+        "--config.total_steps=5",
+        "--mem-fraction=0.9",
+        fake=fake_path,
+    )
     assert cd == ["cd", str(ROOT)]
     assert cmd[0] == "env"
     assert "NCCL_NVLS_ENABLE=0" in cmd and "XLA_PYTHON_CLIENT_MEM_FRACTION=0.9" in cmd
     main = cmd.index("lazy_jax.main")
     assert cmd[main - 1] == "-m"
-    assert cmd[main + 1:] == ["--config=configs/vit.py", "--workdir=runs/vit",
-                              "--config.total_steps=5"]
-    assert not any(w.startswith(("--coordinator_address", "--num_processes", "--process_id"))
-                   for w in cmd)
+    assert cmd[main + 1 :] == ["--config=configs/vit.py", "--workdir=runs/vit", "--config.total_steps=5"]
+    assert not any(w.startswith(("--coordinator_address", "--num_processes", "--process_id")) for w in cmd)
     assert not fake_path[1].exists()
 
 
 def test_gpu_two_hosts_one_process_each_with_coordinator(fake_path):
-    cmds = dry_run(GPU, "run", "--hosts=me@gpu-a,gpu-b", "--port=23456",
-                   "--config=configs/t5.py", "--workdir=/shared/t5", "--config.seed=3",
-                   fake=fake_path)
+    cmds = dry_run(
+        GPU,
+        "run",
+        "--hosts=me@gpu-a,gpu-b",
+        "--port=23456",
+        "--config=configs/t5.py",
+        "--workdir=/shared/t5",
+        "--config.seed=3",
+        fake=fake_path,
+    )
     assert len(cmds) == 2
     for process_id, (cmd, host) in enumerate(zip(cmds, ["me@gpu-a", "gpu-b"])):
         assert cmd[0] == "ssh" and cmd[-2] == host
         words = remote_words(cmd)
-        assert "NCCL_NVLS_ENABLE=0" in words[:words.index("nohup")]
+        assert "NCCL_NVLS_ENABLE=0" in words[: words.index("nohup")]
         main = words.index("lazy_jax.main")
-        args = words[main + 1:words.index(">")]
-        assert args == ["--config=configs/t5.py", "--workdir=/shared/t5", "--config.seed=3",
-                        "--coordinator_address=gpu-a:23456", "--num_processes=2",
-                        f"--process_id={process_id}"]
+        args = words[main + 1 : words.index(">")]
+        assert args == [
+            "--config=configs/t5.py",
+            "--workdir=/shared/t5",
+            "--config.seed=3",
+            "--coordinator_address=gpu-a:23456",
+            "--num_processes=2",
+            f"--process_id={process_id}",
+        ]
         assert words[words.index(">") + 1] == f"logs/main.{process_id}.log"
     assert not fake_path[1].exists()
 
@@ -317,9 +358,19 @@ def test_gpu_real_multi_host_run_calls_ssh_per_host(fake_path):
 
 
 def test_gpu_slurm_one_task_per_gpu(fake_path):
-    (cmd,) = dry_run(GPU, "slurm", "--nodes=4", "--gpus-per-node=8", "--partition=gpu",
-                     "--time=2:00:00", "--srun-arg=--account=lab", "--config=configs/t5.py",
-                     "--workdir=/shared/t5", "--config.total_steps=10", fake=fake_path)
+    (cmd,) = dry_run(
+        GPU,
+        "slurm",
+        "--nodes=4",
+        "--gpus-per-node=8",
+        "--partition=gpu",
+        "--time=2:00:00",
+        "--srun-arg=--account=lab",
+        "--config=configs/t5.py",
+        "--workdir=/shared/t5",
+        "--config.total_steps=10",
+        fake=fake_path,
+    )
     assert cmd[0] == "srun"
     assert option(cmd, "--nodes") == "4"
     assert option(cmd, "--ntasks-per-node") == "8" and option(cmd, "--gpus-per-node") == "8"
@@ -327,8 +378,12 @@ def test_gpu_slurm_one_task_per_gpu(fake_path):
     assert "--account=lab" in cmd
     assert "NCCL_NVLS_ENABLE=0" in option(cmd, "--export").split(",")
     main = cmd.index("lazy_jax.main")
-    assert cmd[main + 1:] == ["--config=configs/t5.py", "--workdir=/shared/t5", "--multihost",
-                              "--config.total_steps=10"]
+    assert cmd[main + 1 :] == [
+        "--config=configs/t5.py",
+        "--workdir=/shared/t5",
+        "--multihost",
+        "--config.total_steps=10",
+    ]
     assert not any(w.startswith("--coordinator_address") for w in cmd)
     assert not fake_path[1].exists()
 
@@ -350,20 +405,23 @@ def test_gpu_logs_and_stop():
     assert "logs/main.1.pid" in " ".join(remote_words(stops[1]))
 
 
-@pytest.mark.parametrize("args, message", [
-    (("launch",), "unknown subcommand 'launch'"),
-    ((), "missing subcommand"),
-    (("run", "--workdir=w"), "needs --config"),
-    (("run", "--config=c.py"), "needs --workdir"),
-    (("slurm", "--config=c.py"), "needs --workdir"),
-    (("slurm", "--config=c.py", "--workdir=w", "--hosts=a"), "takes no --hosts"),
-    (("logs",), "needs --hosts"),
-    (("run", "--config=c.py", "--workdir=w", "--hosts=a,b c"), "--hosts wants"),
-    (("run", "--config=c.py", "--workdir=w", "--mem-fraction=1.5"), "--mem-fraction"),
-    (("slurm", "--config=c.py", "--workdir=w", "--nodes=0"), "--nodes"),
-    (("setup", "--cuda=cuda11"), "--cuda"),
-    (("run", "--config=c.py", "--workdir=w", "--multihost"), "unknown flag '--multihost'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("launch",), "unknown subcommand 'launch'"),
+        ((), "missing subcommand"),
+        (("run", "--workdir=w"), "needs --config"),
+        (("run", "--config=c.py"), "needs --workdir"),
+        (("slurm", "--config=c.py"), "needs --workdir"),
+        (("slurm", "--config=c.py", "--workdir=w", "--hosts=a"), "takes no --hosts"),
+        (("logs",), "needs --hosts"),
+        (("run", "--config=c.py", "--workdir=w", "--hosts=a,b c"), "--hosts wants"),
+        (("run", "--config=c.py", "--workdir=w", "--mem-fraction=1.5"), "--mem-fraction"),
+        (("slurm", "--config=c.py", "--workdir=w", "--nodes=0"), "--nodes"),
+        (("setup", "--cuda=cuda11"), "--cuda"),
+        (("run", "--config=c.py", "--workdir=w", "--multihost"), "unknown flag '--multihost'"),
+    ],
+)
 def test_gpu_usage_errors(args, message, fake_path):
     result = launch(GPU, *args, "--dry-run", fake=fake_path)
     assert result.returncode == 2
@@ -399,8 +457,7 @@ def run_remote_line(command, checkout, home):
     python.parent.mkdir(parents=True)
     python.write_text(FAKE_PYTHON)
     python.chmod(0o755)
-    subprocess.run(["bash", "-c", command], check=True, timeout=60, cwd=home,
-                   env={**os.environ, "HOME": str(home)})
+    subprocess.run(["bash", "-c", command], check=True, timeout=60, cwd=home, env={**os.environ, "HOME": str(home)})
     seen = checkout / "argv.txt"
     for _ in range(500):  # the training process is detached: wait for it
         if seen.exists():
@@ -410,20 +467,51 @@ def run_remote_line(command, checkout, home):
 
 
 def test_tpu_run_line_executes_with_quoted_overrides(tmp_path):
-    (cmd,) = dry_run(TPU, "run", *SLICE, "--config=configs/t5.py", "--workdir=gs://b/r",
-                     "--env=TFDS_DATA_DIR=gs://b/my data", "--", "--note=it's a b")
+    (cmd,) = dry_run(
+        TPU,
+        "run",
+        *SLICE,
+        "--config=configs/t5.py",
+        "--workdir=gs://b/r",
+        "--env=TFDS_DATA_DIR=gs://b/my data",
+        "--",
+        "--note=it's a b",
+    )
     seen = run_remote_line(option(cmd, "--command"), tmp_path / "lazy_jax", tmp_path)
-    assert seen == ["-m", "lazy_jax.main", "--config=configs/t5.py", "--workdir=gs://b/r",
-                    "--multihost", "--note=it's a b", "NCCL_NVLS_ENABLE=unset",
-                    "TFDS_DATA_DIR=gs://b/my data"]
+    assert seen == [
+        "-m",
+        "lazy_jax.main",
+        "--config=configs/t5.py",
+        "--workdir=gs://b/r",
+        "--multihost",
+        "--note=it's a b",
+        "NCCL_NVLS_ENABLE=unset",
+        "TFDS_DATA_DIR=gs://b/my data",
+    ]
     assert (tmp_path / "lazy_jax" / "logs" / "main.pid").is_file()
 
 
 def test_gpu_host_line_executes_with_coordinator_flags(tmp_path):
-    cmds = dry_run(GPU, "run", "--hosts=a,b", f"--remote-dir={tmp_path}/lazy jax",
-                   "--config=c.py", "--workdir=w", "--config.name=x y")
+    cmds = dry_run(
+        GPU,
+        "run",
+        "--hosts=a,b",
+        f"--remote-dir={tmp_path}/lazy jax",
+        "--config=c.py",
+        "--workdir=w",
+        "--config.name=x y",
+    )
     seen = run_remote_line(cmds[1][-1], tmp_path / "lazy jax", tmp_path)
-    assert seen == ["-m", "lazy_jax.main", "--config=c.py", "--workdir=w", "--config.name=x y",
-                    "--coordinator_address=a:12345", "--num_processes=2", "--process_id=1",
-                    "NCCL_NVLS_ENABLE=0", "TFDS_DATA_DIR=unset"]
+    assert seen == [
+        "-m",
+        "lazy_jax.main",
+        "--config=c.py",
+        "--workdir=w",
+        "--config.name=x y",
+        "--coordinator_address=a:12345",
+        "--num_processes=2",
+        "--process_id=1",
+        "NCCL_NVLS_ENABLE=0",
+        "TFDS_DATA_DIR=unset",
+    ]
     assert (tmp_path / "lazy jax" / "logs" / "main.1.pid").is_file()

@@ -8,6 +8,7 @@ The multi-process run stops at step 4 and a second multi-process launch resumes 
 that shared checkpoint. (The learning-rate schedule is constant, so the total step count does not
 change the updates.)
 """
+
 import json
 import os
 import socket
@@ -25,6 +26,7 @@ TIMEOUT = 300
 def free_port() -> int:
     try:
         import portpicker
+
         return portpicker.pick_unused_port()
     except ImportError:
         with socket.socket() as s:
@@ -36,19 +38,36 @@ def free_port() -> int:
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("multihost")
     from lazy_jax.data.offline import prepare
+
     prepare("digits", str(root / "tfds"))  # before the processes start: they must not race to prepare it
-    e = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_COMPILATION_CACHE_DIR=str(root / "xla_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+    e = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        JAX_COMPILATION_CACHE_DIR=str(root / "xla_cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+    )
     return {"data_dir": str(root / "tfds"), "environ": e}
 
 
 def argv(env, workdir, total_steps):
-    return ["-m", "lazy_jax.main", "--config=configs/vit.py:local,dataset=digits,variant=Mu/4",
-            f"--workdir={workdir}", f"--config.data.data_dir={env['data_dir']}", "--config.mesh.data=-1",
-            "--config.batch_size=16", "--config.eval_batch_size=64", f"--config.total_steps={total_steps}",
-            "--config.log_every_steps=1", "--config.eval_every_steps=2", "--config.checkpoint_every_steps=2",
-            "--config.optimizer.schedule=constant", "--config.async_checkpointing=True"]
+    return [
+        "-m",
+        "lazy_jax.main",
+        "--config=configs/vit.py:local,dataset=digits,variant=Mu/4",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={env['data_dir']}",
+        "--config.mesh.data=-1",
+        "--config.batch_size=16",
+        "--config.eval_batch_size=64",
+        f"--config.total_steps={total_steps}",
+        "--config.log_every_steps=1",
+        "--config.eval_every_steps=2",
+        "--config.checkpoint_every_steps=2",
+        "--config.optimizer.schedule=constant",
+        "--config.async_checkpointing=True",
+    ]
 
 
 def run_cluster(env, workdir, total_steps, num_processes):
@@ -56,12 +75,23 @@ def run_cluster(env, workdir, total_steps, num_processes):
     port = free_port()
     procs = []
     for i in range(num_processes):
-        cluster = ([f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}",
-                    f"--process_id={i}"] if num_processes > 1 else [])
+        cluster = (
+            [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}", f"--process_id={i}"]
+            if num_processes > 1
+            else []
+        )
         local_devices = 4 // num_processes  # 4 devices in all, like the 2 x 2 cluster
         e = dict(env["environ"], XLA_FLAGS=f"--xla_force_host_platform_device_count={local_devices}")
-        procs.append(subprocess.Popen([sys.executable, *argv(env, workdir, total_steps), *cluster], cwd=REPO,
-                                      env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, *argv(env, workdir, total_steps), *cluster],
+                cwd=REPO,
+                env=e,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outs = []
     try:
         for p in procs:
@@ -78,7 +108,7 @@ def run_cluster(env, workdir, total_steps, num_processes):
 
 
 def rows(workdir):
-    return [json.loads(l) for l in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -115,21 +145,34 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(env, tmp_path):
     """Preemption of one host: all processes agree on the stop step, save together and exit 0."""
     import signal
     import time
+
     port = free_port()
     procs = []
     for i in range(2):
         e = dict(env["environ"], XLA_FLAGS="--xla_force_host_platform_device_count=2", PYTHONUNBUFFERED="1")
-        procs.append(subprocess.Popen(
-            [sys.executable, *argv(env, tmp_path, 200), f"--coordinator_address=127.0.0.1:{port}",
-             "--num_processes=2", f"--process_id={i}"], cwd=REPO, env=e,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    *argv(env, tmp_path, 200),
+                    f"--coordinator_address=127.0.0.1:{port}",
+                    "--num_processes=2",
+                    f"--process_id={i}",
+                ],
+                cwd=REPO,
+                env=e,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     try:
         deadline = time.time() + TIMEOUT
         line = ""
         while "step 3/" not in line and time.time() < deadline:  # process 0 reports every step
             line = procs[0].stdout.readline()
-        # Process 0 prints step 3 before the processes agree on stopping at step 3, so the
-        # agreed step is 3 or later.
+            # Process 0 prints step 3 before the processes agree on stopping at step 3, so the
+            # agreed step is 3 or later.
             assert line or procs[0].poll() is None, "process 0 ended early"
         procs[1].send_signal(signal.SIGTERM)
         outs = [p.communicate(timeout=TIMEOUT) for p in procs]

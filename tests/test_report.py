@@ -1,4 +1,5 @@
 """Tests of lazy_jax.report: reading metrics.jsonl, the first/last table, report/ files, CLI."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,8 @@ def metric_row(step: int, split: str) -> dict:
         row.update(learning_rate=1e-3, steps_per_sec=12.5)
     per_stack = []
     for stack in STACKS:
-        fracs = [frac(stack, l, step) for l in range(NUM_LAYERS)]
-        row.update({f"nonzero_frac/{stack}/layer_{l:02d}": f for l, f in enumerate(fracs)})
+        fracs = [frac(stack, layer, step) for layer in range(NUM_LAYERS)]
+        row.update({f"nonzero_frac/{stack}/layer_{layer:02d}": f for layer, f in enumerate(fracs)})
         row[f"nonzero_frac/{stack}/mean"] = float(np.mean(fracs))
         per_stack += fracs
     row["nonzero_frac/mean"] = float(np.mean(per_stack))
@@ -51,8 +52,12 @@ def write_fake_workdir(workdir: Path) -> Path:
     lines += [json.dumps(metric_row(TRAIN_STEPS[-1], "train")), ""]
     lines.append(json.dumps(metric_row(40, "train"))[:57])  # killed mid-write
     (workdir / "metrics.jsonl").write_text("\n".join(lines))
-    config = {"model": {"name": "t5", "variant": "small", "topk": 64},
-              "dataset": {"name": "c4"}, "num_train_steps": 30, "seed": 0}
+    config = {
+        "model": {"name": "t5", "variant": "small", "topk": 64},
+        "dataset": {"name": "c4"},
+        "num_train_steps": 30,
+        "seed": 0,
+    }
     (workdir / "config.json").write_text(json.dumps(config))
 
     stats_dir = workdir / "stats"
@@ -62,13 +67,13 @@ def write_fake_workdir(workdir: Path) -> Path:
     for step in (10, 30):
         arrays = {}
         for stack in STACKS:
-            for l in range(NUM_LAYERS):
-                freq = rng.uniform(0, 0.3 / (l + 1), d_ff)
-                freq[: 8 * l] = 0.0  # 0, 8, 16 dead neurons -> 0.00%, 12.50%, 25.00%
+            for layer in range(NUM_LAYERS):
+                freq = rng.uniform(0, 0.3 / (layer + 1), d_ff)
+                freq[: 8 * layer] = 0.0  # 0, 8, 16 dead neurons -> 0.00%, 12.50%, 25.00%
                 hist = np.zeros(bins)
-                hist[l: l + 3] = [0.5, 0.3, 0.2]
-                arrays[f"neuron_freq/{stack}/layer_{l:02d}"] = freq
-                arrays[f"count_hist/{stack}/layer_{l:02d}"] = hist
+                hist[layer : layer + 3] = [0.5, 0.3, 0.2]
+                arrays[f"neuron_freq/{stack}/layer_{layer:02d}"] = freq
+                arrays[f"count_hist/{stack}/layer_{layer:02d}"] = hist
         np.savez(stats_dir / f"eval_{step:08d}.npz", **arrays)
     return workdir
 
@@ -95,9 +100,11 @@ def test_split_rows_last_write_of_a_step_wins(workdir):
 def test_first_last_table_order_and_values(workdir):
     rows = report.read_metrics(workdir)
     table = report.first_last_table(rows, "train")
-    expected_names = ([f"nonzero_frac/decoder/layer_{l:02d}" for l in range(NUM_LAYERS)]
-                      + [f"nonzero_frac/encoder/layer_{l:02d}" for l in range(NUM_LAYERS)]
-                      + ["nonzero_frac/decoder/mean", "nonzero_frac/encoder/mean", "nonzero_frac/mean"])
+    expected_names = (
+        [f"nonzero_frac/decoder/layer_{layer:02d}" for layer in range(NUM_LAYERS)]
+        + [f"nonzero_frac/encoder/layer_{layer:02d}" for layer in range(NUM_LAYERS)]
+        + ["nonzero_frac/decoder/mean", "nonzero_frac/encoder/mean", "nonzero_frac/mean"]
+    )
     assert [name for name, _, _ in table] == expected_names
     by_name = {name: (first, last) for name, first, last in table}
     assert by_name["nonzero_frac/encoder/layer_00"] == pytest.approx((0.5, 0.5 / 16))
@@ -106,18 +113,27 @@ def test_first_last_table_order_and_values(workdir):
 
 
 def test_metric_sort_key_sorts_layers_numerically():
-    names = ["nonzero_frac/mean", "nonzero_frac/a/layer_100", "nonzero_frac/a/mean",
-             "nonzero_frac/a/layer_11", "nonzero_frac/a/layer_02"]
+    names = [
+        "nonzero_frac/mean",
+        "nonzero_frac/a/layer_100",
+        "nonzero_frac/a/mean",
+        "nonzero_frac/a/layer_11",
+        "nonzero_frac/a/layer_02",
+    ]
     assert sorted(names, key=report.metric_sort_key) == [
-        "nonzero_frac/a/layer_02", "nonzero_frac/a/layer_11", "nonzero_frac/a/layer_100",
-        "nonzero_frac/a/mean", "nonzero_frac/mean"]
+        "nonzero_frac/a/layer_02",
+        "nonzero_frac/a/layer_11",
+        "nonzero_frac/a/layer_100",
+        "nonzero_frac/a/mean",
+        "nonzero_frac/mean",
+    ]
 
 
 def test_format_first_last(workdir):
     text = report.format_first_last(report.read_metrics(workdir))
     lines = text.splitlines()
     assert "train (step 0 -> 30)" in lines[0] and "eval (step 0 -> 30)" in lines[0]
-    enc0 = next(l for l in lines if l.startswith("encoder/layer_00"))
+    enc0 = next(line for line in lines if line.startswith("encoder/layer_00"))
     assert enc0.count("50.00% ->   3.12%") == 2  # train and eval
     assert lines[-1].startswith("mean")
 
@@ -142,9 +158,19 @@ def test_write_report(workdir):
     assert "train first (step 0) | train last (step 30) | eval first (step 0) | eval last (step 30)" in md
     assert "| encoder | 00 | 50.00% | 3.12% | 50.00% | 3.12% |" in md
     assert f"| decoder | 01 | 20.00% | {100 * 0.2 / 16:.2f}% |" in md
-    order = [md.index(f"| {s} | {l} |") for s, l in
-             [("decoder", "00"), ("decoder", "01"), ("decoder", "02"), ("encoder", "00"),
-              ("encoder", "02"), ("decoder", "mean"), ("encoder", "mean"), ("all", "mean")]]
+    order = [
+        md.index(f"| {s} | {layer} |")
+        for s, layer in [
+            ("decoder", "00"),
+            ("decoder", "01"),
+            ("decoder", "02"),
+            ("encoder", "00"),
+            ("encoder", "02"),
+            ("decoder", "mean"),
+            ("encoder", "mean"),
+            ("all", "mean"),
+        ]
+    ]
     assert order == sorted(order)
     # Neuron usage comes from the last stats file, with its dead-neuron shares.
     assert "eval, step 30, from stats/eval_00000030.npz" in md
@@ -162,14 +188,15 @@ def test_write_report_without_config_or_stats(tmp_path):
 def test_missing_or_empty_metrics_raise(tmp_path):
     with pytest.raises(ValueError, match=f"no metrics file at {tmp_path / 'metrics.jsonl'}"):
         report.write_report(tmp_path)
-    (tmp_path / "metrics.jsonl").write_text("\n{\"step\": 1\n")
+    (tmp_path / "metrics.jsonl").write_text('\n{"step": 1\n')
     with pytest.raises(ValueError, match="holds no metric rows"):
         report.write_report(tmp_path)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lazy_jax.report", *args], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "lazy_jax.report", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli(tmp_path_factory):
@@ -188,8 +215,6 @@ def test_cli(tmp_path_factory):
 
 def test_import_defines_no_flags():
     """The trainer defines its own --workdir and imports this module."""
-    code = ("import lazy_jax.report; from absl import flags; "
-            "flags.DEFINE_string('workdir', None, ''); print('ok')")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=60)
+    code = "import lazy_jax.report; from absl import flags; flags.DEFINE_string('workdir', None, ''); print('ok')"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "ok", done.stderr

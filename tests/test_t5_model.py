@@ -1,4 +1,5 @@
 """T5 v1.0 model: relative position buckets, padding in the statistics, scan, KV-cache decoding, bf16."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -14,8 +15,19 @@ VOCAB = 40
 def tiny_config(**overrides):
     c = default_model_config("tiny")
     c.vocab_size = VOCAB
-    c.update(dict(size="custom", d_model=32, num_heads=2, d_kv=16, d_ff=64, num_encoder_layers=2,
-                  num_decoder_layers=3, relative_attention_num_buckets=8, relative_attention_max_distance=16))
+    c.update(
+        dict(
+            size="custom",
+            d_model=32,
+            num_heads=2,
+            d_kv=16,
+            d_ff=64,
+            num_encoder_layers=2,
+            num_decoder_layers=3,
+            relative_attention_num_buckets=8,
+            relative_attention_max_distance=16,
+        )
+    )
     c.update(overrides)
     return c
 
@@ -65,24 +77,49 @@ def logical_specs(model, batch):
 # capped at the last bucket; bidirectional adds buckets_per_dir for keys after the query.
 BUCKET_CASES = [
     # (bidirectional, num_buckets, max_distance, relative position (key - query), bucket)
-    (True, 32, 128, 0, 0), (True, 32, 128, -1, 1), (True, 32, 128, 1, 17), (True, 32, 128, -7, 7),
-    (True, 32, 128, -8, 8), (True, 32, 128, -20, 10),    # 8 + floor(log(2.5)/log(16)*8 = 2.64)
-    (True, 32, 128, 20, 26), (True, 32, 128, -100, 15),  # 8 + floor(7.29)
-    (True, 32, 128, -127, 15), (True, 32, 128, -128, 15), (True, 32, 128, -1000, 15), (True, 32, 128, 1000, 31),
-    (False, 32, 128, 5, 0), (False, 32, 128, 1000, 0), (False, 32, 128, 0, 0), (False, 32, 128, -1, 1),
-    (False, 32, 128, -15, 15), (False, 32, 128, -16, 16), (False, 32, 128, -20, 17),  # 16 + floor(1.72)
-    (False, 32, 128, -100, 30),                                                          # 16 + floor(14.10)
-    (False, 32, 128, -127, 31), (False, 32, 128, -128, 31), (False, 32, 128, -500, 31),
-    (True, 8, 12, -1, 1), (True, 8, 12, -2, 2), (True, 8, 12, -3, 2),  # 2 + floor(log(1.5)/log(6)*2 = 0.45)
-    (True, 8, 12, -5, 3), (True, 8, 12, -12, 3), (True, 8, 12, 3, 6), (True, 8, 12, 100, 7),
-    (False, 8, 12, -3, 3), (False, 8, 12, -5, 4), (False, 8, 12, -11, 7), (False, 8, 12, -50, 7), (False, 8, 12, 50, 0),
+    (True, 32, 128, 0, 0),
+    (True, 32, 128, -1, 1),
+    (True, 32, 128, 1, 17),
+    (True, 32, 128, -7, 7),
+    (True, 32, 128, -8, 8),
+    (True, 32, 128, -20, 10),  # 8 + floor(log(2.5)/log(16)*8 = 2.64)
+    (True, 32, 128, 20, 26),
+    (True, 32, 128, -100, 15),  # 8 + floor(7.29)
+    (True, 32, 128, -127, 15),
+    (True, 32, 128, -128, 15),
+    (True, 32, 128, -1000, 15),
+    (True, 32, 128, 1000, 31),
+    (False, 32, 128, 5, 0),
+    (False, 32, 128, 1000, 0),
+    (False, 32, 128, 0, 0),
+    (False, 32, 128, -1, 1),
+    (False, 32, 128, -15, 15),
+    (False, 32, 128, -16, 16),
+    (False, 32, 128, -20, 17),  # 16 + floor(1.72)
+    (False, 32, 128, -100, 30),  # 16 + floor(14.10)
+    (False, 32, 128, -127, 31),
+    (False, 32, 128, -128, 31),
+    (False, 32, 128, -500, 31),
+    (True, 8, 12, -1, 1),
+    (True, 8, 12, -2, 2),
+    (True, 8, 12, -3, 2),  # 2 + floor(log(1.5)/log(6)*2 = 0.45)
+    (True, 8, 12, -5, 3),
+    (True, 8, 12, -12, 3),
+    (True, 8, 12, 3, 6),
+    (True, 8, 12, 100, 7),
+    (False, 8, 12, -3, 3),
+    (False, 8, 12, -5, 4),
+    (False, 8, 12, -11, 7),
+    (False, 8, 12, -50, 7),
+    (False, 8, 12, 50, 0),
 ]
 
 
 @pytest.mark.parametrize("bidirectional,num_buckets,max_distance,rel,bucket", BUCKET_CASES)
 def test_relative_position_bucket_hand_computed(bidirectional, num_buckets, max_distance, rel, bucket):
-    got = relative_position_bucket(np.array([rel]), bidirectional=bidirectional, num_buckets=num_buckets,
-                                   max_distance=max_distance)
+    got = relative_position_bucket(
+        np.array([rel]), bidirectional=bidirectional, num_buckets=num_buckets, max_distance=max_distance
+    )
     assert int(got[0]) == bucket
 
 
@@ -91,14 +128,15 @@ def test_relative_position_bucket_ranges():
     bi = relative_position_bucket(rel, bidirectional=True, num_buckets=32, max_distance=128)
     causal = relative_position_bucket(rel, bidirectional=False, num_buckets=32, max_distance=128)
     assert bi.min() == 0 and bi.max() == 31 and causal.min() == 0 and causal.max() == 31
-    assert np.all(np.diff(bi[rel <= 0][::-1]) >= 0)   # non-decreasing with distance
-    assert np.all(causal[rel > 0] == 0)                # the future is one bucket
+    assert np.all(np.diff(bi[rel <= 0][::-1]) >= 0)  # non-decreasing with distance
+    assert np.all(causal[rel > 0] == 0)  # the future is one bucket
 
 
 # ----------------------------------------------------------------------------- config
 def test_config_sizes_and_errors():
     assert t5_dims(default_model_config("base")) == dict(
-        d_model=768, num_heads=12, num_encoder_layers=12, num_decoder_layers=12, d_ff=3072, d_kv=64)
+        d_model=768, num_heads=12, num_encoder_layers=12, num_decoder_layers=12, d_ff=3072, d_kv=64
+    )
     assert t5_dims(default_model_config("11B"))["d_ff"] == 65536
     with pytest.raises(ValueError, match=r"size='xl'.*'small'.*'3B'"):
         default_model_config("xl")
@@ -147,10 +185,12 @@ def test_padding_never_counted(model_and_vars):
     # Fill every padded position with real tokens, keeping the masks: nothing valid may change.
     rng = np.random.default_rng(1)
     noisy = dict(batch)
-    noisy["encoder_input_tokens"] = np.where(enc_mask, batch["encoder_input_tokens"],
-                                             rng.integers(2, VOCAB, enc_mask.shape)).astype(np.int32)
-    noisy["decoder_input_tokens"] = np.where(dec_mask, batch["decoder_input_tokens"],
-                                             rng.integers(2, VOCAB, dec_mask.shape)).astype(np.int32)
+    noisy["encoder_input_tokens"] = np.where(
+        enc_mask, batch["encoder_input_tokens"], rng.integers(2, VOCAB, enc_mask.shape)
+    ).astype(np.int32)
+    noisy["decoder_input_tokens"] = np.where(
+        dec_mask, batch["decoder_input_tokens"], rng.integers(2, VOCAB, dec_mask.shape)
+    ).astype(np.int32)
     logits2, aux2 = apply(variables, {**noisy, "encoder_mask": enc_mask})
     for stack in ("encoder", "decoder"):
         np.testing.assert_allclose(aux2[stack]["nonzero_frac"], aux[stack]["nonzero_frac"], rtol=1e-6)
@@ -177,8 +217,9 @@ def test_scan_matches_loop(model_and_vars):
         assert s_aux[stack]["nonzero_frac"].shape == (n,)
         np.testing.assert_allclose(s_aux[stack]["nonzero_frac"], aux[stack]["nonzero_frac"], rtol=1e-6)
     # Gradients flow through scan + remat and agree with the loop's.
-    np.testing.assert_allclose(s_g["encoder"]["layers"]["mlp"]["wi"]["kernel"][1],
-                               g["encoder"]["layers_1"]["mlp"]["wi"]["kernel"], atol=1e-6)
+    np.testing.assert_allclose(
+        s_g["encoder"]["layers"]["mlp"]["wi"]["kernel"][1], g["encoder"]["layers_1"]["mlp"]["wi"]["kernel"], atol=1e-6
+    )
 
 
 def test_topk_and_dropout(model_and_vars):
@@ -224,8 +265,10 @@ def test_greedy_cache_matches_no_cache(model_and_vars, scan):
     without_eos = slow_greedy(encode, decode, variables, enc, max_len, eos_id=-1)
     eos_id = int(without_eos[0, 3])  # a token that occurs mid-sequence, so stopping is exercised
     for eos in (-1, eos_id):
-        np.testing.assert_array_equal(np.asarray(fast_greedy(model, variables, enc, max_len, eos_id=eos)),
-                                      slow_greedy(encode, decode, variables, enc, max_len, eos))
+        np.testing.assert_array_equal(
+            np.asarray(fast_greedy(model, variables, enc, max_len, eos_id=eos)),
+            slow_greedy(encode, decode, variables, enc, max_len, eos),
+        )
     assert len(np.unique(without_eos)) > 3
     # Step-wise cached logits equal the full (teacher-forced) decoder pass.
     encoded, _ = encode(variables, enc, enc > 0)
@@ -233,7 +276,7 @@ def test_greedy_cache_matches_no_cache(model_and_vars, scan):
     step = jit_apply(model, decode=True, max_decode_length=max_len, method=T5.decode, mutable=["cache"])
     cache = jax.tree.map(jnp.zeros_like, jax.eval_shape(step, variables, encoded, enc > 0, dec_in[:, :1])[1]["cache"])
     for i in range(max_len):
-        (step_logits, _), new = step({**variables, "cache": cache}, encoded, enc > 0, dec_in[:, i:i + 1])
+        (step_logits, _), new = step({**variables, "cache": cache}, encoded, enc > 0, dec_in[:, i : i + 1])
         cache = new["cache"]
         np.testing.assert_allclose(step_logits[:, 0], full[:, i], atol=1e-5)
 

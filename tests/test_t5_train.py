@@ -1,4 +1,5 @@
 """T5 span-corruption training end to end: packing, loss weights, mesh equivalence, resume, metric names."""
+
 import re
 
 import jax
@@ -20,8 +21,9 @@ LAYERS = 2
 
 def tiny_config(data_dir, **overrides):
     c = load_config("configs/t5.py:local")
-    c.model.update(d_model=32, num_heads=4, d_kv=8, d_ff=64, num_encoder_layers=LAYERS, num_decoder_layers=LAYERS,
-                   scan_layers=True)  # one layer body to compile per stack
+    c.model.update(
+        d_model=32, num_heads=4, d_kv=8, d_ff=64, num_encoder_layers=LAYERS, num_decoder_layers=LAYERS, scan_layers=True
+    )  # one layer body to compile per stack
     c.data.data_dir = str(data_dir)
     c.data.update(inputs_length=32, targets_length=9)  # random_spans_helper(32) -> targets 9
     c.batch_size, c.eval_batch_size = 16, 64
@@ -42,8 +44,11 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache(tmp_path_factory):
     """A persistent compilation cache for this module: the resume test compiles the same steps 3 times."""
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
+    names = (
+        "jax_compilation_cache_dir",
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
+    )
     before = {n: getattr(jax.config, n) for n in names}
     jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -54,18 +59,25 @@ def compilation_cache(tmp_path_factory):
 
 
 def random_examples(rng, n, max_in=7, max_tgt=3):
-    return [(rng.integers(3, 4000, rng.integers(2, max_in + 1)).astype(np.int32),
-             rng.integers(3, 4000, rng.integers(2, max_tgt + 1)).astype(np.int32)) for _ in range(n)]
+    return [
+        (
+            rng.integers(3, 4000, rng.integers(2, max_in + 1)).astype(np.int32),
+            rng.integers(3, 4000, rng.integers(2, max_tgt + 1)).astype(np.int32),
+        )
+        for _ in range(n)
+    ]
 
 
 def packed_batch(seed=0, rows=16, inputs_length=32, targets_length=9):
     """Rows of 1-3 packed random examples, as the text loader makes them with pack=True."""
     rng = np.random.default_rng(seed)
-    return span_corruption.pack_rows([random_examples(rng, int(rng.integers(1, 4))) for _ in range(rows)],
-                                     inputs_length, targets_length)
+    return span_corruption.pack_rows(
+        [random_examples(rng, int(rng.integers(1, 4))) for _ in range(rows)], inputs_length, targets_length
+    )
 
 
 # ------------------------------------------------------------------------------ model and loss
+
 
 def test_packed_examples_match_examples_alone(data_dir):
     """Segment masking: each example of a packed row gives the logits and statistics it gives alone."""
@@ -82,12 +94,14 @@ def test_packed_examples_match_examples_alone(data_dir):
     start = 0
     for row, (_, targets) in enumerate(examples):
         n = targets.size
-        np.testing.assert_allclose(logits_p[0, start:start + n], logits_a[row, :n], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(logits_p[0, start : start + n], logits_a[row, :n], rtol=1e-4, atol=1e-4)
         start += n
     for stack in ("encoder", "decoder"):
         # packed = token-weighted mean of the rows alone (per-row stats from the one-row batches)
-        per_row = [jax.tree.map(np.asarray, apply(variables, {k: v[r:r + 1] for k, v in alone.items()})[1][stack])
-                   for r in range(len(examples))]
+        per_row = [
+            jax.tree.map(np.asarray, apply(variables, {k: v[r : r + 1] for k, v in alone.items()})[1][stack])
+            for r in range(len(examples))
+        ]
         tokens = np.stack([p["num_tokens"] for p in per_row])
         expected = (np.stack([p["nonzero_frac"] for p in per_row]) * tokens).sum(0) / tokens.sum(0)
         np.testing.assert_allclose(aux_p[stack]["nonzero_frac"], expected, rtol=1e-5, err_msg=stack)
@@ -132,8 +146,10 @@ def test_example_batch_has_the_loader_keys_and_vocab_from_tokenizer(data_dir, pa
 
 # ------------------------------------------------------------------------------ trainer
 
+
 def two_steps(config, devices):
     from lazy_jax import sharding as shd
+
     exp = Experiment(config, packed_batch(), devices=devices)
     state = exp.init_state(config.seed)
     out = []

@@ -1,4 +1,5 @@
 """The trainer: mesh equivalence, golden one step, resume, metrics names, bad input."""
+
 import re
 
 import jax
@@ -26,12 +27,15 @@ def tiny_config(tmp_path, **overrides):
 
 def synthetic_batch(n=16, seed=0):
     rng = np.random.default_rng(seed)
-    return {"image": rng.normal(size=(n, 8, 8, 1)).astype(np.float32),
-            "label": rng.integers(0, 10, size=(n,)).astype(np.int32)}
+    return {
+        "image": rng.normal(size=(n, 8, 8, 1)).astype(np.float32),
+        "label": rng.integers(0, 10, size=(n,)).astype(np.int32),
+    }
 
 
 def one_step(config, devices):
     from lazy_jax import sharding as shd
+
     batch = synthetic_batch()
     exp = Experiment(config, batch, devices=devices)
     state = exp.init_state(config.seed)
@@ -74,8 +78,14 @@ def test_golden_one_step(data_dir):
 
 # Metrics of the second step, recorded from this code; a change here means the model, the
 # optimizer or the statistics changed.
-GOLDEN = {"loss": 2.311219, "accuracy": 0.0625, "grad_norm": 2.53185, "nonzero_frac/encoder/layer_00": 0.5015869,
-          "nonzero_frac/encoder/layer_05": 0.4912598, "nonzero_frac/mean": 0.4980754}
+GOLDEN = {
+    "loss": 2.311219,
+    "accuracy": 0.0625,
+    "grad_norm": 2.53185,
+    "nonzero_frac/encoder/layer_00": 0.5015869,
+    "nonzero_frac/encoder/layer_05": 0.4912598,
+    "nonzero_frac/mean": 0.4980754,
+}
 
 
 def test_preempt_and_resume_matches_uninterrupted_run(data_dir, tmp_path, monkeypatch):

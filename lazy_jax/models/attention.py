@@ -4,6 +4,7 @@ Projections are einsums over [embed, heads, kv] kernels with logical names, so t
 over heads; the attention itself is `jax.nn.dot_product_attention` (fused where the backend has
 a kernel).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -26,8 +27,12 @@ class SelfAttention(nn.Module):
             raise ValueError(f"width {d} is not divisible by num_heads={self.num_heads}")
         dh = d // self.num_heads
         param = lambda name, names, shape, fn: self.param(name, nn.with_logical_partitioning(fn, names), shape)
-        w_3DHK = param("qkv_kernel", (None, "embed", "heads", "kv"), (3, d, self.num_heads, dh),
-                       nn.initializers.xavier_uniform(in_axis=1, out_axis=(2, 3), batch_axis=(0,)))
+        w_3DHK = param(
+            "qkv_kernel",
+            (None, "embed", "heads", "kv"),
+            (3, d, self.num_heads, dh),
+            nn.initializers.xavier_uniform(in_axis=1, out_axis=(2, 3), batch_axis=(0,)),
+        )
         b_3HK = param("qkv_bias", (None, "heads", "kv"), (3, self.num_heads, dh), nn.initializers.zeros)
         qkv_3BTHK = jnp.einsum("btd,sdhk->sbthk", x_BTD.astype(self.dtype), w_3DHK.astype(self.dtype))
         qkv_3BTHK = qkv_3BTHK + b_3HK[:, None, None].astype(self.dtype)
@@ -36,8 +41,12 @@ class SelfAttention(nn.Module):
         o_BTHK = jax.nn.dot_product_attention(q_BTHK, k_BTHK, v_BTHK)
         if self.dropout_rate and not self.deterministic:
             o_BTHK = nn.Dropout(self.dropout_rate)(o_BTHK, deterministic=False)
-        w_HKD = param("out_kernel", ("heads", "kv", "embed"), (self.num_heads, dh, d),
-                      nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2))
+        w_HKD = param(
+            "out_kernel",
+            ("heads", "kv", "embed"),
+            (self.num_heads, dh, d),
+            nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2),
+        )
         b_D = param("out_bias", ("embed",), (d,), nn.initializers.zeros)
         y_BTD = jnp.einsum("bthk,hkd->btd", o_BTHK, w_HKD.astype(self.dtype)) + b_D.astype(self.dtype)
         return y_BTD

@@ -4,6 +4,7 @@ Variant strings `<size>/<patch>` with sizes Mu (CPU-sized), S, B, L, e.g. `B/16`
 In the token-mixing MLP a "token" of the activation map is one channel's row across patches,
 so its statistics count rows of [B, channels, tokens_mlp_dim].
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -18,8 +19,13 @@ _named = nn.with_logical_partitioning
 
 
 def _layer_norm(dtype, name):
-    return nn.LayerNorm(dtype=dtype, name=name, scale_init=_named(nn.initializers.ones, ("embed",)),
-                        bias_init=_named(nn.initializers.zeros, ("embed",)))
+    return nn.LayerNorm(
+        dtype=dtype,
+        name=name,
+        scale_init=_named(nn.initializers.ones, ("embed",)),
+        bias_init=_named(nn.initializers.zeros, ("embed",)),
+    )
+
 
 # size: (hidden, depth, tokens_mlp_dim, channels_mlp_dim)
 MIXER_SIZES = {
@@ -31,10 +37,22 @@ MIXER_SIZES = {
 
 
 def default_model_config(variant: str = "B/16") -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        name="mixer", variant=variant, num_classes=-1, dtype="float32", activation="relu",
-        topk=0, topk_impl="bisect", dropout_rate=0.0, scan_layers=False, remat_policy="none",
-        neuron_freq=False, count_hist_bins=0))
+    return ml_collections.ConfigDict(
+        dict(
+            name="mixer",
+            variant=variant,
+            num_classes=-1,
+            dtype="float32",
+            activation="relu",
+            topk=0,
+            topk_impl="bisect",
+            dropout_rate=0.0,
+            scan_layers=False,
+            remat_policy="none",
+            neuron_freq=False,
+            count_hist_bins=0,
+        )
+    )
 
 
 class MixerLayer(nn.Module):
@@ -51,12 +69,14 @@ class MixerLayer(nn.Module):
         y_BDT = jnp.swapaxes(ln("ln_token")(x_BTD), 1, 2)
         mask_BD = jnp.broadcast_to(mask_B[:, None], y_BDT.shape[:2])
         # Its features are the patches: name them 'length', so 'embed' always means the width.
-        y_BDT, token_stats = MlpBlock(**self.tokens_mlp, dtype=self.dtype, act_axes=("batch", "embed"),
-                                      embed_axis="length", name="token_mlp")(y_BDT, mask_BD, train=train)
+        y_BDT, token_stats = MlpBlock(
+            **self.tokens_mlp, dtype=self.dtype, act_axes=("batch", "embed"), embed_axis="length", name="token_mlp"
+        )(y_BDT, mask_BD, train=train)
         x_BTD = x_BTD + jnp.swapaxes(y_BDT, 1, 2)
         mask_BT = jnp.broadcast_to(mask_B[:, None], x_BTD.shape[:2])
         y_BTD, channel_stats = MlpBlock(**self.channels_mlp, dtype=self.dtype, name="channel_mlp")(
-            ln("ln_channel")(x_BTD), mask_BT, train=train)
+            ln("ln_channel")(x_BTD), mask_BT, train=train
+        )
         x_BTD = nn.with_logical_constraint(x_BTD + y_BTD, ("batch", "length", "embed"))
         return x_BTD, {"token_mlp": token_stats, "channel_mlp": channel_stats}
 
@@ -71,19 +91,41 @@ class Mixer(nn.Module):
         dtype = dtype_of(cfg.dtype)
         image_BHWC = batch["image"].astype(dtype)
         n = image_BHWC.shape[0]
-        x_BhwD = nn.Conv(hidden, (patch, patch), strides=(patch, patch), padding="VALID", dtype=dtype,
-                         kernel_init=_named(nn.initializers.lecun_normal(), (None, None, None, "embed")),
-                         bias_init=_named(nn.initializers.zeros, ("embed",)), name="stem")(image_BHWC)
+        x_BhwD = nn.Conv(
+            hidden,
+            (patch, patch),
+            strides=(patch, patch),
+            padding="VALID",
+            dtype=dtype,
+            kernel_init=_named(nn.initializers.lecun_normal(), (None, None, None, "embed")),
+            bias_init=_named(nn.initializers.zeros, ("embed",)),
+            name="stem",
+        )(image_BHWC)
         x_BTD = x_BhwD.reshape(n, -1, hidden)
         mask_B = batch.get("mask", jnp.ones((n,), jnp.float32))
-        common = dict(activation=cfg.activation, topk=cfg.topk, topk_impl=cfg.topk_impl, dropout_rate=cfg.dropout_rate,
-                      neuron_freq=cfg.neuron_freq, count_hist_bins=cfg.count_hist_bins)
-        layer = dict(tokens_mlp=dict(d_ff=d_tok, **common), channels_mlp=dict(d_ff=d_ch, **common),
-                     deterministic=not train, dtype=dtype)
-        x_BTD, stats = layer_stack("mixerblock", MixerLayer, layer, depth, x_BTD, mask_B,
-                                   scan=cfg.scan_layers, remat_policy=cfg.remat_policy)
+        common = dict(
+            activation=cfg.activation,
+            topk=cfg.topk,
+            topk_impl=cfg.topk_impl,
+            dropout_rate=cfg.dropout_rate,
+            neuron_freq=cfg.neuron_freq,
+            count_hist_bins=cfg.count_hist_bins,
+        )
+        layer = dict(
+            tokens_mlp=dict(d_ff=d_tok, **common),
+            channels_mlp=dict(d_ff=d_ch, **common),
+            deterministic=not train,
+            dtype=dtype,
+        )
+        x_BTD, stats = layer_stack(
+            "mixerblock", MixerLayer, layer, depth, x_BTD, mask_B, scan=cfg.scan_layers, remat_policy=cfg.remat_policy
+        )
         x_BD = jnp.mean(_layer_norm(dtype, "pre_head_norm")(x_BTD), axis=1)
-        logits_BC = nn.Dense(cfg.num_classes, dtype=dtype, name="head",
-                             kernel_init=_named(nn.initializers.zeros, ("embed", "classes")),
-                             bias_init=_named(nn.initializers.zeros, ("classes",)))(x_BD)
+        logits_BC = nn.Dense(
+            cfg.num_classes,
+            dtype=dtype,
+            name="head",
+            kernel_init=_named(nn.initializers.zeros, ("embed", "classes")),
+            bias_init=_named(nn.initializers.zeros, ("classes",)),
+        )(x_BD)
         return logits_BC.astype(jnp.float32), stats

@@ -2,6 +2,7 @@
 
 It is one `MlpBlock` whose output width is the number of classes; stack `encoder`, 1 layer.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -13,9 +14,20 @@ from lazy_jax.sparsity import MlpBlock, stack_layer_stats
 
 
 def default_model_config(d_ff: int = 2048) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        name="mlp", d_ff=d_ff, num_classes=-1, dtype="float32", activation="relu", topk=0, topk_impl="bisect",
-        dropout_rate=0.0, neuron_freq=False, count_hist_bins=0))
+    return ml_collections.ConfigDict(
+        dict(
+            name="mlp",
+            d_ff=d_ff,
+            num_classes=-1,
+            dtype="float32",
+            activation="relu",
+            topk=0,
+            topk_impl="bisect",
+            dropout_rate=0.0,
+            neuron_freq=False,
+            count_hist_bins=0,
+        )
+    )
 
 
 class TwoLayerMlp(nn.Module):
@@ -32,8 +44,15 @@ class TwoLayerMlp(nn.Module):
         x_B1D = image.reshape(n, 1, -1).astype(dtype)  # one "token" per example
         mask_B1 = batch.get("mask", jnp.ones((n,), jnp.float32))[:, None]
         logits_B1C, stats = MlpBlock(
-            d_ff=cfg.d_ff, activation=cfg.activation, topk=cfg.topk, topk_impl=cfg.topk_impl,
+            d_ff=cfg.d_ff,
+            activation=cfg.activation,
+            topk=cfg.topk,
+            topk_impl=cfg.topk_impl,
             dropout_rate=cfg.dropout_rate,
-            neuron_freq=cfg.neuron_freq, count_hist_bins=cfg.count_hist_bins, out_features=cfg.num_classes,
-            dtype=dtype, name="mlp")(x_B1D, mask_B1, train=train)
+            neuron_freq=cfg.neuron_freq,
+            count_hist_bins=cfg.count_hist_bins,
+            out_features=cfg.num_classes,
+            dtype=dtype,
+            name="mlp",
+        )(x_B1D, mask_B1, train=train)
         return logits_B1C[:, 0].astype(jnp.float32), {"encoder": stack_layer_stats([stats])}

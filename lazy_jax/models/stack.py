@@ -4,6 +4,7 @@ Each layer is a Linen module whose `__call__(x, mask)` returns `(x, stats)` (sta
 `MlpBlock`); the stack returns `(x, stats stacked on a leading [num_layers] axis)` either way,
 so per-layer statistics do not depend on how the stack is compiled.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -36,8 +37,17 @@ def check_remat_policy(policy: str) -> None:
         raise ValueError(f"remat_policy={policy!r} is unknown; allowed: {sorted(REMAT_POLICIES)}")
 
 
-def layer_stack(parent_name: str, layer_cls: type[nn.Module], layer_kwargs: dict, num_layers: int,
-                x: jax.Array, mask: jax.Array | None, *, scan: bool, remat_policy: str = "none"):
+def layer_stack(
+    parent_name: str,
+    layer_cls: type[nn.Module],
+    layer_kwargs: dict,
+    num_layers: int,
+    x: jax.Array,
+    mask: jax.Array | None,
+    *,
+    scan: bool,
+    remat_policy: str = "none",
+):
     """Applies `num_layers` copies of `layer_cls(**layer_kwargs)`; call inside a compact method.
 
     Parameters are named `<parent_name>_<i>` in a loop, or `<parent_name>` with a leading
@@ -48,9 +58,13 @@ def layer_stack(parent_name: str, layer_cls: type[nn.Module], layer_kwargs: dict
     cls = layer_cls if remat_policy == "none" else nn.remat(layer_cls, policy=policy, prevent_cse=not scan)
     if scan:
         scanned = nn.scan(
-            cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-            in_axes=nn.broadcast, length=num_layers,
-            metadata_params={nn.PARTITION_NAME: "layers"})
+            cls,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=nn.broadcast,
+            length=num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )
         return scanned(**layer_kwargs, name=parent_name)(x, mask)
     per_layer = []
     for i in range(num_layers):

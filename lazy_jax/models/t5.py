@@ -49,6 +49,7 @@ Config fields (config.model, see `default_model_config`):
 Logical axis names: params 'vocab', 'embed', 'heads', 'kv', 'mlp', 'relpos_buckets' and
 'layers' (scan); activations 'batch', 'length', 'embed', 'heads', 'kv', 'mlp'.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -83,24 +84,26 @@ def default_model_config(size: str = "base") -> ml_collections.ConfigDict:
     """The T5 v1.0 model config; see the module docstring for the fields."""
     if size not in T5_SIZES and size != "custom":
         raise ValueError(f"T5 size={size!r} is unknown; allowed: {[*T5_SIZES, 'custom']}")
-    return ml_collections.ConfigDict(dict(
-        name="t5",
-        size=size,
-        vocab_size=32128,
-        **{f: None for f in DIM_FIELDS},  # None = from `size`
-        relative_attention_num_buckets=32,
-        relative_attention_max_distance=128,
-        layer_norm_epsilon=1e-6,
-        dtype="float32",
-        dropout_rate=0.0,
-        activation="relu",
-        topk=0,
-        topk_impl="bisect",
-        scan_layers=False,
-        remat_policy="none",
-        neuron_freq=False,
-        count_hist_bins=0,
-    ))
+    return ml_collections.ConfigDict(
+        dict(
+            name="t5",
+            size=size,
+            vocab_size=32128,
+            **{f: None for f in DIM_FIELDS},  # None = from `size`
+            relative_attention_num_buckets=32,
+            relative_attention_max_distance=128,
+            layer_norm_epsilon=1e-6,
+            dtype="float32",
+            dropout_rate=0.0,
+            activation="relu",
+            topk=0,
+            topk_impl="bisect",
+            scan_layers=False,
+            remat_policy="none",
+            neuron_freq=False,
+            count_hist_bins=0,
+        )
+    )
 
 
 def t5_dims(config) -> dict[str, int]:
@@ -123,6 +126,7 @@ def t5_dims(config) -> dict[str, int]:
 @dataclasses.dataclass(frozen=True)
 class T5Spec:
     """Resolved, validated, hashable model hyper-parameters (what the submodules get)."""
+
     vocab_size: int
     d_model: int
     num_heads: int
@@ -157,20 +161,31 @@ def t5_spec(config) -> T5Spec:
         raise ValueError(f"model.relative_attention_num_buckets={buckets!r} is not allowed: use an even integer >= 4")
     if not isinstance(max_distance, int) or max_distance <= buckets // 2:
         # Below this the logarithmic buckets are empty (log(max_distance / max_exact) <= 0).
-        raise ValueError(f"model.relative_attention_max_distance={max_distance!r} is not allowed: use an integer "
-                         f"> relative_attention_num_buckets // 2 = {buckets // 2}")
+        raise ValueError(
+            f"model.relative_attention_max_distance={max_distance!r} is not allowed: use an integer "
+            f"> relative_attention_num_buckets // 2 = {buckets // 2}"
+        )
     return T5Spec(
-        vocab_size=int(config.vocab_size), **dims,
+        vocab_size=int(config.vocab_size),
+        **dims,
         num_buckets=int(config.relative_attention_num_buckets),
         max_distance=int(config.relative_attention_max_distance),
-        eps=float(config.layer_norm_epsilon), dtype=dtype_of(config.dtype),
-        dropout_rate=float(config.dropout_rate), activation=config.activation, topk=int(config.topk), topk_impl=config.topk_impl,
-        scan_layers=bool(config.scan_layers), remat_policy=config.remat_policy,
-        neuron_freq=bool(config.neuron_freq), count_hist_bins=int(config.count_hist_bins))
+        eps=float(config.layer_norm_epsilon),
+        dtype=dtype_of(config.dtype),
+        dropout_rate=float(config.dropout_rate),
+        activation=config.activation,
+        topk=int(config.topk),
+        topk_impl=config.topk_impl,
+        scan_layers=bool(config.scan_layers),
+        remat_policy=config.remat_policy,
+        neuron_freq=bool(config.neuron_freq),
+        count_hist_bins=int(config.count_hist_bins),
+    )
 
 
-def relative_position_bucket(relative_position: np.ndarray, *, bidirectional: bool, num_buckets: int = 32,
-                             max_distance: int = 128) -> np.ndarray:
+def relative_position_bucket(
+    relative_position: np.ndarray, *, bidirectional: bool, num_buckets: int = 32, max_distance: int = 128
+) -> np.ndarray:
     """T5's bucket of `memory_position - query_position` (Mesh TensorFlow / HF, same float32 steps).
 
     Half the buckets (per direction when bidirectional) are exact distances, the rest grow
@@ -188,8 +203,11 @@ def relative_position_bucket(relative_position: np.ndarray, *, bidirectional: bo
         n = -np.minimum(rel, 0)
     max_exact = num_buckets // 2
     with np.errstate(divide="ignore"):
-        scaled = (np.log(n.astype(np.float32) / np.float32(max_exact))
-                  / np.float32(math.log(max_distance / max_exact)) * np.float32(num_buckets - max_exact))
+        scaled = (
+            np.log(n.astype(np.float32) / np.float32(max_exact))
+            / np.float32(math.log(max_distance / max_exact))
+            * np.float32(num_buckets - max_exact)
+        )
     large = max_exact + np.where(n < max_exact, 0, scaled).astype(np.int64)
     large = np.minimum(large, num_buckets - 1)
     return bucket + np.where(n < max_exact, n, large)
@@ -201,6 +219,7 @@ def _ones_init(key, shape, dtype=jnp.float32):
 
 class RmsNorm(nn.Module):
     """T5 layer norm: x / rms(x) * scale, in f32, no bias, no mean subtraction."""
+
     eps: float
     dtype: Any
 
@@ -214,36 +233,45 @@ class RmsNorm(nn.Module):
 
 class Embedder(nn.Module):
     """The shared token embedding [V, D]: lookup, and `attend` for the tied f32 logits."""
+
     vocab_size: int
     d_model: int
     dtype: Any
 
     def setup(self):
-        self.embedding = self.param("embedding", nn.with_logical_partitioning(
-            nn.initializers.normal(stddev=1.0), ("vocab", "embed")), (self.vocab_size, self.d_model))
+        self.embedding = self.param(
+            "embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(stddev=1.0), ("vocab", "embed")),
+            (self.vocab_size, self.d_model),
+        )
 
     def __call__(self, tokens_BT: Array) -> Array:
         return jnp.take(self.embedding, tokens_BT, axis=0).astype(self.dtype)
 
     def attend(self, y_BTD: Array) -> Array:
-        return jnp.einsum("btd,vd->btv", y_BTD, self.embedding.astype(self.dtype),
-                          preferred_element_type=jnp.float32)
+        return jnp.einsum("btd,vd->btv", y_BTD, self.embedding.astype(self.dtype), preferred_element_type=jnp.float32)
 
 
 class RelativePositionBias(nn.Module):
     """Per-head bias of every (query, key) pair from its relative-position bucket: [1, H, Q, K]."""
+
     spec: T5Spec
     bidirectional: bool
 
     @nn.compact
     def __call__(self, q_len: int, k_len: int) -> Array:
         s = self.spec
-        table_NH = self.param("rel_embedding", nn.with_logical_partitioning(
-            nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"), ("relpos_buckets", "heads")),
-            (s.num_buckets, s.num_heads))
+        table_NH = self.param(
+            "rel_embedding",
+            nn.with_logical_partitioning(
+                nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"), ("relpos_buckets", "heads")
+            ),
+            (s.num_buckets, s.num_heads),
+        )
         rel_QK = np.arange(k_len)[None, :] - np.arange(q_len)[:, None]
-        bucket_QK = relative_position_bucket(rel_QK, bidirectional=self.bidirectional,
-                                             num_buckets=s.num_buckets, max_distance=s.max_distance)
+        bucket_QK = relative_position_bucket(
+            rel_QK, bidirectional=self.bidirectional, num_buckets=s.num_buckets, max_distance=s.max_distance
+        )
         bias_QKH = jnp.take(table_NH, jnp.asarray(bucket_QK, jnp.int32), axis=0)
         return jnp.transpose(bias_QKH, (2, 0, 1))[None].astype(jnp.float32)
 
@@ -254,25 +282,37 @@ class Attention(nn.Module):
     `decode=True` (self-attention only): x is one position [B,1,D] at `decode_step`; keys and
     values are written into the 'cache' collection ([B, max_len, H, K], created on first use).
     """
+
     spec: T5Spec
     train: bool = False
 
     @nn.compact
-    def __call__(self, x_BQD: Array, kv_BSD: Array, bias_1HQS: Array | None, mask_B1QS: Array | None,
-                 *, decode: bool = False, decode_step: Array | None = None, max_len: int | None = None):
+    def __call__(
+        self,
+        x_BQD: Array,
+        kv_BSD: Array,
+        bias_1HQS: Array | None,
+        mask_B1QS: Array | None,
+        *,
+        decode: bool = False,
+        decode_step: Array | None = None,
+        max_len: int | None = None,
+    ):
         s = self.spec
         d, h, k = s.d_model, s.num_heads, s.d_kv
         normal = lambda std: nn.initializers.normal(stddev=std)
         qkv_names = ("embed", "heads", "kv")
         # The query init carries T5's 1/sqrt(d_kv) (attention logits are not scaled).
         wq = self.param("query", nn.with_logical_partitioning(normal((d * k) ** -0.5), qkv_names), (d, h, k))
-        wk = self.param("key", nn.with_logical_partitioning(normal(d ** -0.5), qkv_names), (d, h, k))
-        wv = self.param("value", nn.with_logical_partitioning(normal(d ** -0.5), qkv_names), (d, h, k))
-        wo = self.param("out", nn.with_logical_partitioning(normal((h * k) ** -0.5), ("heads", "kv", "embed")),
-                        (h, k, d))
+        wk = self.param("key", nn.with_logical_partitioning(normal(d**-0.5), qkv_names), (d, h, k))
+        wv = self.param("value", nn.with_logical_partitioning(normal(d**-0.5), qkv_names), (d, h, k))
+        wo = self.param(
+            "out", nn.with_logical_partitioning(normal((h * k) ** -0.5), ("heads", "kv", "embed")), (h, k, d)
+        )
         dt = s.dtype
         proj = lambda x, w: nn.with_logical_constraint(
-            jnp.einsum("btd,dhk->bthk", x, w.astype(dt)), ("batch", "length", "heads", "kv"))
+            jnp.einsum("btd,dhk->bthk", x, w.astype(dt)), ("batch", "length", "heads", "kv")
+        )
         q_BQHK, k_BSHK, v_BSHK = proj(x_BQD, wq), proj(kv_BSD, wk), proj(kv_BSD, wv)
         if decode:
             b = x_BQD.shape[0]
@@ -294,11 +334,20 @@ class Attention(nn.Module):
 
 
 def _mlp(spec: T5Spec) -> MlpBlock:
-    return MlpBlock(d_ff=spec.d_ff, activation=spec.activation, topk=spec.topk, topk_impl=spec.topk_impl,
-                    use_bias=False, dropout_rate=spec.dropout_rate, neuron_freq=spec.neuron_freq,
-                    count_hist_bins=spec.count_hist_bins, dtype=spec.dtype, param_dtype=jnp.float32,
-                    kernel_init=nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
-                    name="mlp")
+    return MlpBlock(
+        d_ff=spec.d_ff,
+        activation=spec.activation,
+        topk=spec.topk,
+        topk_impl=spec.topk_impl,
+        use_bias=False,
+        dropout_rate=spec.dropout_rate,
+        neuron_freq=spec.neuron_freq,
+        count_hist_bins=spec.count_hist_bins,
+        dtype=spec.dtype,
+        param_dtype=jnp.float32,
+        kernel_init=nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
+        name="mlp",
+    )
 
 
 def _residual(spec: T5Spec, train: bool, x_BTD: Array, y_BTD: Array) -> Array:
@@ -308,6 +357,7 @@ def _residual(spec: T5Spec, train: bool, x_BTD: Array, y_BTD: Array) -> Array:
 
 class EncoderLayer(nn.Module):
     """x + SelfAttention(norm(x)); x + Mlp(norm(x)). Returns (x, MlpBlock stats)."""
+
     spec: T5Spec
     train: bool = False
 
@@ -324,19 +374,19 @@ class EncoderLayer(nn.Module):
 
 class DecoderLayer(nn.Module):
     """x + CausalSelfAttention(norm(x)); x + CrossAttention(norm(x), encoded); x + Mlp(norm(x))."""
+
     spec: T5Spec
     train: bool = False
     decode: bool = False
     max_len: int | None = None
 
     @nn.compact
-    def __call__(self, x_BTD, encoded_BSD, bias_1HTT, self_mask_B1TT, cross_mask_B1TS, token_mask_BT,
-                 decode_step):
+    def __call__(self, x_BTD, encoded_BSD, bias_1HTT, self_mask_B1TT, cross_mask_B1TS, token_mask_BT, decode_step):
         s = self.spec
         h_BTD = RmsNorm(s.eps, s.dtype, name="pre_self_attention_layer_norm")(x_BTD)
         y_BTD = Attention(s, self.train, name="self_attention")(
-            h_BTD, h_BTD, bias_1HTT, self_mask_B1TT, decode=self.decode, decode_step=decode_step,
-            max_len=self.max_len)
+            h_BTD, h_BTD, bias_1HTT, self_mask_B1TT, decode=self.decode, decode_step=decode_step, max_len=self.max_len
+        )
         x_BTD = _residual(s, self.train, x_BTD, y_BTD)
         h_BTD = RmsNorm(s.eps, s.dtype, name="pre_cross_attention_layer_norm")(x_BTD)
         # Cross-attention keys/values are recomputed from `encoded` at every decoding step (as t5x).
@@ -353,13 +403,20 @@ def _run_layers(layer_cls, layer_kwargs: dict, num_layers: int, spec: T5Spec, x,
     Call inside a compact method; returns (x, stats stacked [L]) either way.
     """
     policy = REMAT_POLICIES[spec.remat_policy]
-    cls = layer_cls if spec.remat_policy == "none" else nn.remat(
-        layer_cls, policy=policy, prevent_cse=not spec.scan_layers)
+    cls = (
+        layer_cls
+        if spec.remat_policy == "none"
+        else nn.remat(layer_cls, policy=policy, prevent_cse=not spec.scan_layers)
+    )
     if spec.scan_layers:
         scanned = nn.scan(
-            cls, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True, "dropout": True},
-            in_axes=(nn.broadcast,) * len(broadcast_args), length=num_layers,
-            metadata_params={nn.PARTITION_NAME: "layers"})
+            cls,
+            variable_axes={"params": 0, "cache": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast,) * len(broadcast_args),
+            length=num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )
         return scanned(**layer_kwargs, name="layers")(x, *broadcast_args)
     per_layer = []
     for i in range(num_layers):
@@ -377,8 +434,7 @@ class Encoder(nn.Module):
     spec: T5Spec
 
     @nn.compact
-    def __call__(self, x_BTD: Array, token_mask_BT: Array, *, segment_ids_BT: Array | None = None,
-                 train: bool = False):
+    def __call__(self, x_BTD: Array, token_mask_BT: Array, *, segment_ids_BT: Array | None = None, train: bool = False):
         s = self.spec
         t = x_BTD.shape[1]
         bias_1HTT = RelativePositionBias(s, bidirectional=True, name="relpos_bias")(t, t)
@@ -386,8 +442,16 @@ class Encoder(nn.Module):
         if segment_ids_BT is not None:
             mask_B1TT = mask_B1TT & _same_segment(segment_ids_BT, segment_ids_BT)
         x_BTD = nn.Dropout(s.dropout_rate)(x_BTD, deterministic=not train)
-        x_BTD, stats = _run_layers(EncoderLayer, dict(spec=s, train=train), s.num_encoder_layers, s,
-                                   x_BTD, bias_1HTT, mask_B1TT, token_mask_BT.astype(jnp.float32))
+        x_BTD, stats = _run_layers(
+            EncoderLayer,
+            dict(spec=s, train=train),
+            s.num_encoder_layers,
+            s,
+            x_BTD,
+            bias_1HTT,
+            mask_B1TT,
+            token_mask_BT.astype(jnp.float32),
+        )
         x_BTD = RmsNorm(s.eps, s.dtype, name="encoder_norm")(x_BTD)
         return nn.Dropout(s.dropout_rate)(x_BTD, deterministic=not train), stats
 
@@ -396,16 +460,27 @@ class Decoder(nn.Module):
     spec: T5Spec
 
     @nn.compact
-    def __call__(self, y_BTD: Array, encoded_BSD: Array, encoder_mask_BS: Array, token_mask_BT: Array | None,
-                 *, segment_ids_BT: Array | None = None, encoder_segment_ids_BS: Array | None = None,
-                 train: bool = False, decode: bool = False, max_len: int | None = None):
+    def __call__(
+        self,
+        y_BTD: Array,
+        encoded_BSD: Array,
+        encoder_mask_BS: Array,
+        token_mask_BT: Array | None,
+        *,
+        segment_ids_BT: Array | None = None,
+        encoder_segment_ids_BS: Array | None = None,
+        train: bool = False,
+        decode: bool = False,
+        max_len: int | None = None,
+    ):
         s = self.spec
         b, t = y_BTD.shape[:2]
         relpos = RelativePositionBias(s, bidirectional=False, name="relpos_bias")
         if decode:
             if t != 1 or max_len is None:
-                raise ValueError(f"decode=True takes one position at a time (got length {t}) and max_len "
-                                 f"(got {max_len!r})")
+                raise ValueError(
+                    f"decode=True takes one position at a time (got length {t}) and max_len (got {max_len!r})"
+                )
             step = self.variable("cache", "decode_step", lambda: jnp.zeros((), jnp.int32))
             decode_step = step.value
             step.value = decode_step + 1
@@ -420,8 +495,9 @@ class Decoder(nn.Module):
                 self_mask_B1TT = self_mask_B1TT & token_mask_BT[:, None, None, :].astype(jnp.bool_)
             if segment_ids_BT is not None:
                 self_mask_B1TT = self_mask_B1TT & _same_segment(segment_ids_BT, segment_ids_BT)
-        cross_mask_B1TS = jnp.broadcast_to(encoder_mask_BS[:, None, None, :].astype(jnp.bool_),
-                                           (b, 1, t, encoded_BSD.shape[1]))
+        cross_mask_B1TS = jnp.broadcast_to(
+            encoder_mask_BS[:, None, None, :].astype(jnp.bool_), (b, 1, t, encoded_BSD.shape[1])
+        )
         if (segment_ids_BT is None) != (encoder_segment_ids_BS is None):
             raise ValueError("packed rows need both decoder and encoder segment ids (got only one of them)")
         if segment_ids_BT is not None:
@@ -431,20 +507,32 @@ class Decoder(nn.Module):
         stats_mask_BT = jnp.ones((b, t), jnp.float32) if token_mask_BT is None else token_mask_BT.astype(jnp.float32)
         y_BTD = nn.Dropout(s.dropout_rate)(y_BTD, deterministic=not train)
         y_BTD, stats = _run_layers(
-            DecoderLayer, dict(spec=s, train=train, decode=decode, max_len=max_len), s.num_decoder_layers, s,
-            y_BTD, encoded_BSD, bias_1HTT, self_mask_B1TT, cross_mask_B1TS, stats_mask_BT, decode_step)
+            DecoderLayer,
+            dict(spec=s, train=train, decode=decode, max_len=max_len),
+            s.num_decoder_layers,
+            s,
+            y_BTD,
+            encoded_BSD,
+            bias_1HTT,
+            self_mask_B1TT,
+            cross_mask_B1TS,
+            stats_mask_BT,
+            decode_step,
+        )
         y_BTD = RmsNorm(s.eps, s.dtype, name="decoder_norm")(y_BTD)
         return nn.Dropout(s.dropout_rate)(y_BTD, deterministic=not train), stats
 
 
 class T5(nn.Module):
     """T5 v1.0 encoder-decoder; `config` is config.model (see the module docstring)."""
+
     config: Any
 
     def __post_init__(self):
         # A frozen (hashable) copy, so the module can be a static argument of jax.jit.
         if isinstance(self.config, (ml_collections.ConfigDict, dict)) and not isinstance(
-                self.config, ml_collections.FrozenConfigDict):
+            self.config, ml_collections.FrozenConfigDict
+        ):
             object.__setattr__(self, "config", ml_collections.FrozenConfigDict(self.config))
         super().__post_init__()
 
@@ -455,18 +543,33 @@ class T5(nn.Module):
         self.encoder = Encoder(s)
         self.decoder = Decoder(s)
 
-    def encode(self, encoder_input_tokens: Array, encoder_mask: Array | None = None, *,
-               encoder_segment_ids: Array | None = None, train: bool = False):
+    def encode(
+        self,
+        encoder_input_tokens: Array,
+        encoder_mask: Array | None = None,
+        *,
+        encoder_segment_ids: Array | None = None,
+        train: bool = False,
+    ):
         """-> (encoded [B,Ti,D] in the activation dtype, encoder stats [L_enc])."""
         if encoder_mask is None:
             encoder_mask = encoder_input_tokens > 0
         x_BTD = self.token_embedder(encoder_input_tokens)
         return self.encoder(x_BTD, encoder_mask.astype(jnp.bool_), segment_ids_BT=encoder_segment_ids, train=train)
 
-    def decode(self, encoded: Array, encoder_mask: Array, decoder_input_tokens: Array,
-               decoder_mask: Array | None = None, *, decoder_segment_ids: Array | None = None,
-               encoder_segment_ids: Array | None = None, train: bool = False, decode: bool = False,
-               max_decode_length: int | None = None):
+    def decode(
+        self,
+        encoded: Array,
+        encoder_mask: Array,
+        decoder_input_tokens: Array,
+        decoder_mask: Array | None = None,
+        *,
+        decoder_segment_ids: Array | None = None,
+        encoder_segment_ids: Array | None = None,
+        train: bool = False,
+        decode: bool = False,
+        max_decode_length: int | None = None,
+    ):
         """-> (logits [B,Tt,V] f32, decoder stats [L_dec]).
 
         decoder_mask [B,Tt] (None = every position valid) masks padded keys and the statistics;
@@ -476,18 +579,28 @@ class T5(nn.Module):
         length max_decode_length.
         """
         y_BTD = self.token_embedder(decoder_input_tokens)
-        y_BTD, stats = self.decoder(y_BTD, encoded, encoder_mask, decoder_mask, segment_ids_BT=decoder_segment_ids,
-                                    encoder_segment_ids_BS=encoder_segment_ids, train=train, decode=decode,
-                                    max_len=max_decode_length)
+        y_BTD, stats = self.decoder(
+            y_BTD,
+            encoded,
+            encoder_mask,
+            decoder_mask,
+            segment_ids_BT=decoder_segment_ids,
+            encoder_segment_ids_BS=encoder_segment_ids,
+            train=train,
+            decode=decode,
+            max_len=max_decode_length,
+        )
         # T5 v1.0 ties the output layer to the embedding and rescales the decoder output first.
-        logits_BTV = self.token_embedder.attend(y_BTD * (self.spec.d_model ** -0.5))
+        logits_BTV = self.token_embedder.attend(y_BTD * (self.spec.d_model**-0.5))
         return nn.with_logical_constraint(logits_BTV, ("batch", "length", "vocab")), stats
 
     def __call__(self, batch: dict, *, train: bool = False):
         missing = [k for k in ("encoder_input_tokens", "decoder_input_tokens") if k not in batch]
         if missing or ("decoder_target_tokens" not in batch and "decoder_mask" not in batch):
-            raise ValueError(f"T5 batch needs 'encoder_input_tokens', 'decoder_input_tokens' and "
-                             f"'decoder_target_tokens' (or 'decoder_mask'); got keys {sorted(batch)}")
+            raise ValueError(
+                f"T5 batch needs 'encoder_input_tokens', 'decoder_input_tokens' and "
+                f"'decoder_target_tokens' (or 'decoder_mask'); got keys {sorted(batch)}"
+            )
         enc_mask = batch.get("encoder_mask")
         if enc_mask is None:
             enc_mask = batch["encoder_input_tokens"] > 0
@@ -497,17 +610,28 @@ class T5(nn.Module):
             dec_mask = batch["decoder_target_tokens"] > 0
         enc_seg, dec_seg = batch.get("encoder_segment_ids"), batch.get("decoder_segment_ids")
         if (enc_seg is None) != (dec_seg is None):
-            raise ValueError(f"a packed T5 batch needs both 'encoder_segment_ids' and 'decoder_segment_ids'; "
-                             f"got keys {sorted(batch)}")
-        encoded, enc_stats = self.encode(batch["encoder_input_tokens"], enc_mask, encoder_segment_ids=enc_seg,
-                                         train=train)
-        logits, dec_stats = self.decode(encoded, enc_mask, batch["decoder_input_tokens"], dec_mask,
-                                        decoder_segment_ids=dec_seg, encoder_segment_ids=enc_seg, train=train)
+            raise ValueError(
+                f"a packed T5 batch needs both 'encoder_segment_ids' and 'decoder_segment_ids'; "
+                f"got keys {sorted(batch)}"
+            )
+        encoded, enc_stats = self.encode(
+            batch["encoder_input_tokens"], enc_mask, encoder_segment_ids=enc_seg, train=train
+        )
+        logits, dec_stats = self.decode(
+            encoded,
+            enc_mask,
+            batch["decoder_input_tokens"],
+            dec_mask,
+            decoder_segment_ids=dec_seg,
+            encoder_segment_ids=enc_seg,
+            train=train,
+        )
         return logits, {"encoder": enc_stats, "decoder": dec_stats}
 
 
-def greedy_decode(model: T5, variables: dict, encoder_input_tokens: Array, max_decode_len: int, *,
-                  eos_id: int | None = 1) -> Array:
+def greedy_decode(
+    model: T5, variables: dict, encoder_input_tokens: Array, max_decode_len: int, *, eos_id: int | None = 1
+) -> Array:
     """Greedy decoding with a KV cache: -> tokens [B, max_decode_len] int32.
 
     Starts from BOS = 0; after a row emits `eos_id` its later tokens are 0 (padding); eos_id may
@@ -520,14 +644,30 @@ def greedy_decode(model: T5, variables: dict, encoder_input_tokens: Array, max_d
 
     def step(cache, tokens_B1):
         (logits_B1V, _), new_vars = model.apply(
-            {**variables, "cache": cache}, encoded_BSD, enc_mask_BS, tokens_B1, decode=True,
-            max_decode_length=max_decode_len, method=T5.decode, mutable=["cache"])
+            {**variables, "cache": cache},
+            encoded_BSD,
+            enc_mask_BS,
+            tokens_B1,
+            decode=True,
+            max_decode_length=max_decode_len,
+            method=T5.decode,
+            mutable=["cache"],
+        )
         return new_vars["cache"], logits_B1V[:, 0]
 
     # The cache starts as zeros (decode_step 0); its shapes come from an abstract first step.
-    cache_shapes = jax.eval_shape(lambda: model.apply(
-        variables, encoded_BSD, enc_mask_BS, jnp.zeros((b, 1), jnp.int32), decode=True,
-        max_decode_length=max_decode_len, method=T5.decode, mutable=["cache"])[1]["cache"])
+    cache_shapes = jax.eval_shape(
+        lambda: model.apply(
+            variables,
+            encoded_BSD,
+            enc_mask_BS,
+            jnp.zeros((b, 1), jnp.int32),
+            decode=True,
+            max_decode_length=max_decode_len,
+            method=T5.decode,
+            mutable=["cache"],
+        )[1]["cache"]
+    )
     cache = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), cache_shapes)
 
     def body(carry, _):
