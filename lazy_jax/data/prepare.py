@@ -16,40 +16,43 @@ from __future__ import annotations
 
 import time
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
-from lazy_jax.data import offline
-from lazy_jax.data import sources
+from lazy_jax.data import offline, sources
 
-TEXT_DATASETS = ('pydocs', 'pydocs_kjv')
+TEXT_DATASETS = ("pydocs", "pydocs_kjv")
 
-_DATASET = flags.DEFINE_enum('dataset', None, sorted(offline.OFFLINE_DATASETS) + list(TEXT_DATASETS),
-                             'Offline dataset to prepare.', required=True)
-_DATA_DIR = flags.DEFINE_string(
-    'data_dir', None, 'tfds data dir (default $TFDS_DATA_DIR, else ~/tensorflow_datasets).')
+_DATASET = flags.DEFINE_enum(
+    "dataset",
+    None,
+    sorted(offline.OFFLINE_DATASETS) + list(TEXT_DATASETS),
+    "Offline dataset to prepare.",
+    required=True,
+)
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data dir (default $TFDS_DATA_DIR, else ~/tensorflow_datasets).")
 
 
 def prepare(name: str, data_dir: str) -> tuple[bool, str]:
-  """Prepares `name` in `data_dir`; returns (built now, its version directory)."""
-  if name in TEXT_DATASETS:
-    from lazy_jax.data import text  # pylint: disable=g-import-not-at-top
-    built = text.prepare_pydocs(data_dir, add_bible_kjv=name == 'pydocs_kjv')
-    return built, text._version_dir(name, data_dir)  # pylint: disable=protected-access
-  return offline.prepare(name, data_dir), offline.version_dir(name, data_dir)
+    """Prepares `name` in `data_dir`; returns (built now, its version directory)."""
+    if name in TEXT_DATASETS:
+        from lazy_jax.data import text  # pylint: disable=g-import-not-at-top
+
+        built = text.prepare_pydocs(data_dir, add_bible_kjv=name == "pydocs_kjv")
+        return built, text._version_dir(name, data_dir)  # pylint: disable=protected-access
+    return offline.prepare(name, data_dir), offline.version_dir(name, data_dir)
 
 
 def main(argv):
-  del argv
-  data_dir = sources.resolve_data_dir(_DATA_DIR.value)
-  name = _DATASET.value
-  start = time.perf_counter()
-  built, version_dir = prepare(name, data_dir)
-  if built:
-    print(f'Prepared {name!r} in {version_dir} ({time.perf_counter() - start:.1f} s).')
-  else:
-    print(f'{name!r} is already prepared in {version_dir}; nothing to do.')
+    del argv
+    data_dir = sources.resolve_data_dir(_DATA_DIR.value)
+    name = _DATASET.value
+    start = time.perf_counter()
+    built, version_dir = prepare(name, data_dir)
+    if built:
+        print(f"Prepared {name!r} in {version_dir} ({time.perf_counter() - start:.1f} s).")
+    else:
+        print(f"{name!r} is already prepared in {version_dir}; nothing to do.")
 
 
-if __name__ == '__main__':
-  app.run(main)
+if __name__ == "__main__":
+    app.run(main)

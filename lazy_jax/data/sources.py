@@ -30,149 +30,150 @@ import tensorflow_datasets as tfds
 
 from lazy_jax.data import offline
 
-_VERSION_RE = re.compile(r'^\d+\.\d+\.\d+$')
+_VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 
 
 def resolve_data_dir(data_dir: str | None = None) -> str:
-  """Returns the data dir to use: argument, $TFDS_DATA_DIR, or tfds default."""
-  if data_dir:
-    return os.path.expanduser(os.fspath(data_dir))
-  if os.environ.get('TFDS_DATA_DIR'):
-    return os.path.expanduser(os.environ['TFDS_DATA_DIR'])
-  return os.path.expanduser(os.path.join('~', 'tensorflow_datasets'))
+    """Returns the data dir to use: argument, $TFDS_DATA_DIR, or tfds default."""
+    if data_dir:
+        return os.path.expanduser(os.fspath(data_dir))
+    if os.environ.get("TFDS_DATA_DIR"):
+        return os.path.expanduser(os.environ["TFDS_DATA_DIR"])
+    return os.path.expanduser(os.path.join("~", "tensorflow_datasets"))
 
 
 def _split_name(name: str) -> tuple[str, str | None]:
-  """'cifar10:3.0.2' -> ('cifar10', '3.0.2'); 'mnist' -> ('mnist', None)."""
-  if ':' in name:
-    base, version = name.split(':', 1)
-    if not _VERSION_RE.match(version):
-      raise ValueError(
-          f'Bad dataset version in {name!r}: expected name:MAJOR.MINOR.PATCH.')
-    return base, version
-  return name, None
+    """'cifar10:3.0.2' -> ('cifar10', '3.0.2'); 'mnist' -> ('mnist', None)."""
+    if ":" in name:
+        base, version = name.split(":", 1)
+        if not _VERSION_RE.match(version):
+            raise ValueError(f"Bad dataset version in {name!r}: expected name:MAJOR.MINOR.PATCH.")
+        return base, version
+    return name, None
 
 
 def _version_key(version: str) -> tuple[int, ...]:
-  return tuple(int(v) for v in version.split('.'))
+    return tuple(int(v) for v in version.split("."))
 
 
 def _prepared_versions(dataset_dir: str) -> list[str]:
-  """Versions under dataset_dir that hold a finished dataset_info.json."""
-  if not os.path.isdir(dataset_dir):
-    return []
-  return sorted(
-      (v for v in os.listdir(dataset_dir)
-       if _VERSION_RE.match(v)
-       and os.path.isfile(os.path.join(dataset_dir, v, 'dataset_info.json'))),
-      key=_version_key)
+    """Versions under dataset_dir that hold a finished dataset_info.json."""
+    if not os.path.isdir(dataset_dir):
+        return []
+    return sorted(
+        (
+            v
+            for v in os.listdir(dataset_dir)
+            if _VERSION_RE.match(v) and os.path.isfile(os.path.join(dataset_dir, v, "dataset_info.json"))
+        ),
+        key=_version_key,
+    )
 
 
 def available_datasets(data_dir: str) -> list[str]:
-  """Names ('name' or 'name/config') of prepared datasets in data_dir."""
-  found = []
-  if not os.path.isdir(data_dir):
+    """Names ('name' or 'name/config') of prepared datasets in data_dir."""
+    found = []
+    if not os.path.isdir(data_dir):
+        return found
+    for name in sorted(os.listdir(data_dir)):
+        name_dir = os.path.join(data_dir, name)
+        if not os.path.isdir(name_dir) or name.startswith((".", "downloads")):
+            continue
+        if _prepared_versions(name_dir):
+            found.append(name)
+        for config in sorted(os.listdir(name_dir)):
+            if not _VERSION_RE.match(config) and _prepared_versions(os.path.join(name_dir, config)):
+                found.append(f"{name}/{config}")
     return found
-  for name in sorted(os.listdir(data_dir)):
-    name_dir = os.path.join(data_dir, name)
-    if not os.path.isdir(name_dir) or name.startswith(('.', 'downloads')):
-      continue
-    if _prepared_versions(name_dir):
-      found.append(name)
-    for config in sorted(os.listdir(name_dir)):
-      if not _VERSION_RE.match(config) and _prepared_versions(
-          os.path.join(name_dir, config)):
-        found.append(f'{name}/{config}')
-  return found
 
 
 def _missing_dataset_error(name: str, data_dir: str, searched: str) -> ValueError:
-  available = available_datasets(data_dir)
-  return ValueError(
-      f'Dataset {name!r} not found: no prepared version under {searched!r} '
-      f'(data dir {data_dir!r}, from the data_dir argument, else $TFDS_DATA_DIR, '
-      f'else ~/tensorflow_datasets). '
-      f'Prepared datasets in that data dir: {available or "none"}. '
-      f'Offline datasets this project prepares itself: '
-      f'{sorted(offline.OFFLINE_DATASETS)} (automatically on first use, or '
-      f'`python -m lazy_jax.data.prepare --dataset=NAME --data_dir=DIR`). '
-      f'Other tfds datasets must be built elsewhere in array_record format '
-      f'(`tfds build NAME --file_format=array_record`) and copied into the '
-      f'data dir.')
+    available = available_datasets(data_dir)
+    return ValueError(
+        f"Dataset {name!r} not found: no prepared version under {searched!r} "
+        f"(data dir {data_dir!r}, from the data_dir argument, else $TFDS_DATA_DIR, "
+        f"else ~/tensorflow_datasets). "
+        f"Prepared datasets in that data dir: {available or 'none'}. "
+        f"Offline datasets this project prepares itself: "
+        f"{sorted(offline.OFFLINE_DATASETS)} (automatically on first use, or "
+        f"`python -m lazy_jax.data.prepare --dataset=NAME --data_dir=DIR`). "
+        f"Other tfds datasets must be built elsewhere in array_record format "
+        f"(`tfds build NAME --file_format=array_record`) and copied into the "
+        f"data dir."
+    )
 
 
 def dataset_dir(name: str, data_dir: str | None = None) -> str:
-  """Directory DATA_DIR/name[/config]/version of a prepared dataset.
+    """Directory DATA_DIR/name[/config]/version of a prepared dataset.
 
-  Offline datasets (`digits`, `mnist5k`) are prepared here when missing.
+    Offline datasets (`digits`, `mnist5k`) are prepared here when missing.
 
-  Raises:
-    ValueError: the dataset is not prepared in the data dir.
-  """
-  data_dir = resolve_data_dir(data_dir)
-  base, version = _split_name(name)
-  if base in offline.OFFLINE_DATASETS and version in (
-      None, str(offline.OFFLINE_DATASETS[base].VERSION)):
-    offline.prepare(base, data_dir)
-  searched = os.path.join(data_dir, *base.split('/'))
-  versions = _prepared_versions(searched)
-  if version is not None:
-    versions = [v for v in versions if v == version]
-  if not versions:
-    raise _missing_dataset_error(name, data_dir, searched)
-  return os.path.join(searched, versions[-1])
+    Raises:
+      ValueError: the dataset is not prepared in the data dir.
+    """
+    data_dir = resolve_data_dir(data_dir)
+    base, version = _split_name(name)
+    if base in offline.OFFLINE_DATASETS and version in (None, str(offline.OFFLINE_DATASETS[base].VERSION)):
+        offline.prepare(base, data_dir)
+    searched = os.path.join(data_dir, *base.split("/"))
+    versions = _prepared_versions(searched)
+    if version is not None:
+        versions = [v for v in versions if v == version]
+    if not versions:
+        raise _missing_dataset_error(name, data_dir, searched)
+    return os.path.join(searched, versions[-1])
 
 
 def load_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
-  """Read-only tfds builder (metadata and data) of a prepared dataset."""
-  return tfds.builder_from_directory(dataset_dir(name, data_dir))
+    """Read-only tfds builder (metadata and data) of a prepared dataset."""
+    return tfds.builder_from_directory(dataset_dir(name, data_dir))
 
 
 def _check_split(builder: tfds.core.DatasetBuilder, name: str, split: str) -> int:
-  """Returns the number of examples of `split`; clear errors if none."""
-  splits = builder.info.splits
-  try:
-    num_examples = splits[split].num_examples
-  except (KeyError, ValueError, AssertionError) as e:
-    available = {k: v.num_examples for k, v in splits.items()}
-    raise ValueError(
-        f'Dataset {name!r} at {os.fspath(builder.data_dir)!r} has no split '
-        f'{split!r}; available splits (examples): {available}. '
-        f'tfds slicing like "train[:90%]" is allowed.') from e
-  if num_examples == 0:
-    raise ValueError(
-        f'Split {split!r} of dataset {name!r} at '
-        f'{os.fspath(builder.data_dir)!r} is empty (0 examples).')
-  return num_examples
+    """Returns the number of examples of `split`; clear errors if none."""
+    splits = builder.info.splits
+    try:
+        num_examples = splits[split].num_examples
+    except (KeyError, ValueError, AssertionError) as e:
+        available = {k: v.num_examples for k, v in splits.items()}
+        raise ValueError(
+            f"Dataset {name!r} at {os.fspath(builder.data_dir)!r} has no split "
+            f"{split!r}; available splits (examples): {available}. "
+            f'tfds slicing like "train[:90%]" is allowed.'
+        ) from e
+    if num_examples == 0:
+        raise ValueError(
+            f"Split {split!r} of dataset {name!r} at {os.fspath(builder.data_dir)!r} is empty (0 examples)."
+        )
+    return num_examples
 
 
 def split_size(builder: tfds.core.DatasetBuilder, name: str, split: str) -> int:
-  """Number of examples of a split, from the metadata (no data scan)."""
-  return _check_split(builder, name, split)
+    """Number of examples of a split, from the metadata (no data scan)."""
+    return _check_split(builder, name, split)
 
 
-def load_source(name: str, split: str, data_dir: str | None = None
-                ) -> Sequence[dict[str, Any]]:
-  """Random-access source of decoded examples (dicts of NumPy values).
+def load_source(name: str, split: str, data_dir: str | None = None) -> Sequence[dict[str, Any]]:
+    """Random-access source of decoded examples (dicts of NumPy values).
 
-  Supports `len(source)`, `source[i]` and `source.__getitems__(indices)`.
+    Supports `len(source)`, `source[i]` and `source.__getitems__(indices)`.
 
-  Args:
-    name: tfds name, e.g. 'mnist5k', 'cifar10', 'imagenet2012:5.1.0'.
-    split: tfds split, e.g. 'train', 'test', 'train[:90%]'.
-    data_dir: tfds data dir; None = $TFDS_DATA_DIR, else ~/tensorflow_datasets.
+    Args:
+      name: tfds name, e.g. 'mnist5k', 'cifar10', 'imagenet2012:5.1.0'.
+      split: tfds split, e.g. 'train', 'test', 'train[:90%]'.
+      data_dir: tfds data dir; None = $TFDS_DATA_DIR, else ~/tensorflow_datasets.
 
-  Raises:
-    ValueError: unknown / unprepared dataset, missing or empty split, or a
-      dataset stored in a format without random access (tfrecord).
-  """
-  builder = load_builder(name, data_dir)
-  _check_split(builder, name, split)
-  file_format = builder.info.file_format
-  if file_format is not None and file_format.value not in (
-      'array_record', 'parquet'):
-    raise ValueError(
-        f'Dataset {name!r} at {os.fspath(builder.data_dir)!r} is stored as '
-        f'{file_format.value}; random access needs array_record. Rebuild it '
-        f'with `tfds build {name} --file_format=array_record`.')
-  return builder.as_data_source(split=split)
+    Raises:
+      ValueError: unknown / unprepared dataset, missing or empty split, or a
+        dataset stored in a format without random access (tfrecord).
+    """
+    builder = load_builder(name, data_dir)
+    _check_split(builder, name, split)
+    file_format = builder.info.file_format
+    if file_format is not None and file_format.value not in ("array_record", "parquet"):
+        raise ValueError(
+            f"Dataset {name!r} at {os.fspath(builder.data_dir)!r} is stored as "
+            f"{file_format.value}; random access needs array_record. Rebuild it "
+            f"with `tfds build {name} --file_format=array_record`."
+        )
+    return builder.as_data_source(split=split)

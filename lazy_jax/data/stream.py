@@ -21,40 +21,38 @@ import numpy as np
 
 
 def local_batch_size(global_batch_size: int, process_count: int) -> int:
-  """Per-process batch size; raises if the global batch does not divide."""
-  if global_batch_size <= 0 or process_count <= 0:
-    raise ValueError(f'global_batch_size={global_batch_size} and process_count='
-                     f'{process_count} must both be positive.')
-  if global_batch_size % process_count:
-    raise ValueError(
-        f'global_batch_size={global_batch_size} is not divisible by '
-        f'process_count={process_count}; choose a multiple of {process_count}.')
-  return global_batch_size // process_count
+    """Per-process batch size; raises if the global batch does not divide."""
+    if global_batch_size <= 0 or process_count <= 0:
+        raise ValueError(
+            f"global_batch_size={global_batch_size} and process_count={process_count} must both be positive."
+        )
+    if global_batch_size % process_count:
+        raise ValueError(
+            f"global_batch_size={global_batch_size} is not divisible by "
+            f"process_count={process_count}; choose a multiple of {process_count}."
+        )
+    return global_batch_size // process_count
 
 
 @functools.lru_cache(maxsize=2)  # Current and next epoch; N can be ~10^7.
-def epoch_permutation(num_examples: int, shuffle_seed: int, seed: int,
-                      epoch: int) -> np.ndarray:
-  rng = np.random.default_rng([shuffle_seed, seed, epoch])
-  perm = rng.permutation(num_examples)
-  return perm.astype(np.int32 if num_examples < 2**31 else np.int64)
+def epoch_permutation(num_examples: int, shuffle_seed: int, seed: int, epoch: int) -> np.ndarray:
+    rng = np.random.default_rng([shuffle_seed, seed, epoch])
+    perm = rng.permutation(num_examples)
+    return perm.astype(np.int32 if num_examples < 2**31 else np.int64)
 
 
-def example_indices(positions: np.ndarray, num_examples: int, shuffle_seed: int,
-                    seed: int) -> np.ndarray:
-  """Example index held at each stream position."""
-  epochs, offsets = np.divmod(positions, num_examples)
-  out = np.empty(positions.shape, np.int64)
-  for epoch in np.unique(epochs):
-    sel = epochs == epoch
-    out[sel] = epoch_permutation(num_examples, shuffle_seed, seed, int(epoch))[offsets[sel]]
-  return out
+def example_indices(positions: np.ndarray, num_examples: int, shuffle_seed: int, seed: int) -> np.ndarray:
+    """Example index held at each stream position."""
+    epochs, offsets = np.divmod(positions, num_examples)
+    out = np.empty(positions.shape, np.int64)
+    for epoch in np.unique(epochs):
+        sel = epochs == epoch
+        out[sel] = epoch_permutation(num_examples, shuffle_seed, seed, int(epoch))[offsets[sel]]
+    return out
 
 
-def local_positions(step: int, global_batch_size: int, process_index: int,
-                    process_count: int) -> np.ndarray:
-  """Stream positions of process `process_index`'s share of step `step`."""
-  b = local_batch_size(global_batch_size, process_count)
-  start = step * global_batch_size + process_index * b
-  return np.arange(start, start + b, dtype=np.int64)
-
+def local_positions(step: int, global_batch_size: int, process_index: int, process_count: int) -> np.ndarray:
+    """Stream positions of process `process_index`'s share of step `step`."""
+    b = local_batch_size(global_batch_size, process_count)
+    start = step * global_batch_size + process_index * b
+    return np.arange(start, start + b, dtype=np.int64)

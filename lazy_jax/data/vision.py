@@ -50,8 +50,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from lazy_jax.data import sources
-from lazy_jax.data import stream
+from lazy_jax.data import sources, stream
 
 CACHE_LIMIT_BYTES = 500 * 2**20
 _RANDOM_LABELS_TAG = 0x1ABE1
@@ -59,239 +58,252 @@ _RANDOM_INPUTS_TAG = 0x2015E
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """The `config.data` fields with their defaults (documented above)."""
-  return ml_collections.ConfigDict(dict(
-      name='mnist5k',
-      train_split='train',
-      eval_split='test',
-      data_dir=ml_collections.config_dict.placeholder(str),
-      image_size=ml_collections.config_dict.placeholder(int),
-      infinite=False,
-      random_labels=False,
-      random_inputs=False,
-      shuffle_seed=0,
-      num_workers=0,
-  ))
+    """The `config.data` fields with their defaults (documented above)."""
+    return ml_collections.ConfigDict(
+        dict(
+            name="mnist5k",
+            train_split="train",
+            eval_split="test",
+            data_dir=ml_collections.config_dict.placeholder(str),
+            image_size=ml_collections.config_dict.placeholder(int),
+            infinite=False,
+            random_labels=False,
+            random_inputs=False,
+            shuffle_seed=0,
+            num_workers=0,
+        )
+    )
 
 
 def _keys(builder) -> tuple[str, str]:
-  keys = builder.info.supervised_keys
-  if isinstance(keys, tuple) and len(keys) == 2 and all(isinstance(k, str) for k in keys):
-    return keys
-  return 'image', 'label'
+    keys = builder.info.supervised_keys
+    if isinstance(keys, tuple) and len(keys) == 2 and all(isinstance(k, str) for k in keys):
+        return keys
+    return "image", "label"
 
 
 def _image_shape(builder, name: str, image_size: int | None) -> tuple[int, int, int]:
-  image_key, _ = _keys(builder)
-  shape = tuple(builder.info.features[image_key].shape)
-  if len(shape) != 3 or shape[-1] is None:
-    raise ValueError(f'Dataset {name!r}: image feature {image_key!r} has shape '
-                     f'{shape}; expected [H, W, C] with known C.')
-  if image_size:
-    return (int(image_size), int(image_size), shape[-1])
-  if None in shape:
-    raise ValueError(f'Dataset {name!r} has variable image size {shape}; set '
-                     f'config.data.image_size to resize to a fixed size.')
-  return shape
+    image_key, _ = _keys(builder)
+    shape = tuple(builder.info.features[image_key].shape)
+    if len(shape) != 3 or shape[-1] is None:
+        raise ValueError(
+            f"Dataset {name!r}: image feature {image_key!r} has shape {shape}; expected [H, W, C] with known C."
+        )
+    if image_size:
+        return (int(image_size), int(image_size), shape[-1])
+    if None in shape:
+        raise ValueError(
+            f"Dataset {name!r} has variable image size {shape}; set config.data.image_size to resize to a fixed size."
+        )
+    return shape
 
 
 def _resize(image_HWC: np.ndarray, size: int) -> np.ndarray:
-  import PIL.Image  # pylint: disable=g-import-not-at-top
-  if image_HWC.shape[:2] == (size, size):
-    return image_HWC
-  channels = [PIL.Image.fromarray(image_HWC[:, :, c]).resize(
-      (size, size), PIL.Image.BILINEAR) for c in range(image_HWC.shape[-1])]
-  return np.stack([np.asarray(c) for c in channels], axis=-1)
+    import PIL.Image  # pylint: disable=g-import-not-at-top
+
+    if image_HWC.shape[:2] == (size, size):
+        return image_HWC
+    channels = [
+        PIL.Image.fromarray(image_HWC[:, :, c]).resize((size, size), PIL.Image.BILINEAR)
+        for c in range(image_HWC.shape[-1])
+    ]
+    return np.stack([np.asarray(c) for c in channels], axis=-1)
 
 
 class _SplitReader:
-  """uint8 images and int labels of one split, by example index."""
+    """uint8 images and int labels of one split, by example index."""
 
-  def __init__(self, name: str, split: str, data_dir: str | None,
-               image_size: int | None):
-    builder = sources.load_builder(name, data_dir)
-    self.num_examples = sources.split_size(builder, name, split)
-    self.image_shape = _image_shape(builder, name, image_size)
-    self.num_classes = builder.info.features[_keys(builder)[1]].num_classes
-    self._keys = _keys(builder)
-    self._image_size = image_size
-    self._source = sources.load_source(name, split, data_dir)
-    self._cached = None
-    if self.num_examples * math.prod(self.image_shape) < CACHE_LIMIT_BYTES:
-      self._cached = _decode_all(str(builder.data_dir), split, image_size, self)
+    def __init__(self, name: str, split: str, data_dir: str | None, image_size: int | None):
+        builder = sources.load_builder(name, data_dir)
+        self.num_examples = sources.split_size(builder, name, split)
+        self.image_shape = _image_shape(builder, name, image_size)
+        self.num_classes = builder.info.features[_keys(builder)[1]].num_classes
+        self._keys = _keys(builder)
+        self._image_size = image_size
+        self._source = sources.load_source(name, split, data_dir)
+        self._cached = None
+        if self.num_examples * math.prod(self.image_shape) < CACHE_LIMIT_BYTES:
+            self._cached = _decode_all(str(builder.data_dir), split, image_size, self)
 
-  def decode(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Decodes examples `indices` from the array_record files."""
-    image_key, label_key = self._keys
-    examples = self._source.__getitems__([int(i) for i in indices])
-    images = [np.asarray(ex[image_key], np.uint8) for ex in examples]
-    if self._image_size:
-      images = [_resize(im, self._image_size) for im in images]
-    images_NHWC = np.stack(images).reshape(len(examples), *self.image_shape)
-    labels_N = np.asarray([ex[label_key] for ex in examples], np.int32)
-    return images_NHWC, labels_N
+    def decode(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Decodes examples `indices` from the array_record files."""
+        image_key, label_key = self._keys
+        examples = self._source.__getitems__([int(i) for i in indices])
+        images = [np.asarray(ex[image_key], np.uint8) for ex in examples]
+        if self._image_size:
+            images = [_resize(im, self._image_size) for im in images]
+        images_NHWC = np.stack(images).reshape(len(examples), *self.image_shape)
+        labels_N = np.asarray([ex[label_key] for ex in examples], np.int32)
+        return images_NHWC, labels_N
 
-  def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if self._cached is not None:
-      images_NHWC, labels_N = self._cached
-      return images_NHWC[indices], labels_N[indices]
-    return self.decode(indices)
+    def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._cached is not None:
+            images_NHWC, labels_N = self._cached
+            return images_NHWC[indices], labels_N[indices]
+        return self.decode(indices)
 
 
-def _decode_all(data_dir: str, split: str, image_size: int | None,
-                reader: _SplitReader) -> tuple[np.ndarray, np.ndarray]:
-  """Whole split decoded once per (dataset dir, split, size) per process."""
-  key = (data_dir, split, image_size)
-  if key not in _DECODED:
-    chunks = [reader.decode(np.arange(i, min(i + 4096, reader.num_examples)))
-              for i in range(0, reader.num_examples, 4096)]
-    _DECODED[key] = (np.concatenate([c[0] for c in chunks]),
-                     np.concatenate([c[1] for c in chunks]))
-    while len(_DECODED) > 8:  # Bound memory across many datasets in one process.
-      _DECODED.pop(next(iter(_DECODED)))
-  return _DECODED[key]
+def _decode_all(
+    data_dir: str, split: str, image_size: int | None, reader: _SplitReader
+) -> tuple[np.ndarray, np.ndarray]:
+    """Whole split decoded once per (dataset dir, split, size) per process."""
+    key = (data_dir, split, image_size)
+    if key not in _DECODED:
+        chunks = [
+            reader.decode(np.arange(i, min(i + 4096, reader.num_examples))) for i in range(0, reader.num_examples, 4096)
+        ]
+        _DECODED[key] = (np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks]))
+        while len(_DECODED) > 8:  # Bound memory across many datasets in one process.
+            _DECODED.pop(next(iter(_DECODED)))
+    return _DECODED[key]
 
 
 _DECODED: dict[tuple[str, str, int | None], tuple[np.ndarray, np.ndarray]] = {}
 
 
 def _normalize(images_NHWC: np.ndarray) -> np.ndarray:
-  """uint8 0..255 -> float32 [-1, 1] (scale to [0, 1], mean 0.5, std 0.5)."""
-  return images_NHWC.astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
+    """uint8 0..255 -> float32 [-1, 1] (scale to [0, 1], mean 0.5, std 0.5)."""
+    return images_NHWC.astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
 
 
 @functools.lru_cache(maxsize=4)
 def _random_label_table(num_examples: int, num_classes: int, shuffle_seed: int) -> np.ndarray:
-  rng = np.random.default_rng([shuffle_seed, _RANDOM_LABELS_TAG])
-  return rng.integers(0, num_classes, size=num_examples).astype(np.int32)
+    rng = np.random.default_rng([shuffle_seed, _RANDOM_LABELS_TAG])
+    return rng.integers(0, num_classes, size=num_examples).astype(np.int32)
 
 
 def _random_images(indices: np.ndarray, shape: tuple[int, ...], shuffle_seed: int) -> np.ndarray:
-  return np.stack([
-      np.random.default_rng([shuffle_seed, _RANDOM_INPUTS_TAG, int(i)]).standard_normal(
-          shape, dtype=np.float32) for i in indices])
+    return np.stack(
+        [
+            np.random.default_rng([shuffle_seed, _RANDOM_INPUTS_TAG, int(i)]).standard_normal(shape, dtype=np.float32)
+            for i in indices
+        ]
+    )
 
 
 def _iterate(make_batch, steps: range, num_workers: int) -> Iterator[dict[str, np.ndarray]]:
-  """make_batch over steps, in order; k > 0 workers = grain threads prefetching."""
-  if num_workers <= 0:
-    return map(make_batch, steps)
-  dataset = grain.MapDataset.range(steps.start, steps.stop).map(make_batch)
-  return iter(dataset.to_iter_dataset(grain.ReadOptions(
-      num_threads=num_workers, prefetch_buffer_size=2 * num_workers)))
+    """make_batch over steps, in order; k > 0 workers = grain threads prefetching."""
+    if num_workers <= 0:
+        return map(make_batch, steps)
+    dataset = grain.MapDataset.range(steps.start, steps.stop).map(make_batch)
+    return iter(
+        dataset.to_iter_dataset(grain.ReadOptions(num_threads=num_workers, prefetch_buffer_size=2 * num_workers))
+    )
 
 
 def _infinite_error(config_data, step: int, num_examples: int, global_batch_size: int):
-  return ValueError(
-      f'infinite data (config.data.infinite=True): step {step} needs stream '
-      f'positions [{step * global_batch_size}, {(step + 1) * global_batch_size}) '
-      f'but {config_data.name!r} split {config_data.train_split!r} has only '
-      f'{num_examples} examples, so at global batch size {global_batch_size} '
-      f'some example would be seen twice (at most '
-      f'{num_examples // global_batch_size} steps).')
+    return ValueError(
+        f"infinite data (config.data.infinite=True): step {step} needs stream "
+        f"positions [{step * global_batch_size}, {(step + 1) * global_batch_size}) "
+        f"but {config_data.name!r} split {config_data.train_split!r} has only "
+        f"{num_examples} examples, so at global batch size {global_batch_size} "
+        f"some example would be seen twice (at most "
+        f"{num_examples // global_batch_size} steps)."
+    )
 
 
-def train_batches(config_data: ml_collections.ConfigDict, *, global_batch_size: int,
-                  start_step: int, process_index: int = 0, process_count: int = 1,
-                  seed: int = 0) -> Iterator[dict[str, np.ndarray]]:
-  """Host-local training batches for steps start_step, start_step + 1, ...
+def train_batches(
+    config_data: ml_collections.ConfigDict,
+    *,
+    global_batch_size: int,
+    start_step: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    seed: int = 0,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Host-local training batches for steps start_step, start_step + 1, ...
 
-  The batch of step s is a pure function of (config_data, seed, s,
-  process_index, process_count); see lazy_jax.data.stream for the layout.
+    The batch of step s is a pure function of (config_data, seed, s,
+    process_index, process_count); see lazy_jax.data.stream for the layout.
 
-  Yields:
-    {'image': float32 [b, H, W, C] in [-1, 1], 'label': int32 [b]},
-    b = global_batch_size // process_count.
-  """
-  b = stream.local_batch_size(global_batch_size, process_count)
-  if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index={process_index} not in [0, {process_count}).')
-  if start_step < 0:
-    raise ValueError(f'start_step={start_step} must be >= 0.')
-  reader = _SplitReader(config_data.name, config_data.train_split,
-                        config_data.data_dir, config_data.image_size)
-  n = reader.num_examples
-  shuffle_seed = int(config_data.shuffle_seed)
+    Yields:
+      {'image': float32 [b, H, W, C] in [-1, 1], 'label': int32 [b]},
+      b = global_batch_size // process_count.
+    """
+    b = stream.local_batch_size(global_batch_size, process_count)
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} not in [0, {process_count}).")
+    if start_step < 0:
+        raise ValueError(f"start_step={start_step} must be >= 0.")
+    reader = _SplitReader(config_data.name, config_data.train_split, config_data.data_dir, config_data.image_size)
+    n = reader.num_examples
+    shuffle_seed = int(config_data.shuffle_seed)
 
-  def make_batch(step: int) -> dict[str, np.ndarray]:
-    positions = stream.local_positions(step, global_batch_size, process_index, process_count)
-    indices = stream.example_indices(positions, n, shuffle_seed, seed)
-    images_u8, labels = reader.get(indices)
-    if config_data.random_inputs:
-      images = _random_images(indices, reader.image_shape, shuffle_seed)
-    else:
-      images = _normalize(images_u8)
-    if config_data.random_labels:
-      labels = _random_label_table(n, reader.num_classes, shuffle_seed)[indices]
-    assert images.shape[0] == b
-    return {'image': images, 'label': labels.astype(np.int32)}
+    def make_batch(step: int) -> dict[str, np.ndarray]:
+        positions = stream.local_positions(step, global_batch_size, process_index, process_count)
+        indices = stream.example_indices(positions, n, shuffle_seed, seed)
+        images_u8, labels = reader.get(indices)
+        if config_data.random_inputs:
+            images = _random_images(indices, reader.image_shape, shuffle_seed)
+        else:
+            images = _normalize(images_u8)
+        if config_data.random_labels:
+            labels = _random_label_table(n, reader.num_classes, shuffle_seed)[indices]
+        assert images.shape[0] == b
+        return {"image": images, "label": labels.astype(np.int32)}
 
-  if not config_data.infinite:
-    return _iterate(make_batch, range(start_step, 2**62), config_data.num_workers)
-  max_steps = n // global_batch_size
+    if not config_data.infinite:
+        return _iterate(make_batch, range(start_step, 2**62), config_data.num_workers)
+    max_steps = n // global_batch_size
 
-  def bounded():
-    yield from _iterate(make_batch, range(start_step, max(start_step, max_steps)),
-                        config_data.num_workers)
-    raise _infinite_error(config_data, max(start_step, max_steps), n, global_batch_size)
-  return bounded()
+    def bounded():
+        yield from _iterate(make_batch, range(start_step, max(start_step, max_steps)), config_data.num_workers)
+        raise _infinite_error(config_data, max(start_step, max_steps), n, global_batch_size)
+
+    return bounded()
 
 
-def eval_batches(config_data: ml_collections.ConfigDict, *, global_batch_size: int,
-                 process_index: int = 0, process_count: int = 1
-                 ) -> Iterator[dict[str, np.ndarray]]:
-  """Host-local batches over the whole eval split once, in dataset order.
+def eval_batches(
+    config_data: ml_collections.ConfigDict, *, global_batch_size: int, process_index: int = 0, process_count: int = 1
+) -> Iterator[dict[str, np.ndarray]]:
+    """Host-local batches over the whole eval split once, in dataset order.
 
-  Global batch k holds examples [k*B, (k+1)*B); the last one is padded to B
-  with zero images, label 0 and mask 0. Process p gets the contiguous block
-  p of each global batch, so all processes yield the same number of batches.
+    Global batch k holds examples [k*B, (k+1)*B); the last one is padded to B
+    with zero images, label 0 and mask 0. Process p gets the contiguous block
+    p of each global batch, so all processes yield the same number of batches.
 
-  Yields:
-    {'image': float32 [b, H, W, C], 'label': int32 [b], 'mask': float32 [b]}.
-  """
-  stream.local_batch_size(global_batch_size, process_count)
-  if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index={process_index} not in [0, {process_count}).')
-  reader = _SplitReader(config_data.name, config_data.eval_split,
-                        config_data.data_dir, config_data.image_size)
-  n = reader.num_examples
+    Yields:
+      {'image': float32 [b, H, W, C], 'label': int32 [b], 'mask': float32 [b]}.
+    """
+    stream.local_batch_size(global_batch_size, process_count)
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} not in [0, {process_count}).")
+    reader = _SplitReader(config_data.name, config_data.eval_split, config_data.data_dir, config_data.image_size)
+    n = reader.num_examples
 
-  def make_batch(k: int) -> dict[str, np.ndarray]:
-    positions = stream.local_positions(k, global_batch_size, process_index, process_count)
-    valid = positions < n
-    images_u8, labels = reader.get(np.where(valid, positions, 0))
-    images = _normalize(images_u8)
-    images[~valid] = 0.0
-    return {'image': images, 'label': np.where(valid, labels, 0).astype(np.int32),
-            'mask': valid.astype(np.float32)}
+    def make_batch(k: int) -> dict[str, np.ndarray]:
+        positions = stream.local_positions(k, global_batch_size, process_index, process_count)
+        valid = positions < n
+        images_u8, labels = reader.get(np.where(valid, positions, 0))
+        images = _normalize(images_u8)
+        images[~valid] = 0.0
+        return {"image": images, "label": np.where(valid, labels, 0).astype(np.int32), "mask": valid.astype(np.float32)}
 
-  return _iterate(make_batch, range(-(-n // global_batch_size)), config_data.num_workers)
+    return _iterate(make_batch, range(-(-n // global_batch_size)), config_data.num_workers)
 
 
 def dataset_spec(config_data: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Shapes and sizes from the tfds metadata (no data scan).
+    """Shapes and sizes from the tfds metadata (no data scan).
 
-  Returns:
-    dict(image_shape=(H, W, C), num_classes=int, num_train=int, num_eval=int).
-  """
-  builder = sources.load_builder(config_data.name, config_data.data_dir)
-  return dict(
-      image_shape=_image_shape(builder, config_data.name, config_data.image_size),
-      num_classes=int(builder.info.features[_keys(builder)[1]].num_classes),
-      num_train=sources.split_size(builder, config_data.name, config_data.train_split),
-      num_eval=sources.split_size(builder, config_data.name, config_data.eval_split),
-  )
+    Returns:
+      dict(image_shape=(H, W, C), num_classes=int, num_train=int, num_eval=int).
+    """
+    builder = sources.load_builder(config_data.name, config_data.data_dir)
+    return dict(
+        image_shape=_image_shape(builder, config_data.name, config_data.image_size),
+        num_classes=int(builder.info.features[_keys(builder)[1]].num_classes),
+        num_train=sources.split_size(builder, config_data.name, config_data.train_split),
+        num_eval=sources.split_size(builder, config_data.name, config_data.eval_split),
+    )
 
 
-def check_infinite_data(config_data: ml_collections.ConfigDict, total_steps: int,
-                        global_batch_size: int) -> None:
-  """Raises ValueError if `total_steps` would repeat a training example.
+def check_infinite_data(config_data: ml_collections.ConfigDict, total_steps: int, global_batch_size: int) -> None:
+    """Raises ValueError if `total_steps` would repeat a training example.
 
-  A no-op unless config_data.infinite is True.
-  """
-  if not config_data.infinite:
-    return
-  num_train = dataset_spec(config_data)['num_train']
-  if total_steps * global_batch_size > num_train:
-    raise _infinite_error(config_data, num_train // global_batch_size, num_train,
-                          global_batch_size)
+    A no-op unless config_data.infinite is True.
+    """
+    if not config_data.infinite:
+        return
+    num_train = dataset_spec(config_data)["num_train"]
+    if total_steps * global_batch_size > num_train:
+        raise _infinite_error(config_data, num_train // global_batch_size, num_train, global_batch_size)
