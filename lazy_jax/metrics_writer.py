@@ -14,23 +14,23 @@ from pathlib import Path
 
 import numpy as np
 
+from lazy_jax.workdir import DROPPED_METRICS, METRICS, TB_DIR, stats_path
 
-def read_rows(path: Path) -> list[dict]:
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut short by a killed run
-    return rows
+
+def _replace_atomically(path: Path, write) -> None:
+    """Writes through `write(file)` to `<path>.tmp`, then renames it to `path`: a kill leaves the old
+    file or the new one, never a truncated one (and `.tmp` matches no reader's `*.npz` / `*.jsonl`)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+    os.replace(tmp, path)
 
 
 class MetricsWriter:
     def __init__(self, workdir: str | Path, *, enabled: bool = True):
         self.workdir = Path(workdir)
         self.enabled = enabled
-        self.jsonl = self.workdir / "metrics.jsonl"
+        self.jsonl = self.workdir / METRICS
         self._tb = None
 
     def truncate_after(self, step: int) -> None:
@@ -46,11 +46,9 @@ class MetricsWriter:
                 drop.append(line)
         if not drop:
             return
-        with open(self.workdir / "metrics.dropped.jsonl", "a") as f:
+        with open(self.workdir / DROPPED_METRICS, "a") as f:
             f.write("".join(line + "\n" for line in drop))
-        tmp = self.jsonl.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        os.replace(tmp, self.jsonl)
+        _replace_atomically(self.jsonl, lambda f: f.write("".join(line + "\n" for line in keep).encode()))
 
     def write(self, step: int, split: str, metrics: dict) -> None:
         """`metrics` holds host values: Python/NumPy scalars, or arrays for vector statistics."""
@@ -68,9 +66,9 @@ class MetricsWriter:
         with open(self.jsonl, "a") as f:
             f.write(json.dumps(row, allow_nan=True) + "\n")
         if vectors:
-            stats_dir = self.workdir / "stats"
-            stats_dir.mkdir(exist_ok=True)
-            np.savez(stats_dir / f"{split}_{step:08d}.npz", **vectors)
+            path = stats_path(self.workdir, split, step)
+            path.parent.mkdir(exist_ok=True)
+            _replace_atomically(path, lambda f: np.savez(f, **vectors))
         tb = self._writer()
         for k, v in scalars.items():
             if math.isfinite(v):
@@ -81,7 +79,7 @@ class MetricsWriter:
         if self._tb is None:
             from tensorboardX import SummaryWriter  # no TensorFlow needed
 
-            self._tb = SummaryWriter(str(self.workdir / "tb"))
+            self._tb = SummaryWriter(str(self.workdir / TB_DIR))
         return self._tb
 
     def close(self) -> None:

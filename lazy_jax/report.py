@@ -17,9 +17,12 @@ Decisions the design leaves open:
   for a step wins and rows are ordered by step.
 - "First" / "last" of a metric are its first / last logged value in that split.
 
-The plain functions (`read_metrics`, `first_last_table`, `format_first_last`,
-`write_report`) are importable without matplotlib or absl flags, so the trainer can print
-the end-of-run summary with them; matplotlib is imported only to draw the figures.
+- An unreadable stats file (a run killed mid-write before writes were atomic) is skipped with
+  a warning naming it; the split's previous stats file is used instead.
+
+The plain functions (`first_last_table`, `format_first_last`, `write_report`) are importable
+without matplotlib or absl flags, so the trainer can print the end-of-run summary with them;
+matplotlib is imported only to draw the figures. File names come from lazy_jax.workdir.
 """
 
 from __future__ import annotations
@@ -28,61 +31,23 @@ import json
 import logging
 import math
 import re
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-METRICS_FILE = "metrics.jsonl"
-CONFIG_FILE = "config.json"
-STATS_DIR = "stats"
-REPORT_DIR = "report"
+from lazy_jax.workdir import CONFIG, METRICS, REPORT_DIR, STATS_DIR, read_metrics, stats_files
+
 NONZERO_PREFIX = "nonzero_frac/"
 
 _LAYER_RE = re.compile(r"^(?P<kind>[^/]+)/(?P<stack>[^/]+)/layer_(?P<layer>\d+)$")
-_STATS_FILE_RE = re.compile(r"^(?P<split>.+)_(?P<step>\d+)\.npz$")
 
 logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- metrics rows
-
-
-def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
-    """Returns the rows of `<workdir>/metrics.jsonl` in file order.
-
-    Skips blank lines, and lines that are not a JSON object with `step` and `split` (with
-    a warning: a killed run can leave a truncated last line). Raises ValueError naming the
-    path if the file does not exist.
-    """
-    path = Path(workdir) / METRICS_FILE
-    if not path.is_file():
-        raise ValueError(
-            f"no metrics file at {path}: expected the {METRICS_FILE} a training run writes into its --workdir"
-        )
-    rows, bad_lines = [], []
-    with path.open("r", encoding="utf-8", errors="replace") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                bad_lines.append(line_no)
-                continue
-            if not isinstance(row, dict) or "step" not in row or "split" not in row:
-                bad_lines.append(line_no)
-                continue
-            rows.append(row)
-    if bad_lines:
-        logger.warning(
-            "%s: skipped %d malformed line(s): %s",
-            path,
-            len(bad_lines),
-            ", ".join(map(str, bad_lines[:20])) + (" ..." if len(bad_lines) > 20 else ""),
-        )
-    return rows
 
 
 def split_rows(rows: Iterable[dict[str, Any]], split: str) -> list[dict[str, Any]]:
@@ -203,48 +168,29 @@ def _lookup(config: dict[str, Any], dotted: str) -> Any:
     return node
 
 
-def _find_key(config: dict[str, Any], key: str) -> Any:
-    """Breadth-first search for a scalar under `key` anywhere in the config."""
-    queue = [config]
-    while queue:
-        node = queue.pop(0)
-        if key in node and not isinstance(node[key], (dict, list)):
-            return node[key]
-        queue.extend(v for v in node.values() if isinstance(v, dict))
-    return None
-
-
-def _first_of(config: dict[str, Any], paths: list[str], fallback_key: str | None = None) -> Any:
-    for p in paths:
-        value = _lookup(config, p)
-        if value is not None and not isinstance(value, (dict, list)):
-            return value
-    return _find_key(config, fallback_key) if fallback_key else None
+# config.json is `to_json_best_effort()` of a configs/*.py ConfigDict built on
+# config_base.base_config; the model is named by `variant` (ViT, Mixer) or `size` (T5).
+_SUMMARY_KEYS = {
+    "dataset": "data.name",
+    "topk": "model.topk",
+    "steps": "total_steps",
+    "batch_size": "batch_size",
+    "optimizer": "optimizer.name",
+    "learning_rate": "optimizer.learning_rate",
+}
 
 
 def config_summary(config: dict[str, Any]) -> dict[str, Any]:
-    """model / dataset / topk / steps of a config dump; the config layout is the trainer's,
-    so common spellings are tried in order and missing entries are left out."""
-    model_name = _first_of(config, ["model.name", "model.type", "model.arch", "model_name", "model"])
-    variant = _first_of(config, ["model.variant", "variant"])
-    model = " ".join(str(v) for v in (model_name, variant) if v is not None) or None
-    summary = {
-        "model": model,
-        "dataset": _first_of(
-            config,
-            ["dataset", "dataset.name", "data.name", "data.dataset", "dataset_name", "data.tfds_name"],
-            "dataset",
-        ),
-        "topk": _first_of(config, ["model.topk", "topk", "model.mlp.topk"], "topk"),
-        "steps": _first_of(
-            config, ["num_train_steps", "total_steps", "train_steps", "num_steps", "steps"], "num_train_steps"
-        ),
-    }
-    return {k: v for k, v in summary.items() if v is not None}
+    """model / dataset / topk / steps / batch_size / optimizer / learning_rate of a run's
+    config.json; entries an older or hand-written config lacks are left out."""
+    model_words = [_lookup(config, k) for k in ("model.name", "model.variant", "model.size")]
+    model = " ".join(str(v) for v in model_words if v is not None) or None
+    summary = {"model": model, **{label: _lookup(config, key) for label, key in _SUMMARY_KEYS.items()}}
+    return {k: v for k, v in summary.items() if v is not None and not isinstance(v, (dict, list))}
 
 
 def read_config(workdir: str | Path) -> dict[str, Any] | None:
-    path = Path(workdir) / CONFIG_FILE
+    path = Path(workdir) / CONFIG
     if not path.is_file():
         return None
     try:
@@ -263,20 +209,22 @@ def read_config(workdir: str | Path) -> dict[str, Any] | None:
 # ----------------------------------------------------------------------------- stats files
 
 
-def latest_stats_files(workdir: str | Path) -> dict[str, tuple[int, Path]]:
-    """{split: (step, path)} of the last-step `stats/<split>_<step>.npz` of each split."""
-    stats_dir = Path(workdir) / STATS_DIR
-    latest: dict[str, tuple[int, Path]] = {}
-    if not stats_dir.is_dir():
-        return latest
-    for path in sorted(stats_dir.glob("*.npz")):
-        m = _STATS_FILE_RE.match(path.name)
-        if not m:
-            logger.warning("ignoring %s: stats files are named <split>_<step>.npz", path)
-            continue
-        step = int(m["step"])
-        if m["split"] not in latest or step > latest[m["split"]][0]:
-            latest[m["split"]] = (step, path)
+def latest_stats(workdir: str | Path) -> dict[str, tuple[int, Path, dict[str, np.ndarray]]]:
+    """{split: (step, path, arrays)} of the last readable `stats/<split>_<step>.npz` of each split.
+
+    An unreadable file is skipped with a warning naming it, and the split's previous one is tried.
+    """
+    by_split: dict[str, list[tuple[int, Path]]] = {}
+    for split, step, path in stats_files(workdir):
+        by_split.setdefault(split, []).append((step, path))
+    latest = {}
+    for split, files in by_split.items():
+        for step, path in sorted(files, reverse=True):
+            try:
+                latest[split] = (step, path, load_stats(path))
+                break
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+                logger.warning("skipping unreadable stats file %s (%s: %s)", path, type(e).__name__, e)
     return latest
 
 
@@ -322,9 +270,7 @@ def write_report(workdir: str | Path) -> Path:
     workdir = Path(workdir)
     rows = read_metrics(workdir)
     if not rows:
-        raise ValueError(
-            f"{workdir / METRICS_FILE} holds no metric rows (no line is a JSON object with 'step' and 'split')"
-        )
+        raise ValueError(f"{workdir / METRICS} holds no metric rows (no line is a JSON object with 'step' and 'split')")
     out_dir = workdir / REPORT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     splits = splits_of(rows)
@@ -337,9 +283,9 @@ def write_report(workdir: str | Path) -> Path:
         if summary:
             md += [", ".join(f"**{k}**: {v}" for k, v in summary.items()), ""]
         else:
-            md += [f"{CONFIG_FILE} names no model, dataset, topk or steps.", ""]
+            md += [f"{CONFIG} names none of: model, {', '.join(_SUMMARY_KEYS)}.", ""]
     else:
-        md += [f"No {CONFIG_FILE} in the workdir.", ""]
+        md += [f"No {CONFIG} in the workdir.", ""]
 
     # Final loss / accuracy.
     md += ["## Final metrics", ""]
@@ -384,11 +330,12 @@ def write_report(workdir: str | Path) -> Path:
 
     # Figures.
     md += ["## Figures", ""]
-    loss_png = report_figures.plot_loss(rows_by_split, out_dir / "loss.png")
+    loss_png = report_figures.save(report_figures.loss_figure(rows_by_split), out_dir / "loss.png")
     if loss_png:
         md += ["Loss and accuracy against step.", "", f"![loss]({loss_png.name})", ""]
     for s in splits:
-        png = report_figures.plot_nonzero_frac(rows_by_split[s], s, out_dir / f"nonzero_frac_{_safe_name(s)}.png")
+        fig = report_figures.nonzero_frac_figure(rows_by_split[s], s)
+        png = report_figures.save(fig, out_dir / f"nonzero_frac_{_safe_name(s)}.png")
         if png:
             md += [
                 f"Nonzero entries per layer ({s}), log scale; dashed: mean over the stack's layers.",
@@ -396,9 +343,9 @@ def write_report(workdir: str | Path) -> Path:
                 f"![nonzero_frac {s}]({png.name})",
                 "",
             ]
-    for s, (step, path) in latest_stats_files(workdir).items():
-        stats = load_stats(path)
-        png = report_figures.plot_neuron_usage(stats, s, step, out_dir / f"neuron_usage_{_safe_name(s)}.png")
+    for s, (step, path, stats) in latest_stats(workdir).items():
+        fig = report_figures.neuron_usage_figure(stats, s, step)
+        png = report_figures.save(fig, out_dir / f"neuron_usage_{_safe_name(s)}.png")
         if not png:
             logger.warning("%s holds no neuron_freq/* or count_hist/* arrays; no figure", path)
             continue
@@ -418,7 +365,7 @@ def write_report(workdir: str | Path) -> Path:
         md += [
             "## Config",
             "",
-            "<details><summary>config.json</summary>",
+            f"<details><summary>{CONFIG}</summary>",
             "",
             "```json",
             json.dumps(config, indent=2, sort_keys=True),
@@ -463,6 +410,6 @@ if __name__ == "__main__":
     # can import this module.
     from absl import app, flags
 
-    flags.DEFINE_string("workdir", None, "Training workdir holding metrics.jsonl.")
+    flags.DEFINE_string("workdir", None, f"Training workdir holding {METRICS}.")
     flags.mark_flag_as_required("workdir")
     app.run(main)

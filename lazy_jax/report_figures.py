@@ -2,7 +2,8 @@
 
 Figures are built as `matplotlib.figure.Figure` objects without pyplot, so no display and no
 global backend switch are needed and importing this module changes nothing for the caller.
-Each plot function returns the path it wrote, or None when there is nothing to draw.
+Each `*_figure` function returns the figure, or None when there is nothing to draw; `save`
+writes it (the tests read the plotted data back from the figure).
 """
 
 from __future__ import annotations
@@ -75,13 +76,16 @@ def _series(rows: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarra
     return np.asarray(steps), np.asarray(values, dtype=np.float64)
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save(fig: Figure | None, path: Path) -> Path | None:
+    """Writes `fig` as a PNG at `path`; returns the path, or None (nothing written) if `fig` is None."""
+    if fig is None:
+        return None
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=_DPI)
     return path
 
 
-def plot_nonzero_frac(rows: list[dict[str, Any]], split: str, path: Path) -> Path | None:
+def nonzero_frac_figure(rows: list[dict[str, Any]], split: str) -> Figure | None:
     """nonzero_frac (%) per layer against step, log y; one panel per stack; rows of one split."""
     names = {k for r in rows for k in r}
     stacks = _layers_by_stack(names, "nonzero_frac")
@@ -105,10 +109,10 @@ def plot_nonzero_frac(rows: list[dict[str, Any]], split: str, path: Path) -> Pat
         _depth_key(fig, ax, [layer for layer, _ in layers])
     axes[0].set_ylabel("nonzero entries (% of d_ff)")
     fig.suptitle(f"Activation map density per layer ({split})")
-    return _save(fig, path)
+    return fig
 
 
-def plot_loss(rows_by_split: dict[str, list[dict[str, Any]]], path: Path) -> Path | None:
+def loss_figure(rows_by_split: dict[str, list[dict[str, Any]]]) -> Figure | None:
     """Loss (left) and accuracy (right, if logged) against step, one line per split."""
     panels = [k for k in ("loss", "accuracy") if any(_series(r, k)[0].size for r in rows_by_split.values())]
     if not panels:
@@ -126,10 +130,10 @@ def plot_loss(rows_by_split: dict[str, list[dict[str, Any]]], path: Path) -> Pat
         ax.set_title(key)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
-    return _save(fig, path)
+    return fig
 
 
-def plot_neuron_usage(stats: dict[str, np.ndarray], split: str, step: int, path: Path) -> Path | None:
+def neuron_usage_figure(stats: dict[str, np.ndarray], split: str, step: int) -> Figure | None:
     """Per stack: per-token nonzero-count histograms and sorted per-neuron frequency, per layer.
 
     count_hist/<stack>/layer_<ii> [bins]: share of tokens whose nonzero count falls in each of
@@ -177,4 +181,4 @@ def plot_neuron_usage(stats: dict[str, np.ndarray], split: str, step: int, path:
             ax.grid(True, alpha=0.3)
             _depth_key(fig, ax, [layer for layer, _ in layers])
     fig.suptitle(f"Neuron usage ({split}, step {step})")
-    return _save(fig, path)
+    return fig

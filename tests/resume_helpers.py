@@ -1,7 +1,6 @@
 """Shared by the ViT and T5 trainer tests: a run preempted by SIGTERM and resumed must write
 the same metrics rows as an uninterrupted run."""
 
-import json
 import os
 import signal
 
@@ -9,10 +8,7 @@ import numpy as np
 
 from lazy_jax import input_pipeline
 from lazy_jax.run import train_and_evaluate
-
-
-def read_rows(workdir):
-    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+from lazy_jax.workdir import read_metrics as read_rows  # test_train.py imports it under this name
 
 
 def assert_preempt_and_resume_matches(make_config, tmp_path, monkeypatch, stop_step=4):

@@ -9,7 +9,6 @@ that shared checkpoint. (The learning-rate schedule is constant, so the total st
 change the updates.)
 """
 
-import json
 import os
 import socket
 import subprocess
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from lazy_jax.workdir import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 300
@@ -107,15 +108,11 @@ def run_cluster(env, workdir, total_steps, num_processes):
     return outs
 
 
-def rows(workdir):
-    return [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
 def single(env, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("single")
     run_cluster(env, workdir, total_steps=6, num_processes=1)
-    return rows(workdir)
+    return read_metrics(workdir)
 
 
 def test_two_processes_match_one_and_resume_from_a_shared_checkpoint(env, single, tmp_path):
@@ -129,7 +126,7 @@ def test_two_processes_match_one_and_resume_from_a_shared_checkpoint(env, single
     assert "resuming at step 4 of 6" in outs[0][1]
     assert sorted(p.name for p in ckpts.iterdir()) == ["2", "4", "6"]
 
-    multi = rows(tmp_path)
+    multi = read_metrics(tmp_path)
     assert [(r["step"], r["split"]) for r in multi] == [(r["step"], r["split"]) for r in single]
     checked = 0
     for a, b in zip(single, multi):

@@ -1,4 +1,5 @@
-"""Tests of lazy_jax.report: reading metrics.jsonl, the first/last table, report/ files, CLI."""
+"""Tests of lazy_jax.report and the workdir files it reads: metrics.jsonl, config.json, stats/*.npz;
+the first/last table, the figures' data, report/ files, CLI."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lazy_jax import report
+from lazy_jax import report, report_figures
+from lazy_jax.config_base import load_config
+from lazy_jax.metrics_writer import MetricsWriter
+from lazy_jax.workdir import read_metrics, stats_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -52,30 +56,28 @@ def write_fake_workdir(workdir: Path) -> Path:
     lines += [json.dumps(metric_row(TRAIN_STEPS[-1], "train")), ""]
     lines.append(json.dumps(metric_row(40, "train"))[:57])  # killed mid-write
     (workdir / "metrics.jsonl").write_text("\n".join(lines))
-    config = {
-        "model": {"name": "t5", "variant": "small", "topk": 64},
-        "dataset": {"name": "c4"},
-        "num_train_steps": 30,
-        "seed": 0,
-    }
-    (workdir / "config.json").write_text(json.dumps(config))
+    # What lazy_jax.run writes for this config.
+    (workdir / "config.json").write_text(load_config("configs/vit.py:local,topk=64").to_json_best_effort(indent=2))
 
     stats_dir = workdir / "stats"
     stats_dir.mkdir()
-    rng = np.random.default_rng(0)
-    d_ff, bins = 64, 16
     for step in (10, 30):
-        arrays = {}
-        for stack in STACKS:
-            for layer in range(NUM_LAYERS):
-                freq = rng.uniform(0, 0.3 / (layer + 1), d_ff)
-                freq[: 8 * layer] = 0.0  # 0, 8, 16 dead neurons -> 0.00%, 12.50%, 25.00%
-                hist = np.zeros(bins)
-                hist[layer : layer + 3] = [0.5, 0.3, 0.2]
-                arrays[f"neuron_freq/{stack}/layer_{layer:02d}"] = freq
-                arrays[f"count_hist/{stack}/layer_{layer:02d}"] = hist
-        np.savez(stats_dir / f"eval_{step:08d}.npz", **arrays)
+        np.savez(stats_dir / f"eval_{step:08d}.npz", **stats_arrays(seed=step))
     return workdir
+
+
+def stats_arrays(seed: int, d_ff: int = 64, bins: int = 16) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for stack in STACKS:
+        for layer in range(NUM_LAYERS):
+            freq = rng.uniform(0, 0.3 / (layer + 1), d_ff)
+            freq[: 8 * layer] = 0.0  # 0, 8, 16 dead neurons -> 0.00%, 12.50%, 25.00%
+            hist = np.zeros(bins)
+            hist[layer : layer + 3] = [0.5, 0.3, 0.2]
+            arrays[f"neuron_freq/{stack}/layer_{layer:02d}"] = freq
+            arrays[f"count_hist/{stack}/layer_{layer:02d}"] = hist
+    return arrays
 
 
 @pytest.fixture
@@ -85,20 +87,20 @@ def workdir(tmp_path: Path) -> Path:
 
 def test_read_metrics_skips_blank_and_truncated_lines(workdir, caplog):
     with caplog.at_level(logging.WARNING):
-        rows = report.read_metrics(workdir)
-    assert len(rows) == 4 + 2 + 1  # 5 train rows (one stale) + 2 eval rows; not the truncated one
+        rows = read_metrics(workdir)
+    assert len(rows) == 5 + 2  # 5 train rows (one stale) + 2 eval rows; not the truncated one
     assert [r["split"] for r in rows].count("eval") == 2
-    assert "skipped 1 malformed line(s): 9"  # line 8 is blank in caplog.text
+    assert "skipped 1 malformed line(s): 9" in caplog.text  # line 8 is blank: not malformed
 
 
 def test_split_rows_last_write_of_a_step_wins(workdir):
-    train = report.split_rows(report.read_metrics(workdir), "train")
+    train = report.split_rows(read_metrics(workdir), "train")
     assert [r["step"] for r in train] == list(TRAIN_STEPS)
     assert train[2]["loss"] == pytest.approx(5.0 / 21)
 
 
 def test_first_last_table_order_and_values(workdir):
-    rows = report.read_metrics(workdir)
+    rows = read_metrics(workdir)
     table = report.first_last_table(rows, "train")
     expected_names = (
         [f"nonzero_frac/decoder/layer_{layer:02d}" for layer in range(NUM_LAYERS)]
@@ -130,7 +132,7 @@ def test_metric_sort_key_sorts_layers_numerically():
 
 
 def test_format_first_last(workdir):
-    text = report.format_first_last(report.read_metrics(workdir))
+    text = report.format_first_last(read_metrics(workdir))
     lines = text.splitlines()
     assert "train (step 0 -> 30)" in lines[0] and "eval (step 0 -> 30)" in lines[0]
     enc0 = next(line for line in lines if line.startswith("encoder/layer_00"))
@@ -149,8 +151,7 @@ def test_write_report(workdir):
         assert f"]({png})" in md  # linked relative to report.md
     assert not (workdir / "report" / "neuron_usage_train.png").exists()  # no train stats
 
-    assert "**model**: t5 small" in md and "**dataset**: c4" in md
-    assert "**topk**: 64" in md and "**steps**: 30" in md
+    assert "**model**: vit Mu/7, **dataset**: mnist5k, **topk**: 64, **steps**: 600, **batch_size**: 64" in md
     # Final metrics: the re-logged step-20 row does not leak its stale loss.
     assert f"| train | 30 | {5 / 31:.4f} | 40.00% |" in md
     assert "99.0000" not in md
@@ -175,6 +176,131 @@ def test_write_report(workdir):
     # Neuron usage comes from the last stats file, with its dead-neuron shares.
     assert "eval, step 30, from stats/eval_00000030.npz" in md
     assert "| encoder | 02 | 64 | 25.00% |" in md
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        (
+            "configs/vit.py:local",
+            {
+                "model": "vit Mu/7",
+                "dataset": "mnist5k",
+                "topk": 0,
+                "steps": 600,
+                "batch_size": 64,
+                "learning_rate": 3e-3,
+            },
+        ),
+        ("configs/t5.py:local,topk=16", {"model": "t5 custom", "dataset": "pydocs", "topk": 16, "steps": 500}),
+        ("configs/mlp.py:local", {"model": "mlp", "dataset": "mnist5k", "batch_size": 128}),
+    ],
+)
+def test_config_summary_reads_the_config_json_lazy_jax_writes(spec, expected):
+    summary = report.config_summary(json.loads(load_config(spec).to_json_best_effort()))
+    assert summary == {**summary, **expected}
+    assert list(summary) == ["model", "dataset", "topk", "steps", "batch_size", "optimizer", "learning_rate"]
+    assert summary["optimizer"] == "adamw"
+
+
+def test_config_summary_leaves_out_what_a_config_lacks():
+    assert report.config_summary({"model": {"name": "vit"}, "total_steps": 5}) == {"model": "vit", "steps": 5}
+    assert report.config_summary({"seed": 0}) == {}
+
+
+def test_truncated_stats_file_is_skipped_with_a_warning(workdir, caplog):
+    latest = workdir / "stats" / "eval_00000030.npz"
+    latest.write_bytes(latest.read_bytes()[:100])  # a run killed mid-write
+    with caplog.at_level(logging.WARNING):
+        md = report.write_report(workdir).read_text()
+    assert f"skipping unreadable stats file {latest}" in caplog.text
+    # The split's previous stats file stands in for it.
+    assert "eval, step 10, from stats/eval_00000010.npz" in md
+    assert (workdir / "report" / "neuron_usage_eval.png").is_file()
+
+    (workdir / "stats" / "eval_00000010.npz").write_bytes(b"")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        md = report.write_report(workdir).read_text()
+    assert "eval_00000010.npz" in caplog.text and "Neuron usage" not in md
+
+
+def test_stats_file_is_written_atomically(tmp_path, monkeypatch):
+    """A write cut off midway leaves no file under the stats name for the report to trip over."""
+    writer = MetricsWriter(tmp_path)
+    path = stats_path(tmp_path, "eval", 3)
+
+    def killed_savez(file, **arrays):
+        file.write(b"PK\x03\x04 half an npz")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", killed_savez)
+    with pytest.raises(KeyboardInterrupt):
+        writer.write(3, "eval", {"loss": 1.0, "neuron_freq/encoder/layer_00": np.ones(4)})
+    assert not path.exists()
+    monkeypatch.undo()
+    writer.write(3, "eval", {"loss": 1.0, "neuron_freq/encoder/layer_00": np.ones(4)})
+    writer.close()
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+    np.testing.assert_array_equal(report.load_stats(path)["neuron_freq/encoder/layer_00"], np.ones(4))
+
+
+def line_data(ax) -> dict[str, tuple[list, list]]:
+    """{legend label: (x, y)} of the lines drawn on `ax`."""
+    return {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()}
+
+
+def test_nonzero_frac_figure_plots_each_layer_in_percent(workdir):
+    rows = report.split_rows(read_metrics(workdir), "train")
+    fig = report_figures.nonzero_frac_figure(rows, "train")
+    axes = [ax for ax in fig.axes if ax.get_title()]  # not the colour bars
+    assert [ax.get_title() for ax in axes] == ["decoder", "encoder"]
+    for ax, stack in zip(axes, ["decoder", "encoder"]):
+        lines = line_data(ax)
+        assert list(lines) == ["layer 00", "layer 01", "layer 02", "mean"]
+        for layer in range(NUM_LAYERS):
+            steps, values = lines[f"layer {layer:02d}"]
+            assert steps == list(TRAIN_STEPS)
+            np.testing.assert_allclose(values, [100 * frac(stack, layer, s) for s in TRAIN_STEPS])
+        mean = [100 * np.mean([frac(stack, layer, s) for layer in range(NUM_LAYERS)]) for s in TRAIN_STEPS]
+        np.testing.assert_allclose(lines["mean"][1], mean)
+        assert ax.get_yscale() == "log"
+    assert report_figures.nonzero_frac_figure([{"step": 0, "split": "train", "loss": 1.0}], "train") is None
+
+
+def test_loss_figure_plots_loss_and_accuracy_per_split(workdir):
+    rows = read_metrics(workdir)
+    fig = report_figures.loss_figure({s: report.split_rows(rows, s) for s in ("train", "eval")})
+    loss_ax, acc_ax = fig.axes
+    assert (loss_ax.get_title(), acc_ax.get_title()) == ("loss", "accuracy")
+    loss = line_data(loss_ax)
+    assert loss["train"][0] == list(TRAIN_STEPS) and loss["eval"][0] == list(EVAL_STEPS)
+    np.testing.assert_allclose(loss["train"][1], [5.0 / (1 + s) for s in TRAIN_STEPS])  # not the stale 99.0
+    np.testing.assert_allclose(line_data(acc_ax)["eval"][1], [100 * (0.1 + s / 100) for s in EVAL_STEPS])
+    assert report_figures.loss_figure({"train": [{"step": 0, "split": "train"}]}) is None
+
+
+def test_neuron_usage_figure_plots_histograms_and_sorted_frequencies():
+    stats = stats_arrays(seed=0)
+    fig = report_figures.neuron_usage_figure(stats, "eval", 30)
+    axes = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in axes] == [
+        "decoder: per-token nonzero count",
+        "decoder: per-neuron activation frequency",
+        "encoder: per-token nonzero count",
+        "encoder: per-neuron activation frequency",
+    ]
+    hist_ax, freq_ax = axes[2], axes[3]
+    for layer, patch in enumerate(hist_ax.patches):
+        values, edges, _ = patch.get_data()
+        np.testing.assert_allclose(values, 100 * stats[f"count_hist/encoder/layer_{layer:02d}"])
+        np.testing.assert_allclose(edges, np.linspace(0, 100, 17))
+    assert hist_ax.get_xlim() == pytest.approx((0, 1.1 * 100 * 5 / 16))  # zoomed to the used bins
+    for layer in range(NUM_LAYERS):
+        rank, freq = line_data(freq_ax)[f"layer {layer:02d}"]
+        np.testing.assert_allclose(freq, 100 * np.sort(stats[f"neuron_freq/encoder/layer_{layer:02d}"])[::-1])
+        np.testing.assert_allclose(rank, 100 * (np.arange(64) + 0.5) / 64)
+    assert report_figures.neuron_usage_figure({"other": np.ones(3)}, "eval", 30) is None
 
 
 def test_write_report_without_config_or_stats(tmp_path):

@@ -1,0 +1,93 @@
+"""The layout of a run's --workdir, and the one reader of its metrics rows.
+
+    metrics.jsonl           one JSON row per logged (step, split): {"step", "split", metric: value, ...}
+    metrics.dropped.jsonl   rows a resumed run moved out of metrics.jsonl (logged after its checkpoint)
+    config.json             the run's config (ConfigDict.to_json_best_effort)
+    stats/<split>_<step>.npz  vector statistics of a logged step (step zero-padded to 8 digits)
+    tb/                     TensorBoard events
+    checkpoints/            orbax checkpoints
+    report/                 report.md and its figures (python -m lazy_jax.report)
+    .lock                   held by the running trainer's process 0
+
+Everything that writes or reads a workdir takes these names from here (`Path(workdir) / METRICS`).
+Plain Python only, so the report and the tests import it without jax.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+METRICS = "metrics.jsonl"
+DROPPED_METRICS = "metrics.dropped.jsonl"
+CONFIG = "config.json"
+STATS_DIR = "stats"
+TB_DIR = "tb"
+CHECKPOINTS_DIR = "checkpoints"
+REPORT_DIR = "report"
+LOCK = ".lock"
+
+_STATS_NAME_RE = re.compile(r"^(?P<split>.+)_(?P<step>\d+)\.npz$")
+
+logger = logging.getLogger(__name__)
+
+
+def stats_path(workdir: str | Path, split: str, step: int) -> Path:
+    return Path(workdir) / STATS_DIR / f"{split}_{step:08d}.npz"
+
+
+def stats_files(workdir: str | Path) -> Iterator[tuple[str, int, Path]]:
+    """(split, step, path) of each `stats/<split>_<step>.npz`; other .npz files are skipped with a warning."""
+    directory = Path(workdir) / STATS_DIR
+    if not directory.is_dir():
+        return
+    for path in sorted(directory.glob("*.npz")):
+        m = _STATS_NAME_RE.match(path.name)
+        if not m:
+            logger.warning("ignoring %s: stats files are named <split>_<step>.npz", path)
+            continue
+        yield m["split"], int(m["step"]), path
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a metrics JSONL file (metrics.jsonl or metrics.dropped.jsonl) in file order.
+
+    Skips blank lines, and lines that are not a JSON object with `step` and `split` with a
+    warning naming their line numbers: a killed run can leave a truncated last line.
+    Raises FileNotFoundError if the file does not exist.
+    """
+    path = Path(path)
+    rows, bad_lines = [], []
+    with path.open("r", encoding="utf-8", errors="replace") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                bad_lines.append(line_no)
+                continue
+            if not isinstance(row, dict) or "step" not in row or "split" not in row:
+                bad_lines.append(line_no)
+                continue
+            rows.append(row)
+    if bad_lines:
+        logger.warning(
+            "%s: skipped %d malformed line(s): %s",
+            path,
+            len(bad_lines),
+            ", ".join(map(str, bad_lines[:20])) + (" ..." if len(bad_lines) > 20 else ""),
+        )
+    return rows
+
+
+def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
+    """`read_rows` of the workdir's metrics.jsonl; ValueError naming the path if there is none."""
+    path = Path(workdir) / METRICS
+    if not path.is_file():
+        raise ValueError(f"no metrics file at {path}: expected the {METRICS} a training run writes into its --workdir")
+    return read_rows(path)
