@@ -8,9 +8,7 @@ decided from `jax.eval_shape` before anything is materialised.
 from __future__ import annotations
 
 import math
-from typing import Any
 
-import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding
@@ -91,12 +89,6 @@ def replicated(mesh) -> NamedSharding:
 
 def rules_of(config) -> tuple:
     return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in config.logical_axis_rules)
-
-
-def logical_shardings(abstract_boxed: Any, mesh, rules) -> Any:
-    """A tree of NamedShardings for the unboxed version of `abstract_boxed` (nn.Partitioned leaves)."""
-    specs = nn.get_partition_spec(abstract_boxed)
-    return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
 def global_batch(local_batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
