@@ -20,6 +20,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from lazy_jax import sharding as shd
+from lazy_jax.errors import InputError
+from lazy_jax.input_pipeline import DataSpec
 from lazy_jax.train import Experiment
 
 FLAGS = flags.FLAGS
@@ -31,23 +33,30 @@ flags.DEFINE_integer("num_classes", 1000, "classes of the synthetic labels")
 flags.DEFINE_string("json", None, "write results here")
 
 
-def synthetic_batch(config, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+T5_VOCAB_SIZE = 32128  # T5's SentencePiece ids (32100) padded to a multiple of 128
+
+
+def synthetic_data(config, n: int, rng: np.random.Generator) -> DataSpec:
+    """A batch of n random examples at the config's shapes, with the sizes the model is built for."""
     if config.task == "classification":
         size = config.data.image_size or 224
-        return {
+        batch = {
             "image": rng.normal(size=(n, size, size, 3)).astype(np.float32),
             "label": rng.integers(0, FLAGS.num_classes, size=(n,)).astype(np.int32),
         }
+        return DataSpec(example_batch=batch, num_classes=FLAGS.num_classes)
     if config.task == "seq2seq":  # uniform random tokens at the config's span-corruption lengths
         ti, tt = config.data.inputs_length, config.data.targets_length
-        targets = rng.integers(2, config.model.vocab_size, size=(n, tt)).astype(np.int32)
-        return {
-            "encoder_input_tokens": rng.integers(2, config.model.vocab_size, size=(n, ti)).astype(np.int32),
+        vocab = T5_VOCAB_SIZE if config.model.vocab_size == -1 else config.model.vocab_size
+        targets = rng.integers(2, vocab, size=(n, tt)).astype(np.int32)
+        batch = {
+            "encoder_input_tokens": rng.integers(2, vocab, size=(n, ti)).astype(np.int32),
             "decoder_target_tokens": targets,
             "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
             "decoder_loss_weights": np.ones((n, tt), np.float32),
         }
-    raise ValueError(f"bench supports tasks 'classification' and 'seq2seq', not {config.task!r}")
+        return DataSpec(example_batch=batch, vocab_size=vocab, padded_vocab_size=vocab)
+    raise InputError(f"bench supports tasks 'classification' and 'seq2seq', not {config.task!r}")
 
 
 def measure(config, mesh_str: str) -> dict:
@@ -55,14 +64,11 @@ def measure(config, mesh_str: str) -> dict:
     config = config.copy_and_resolve_references()
     config.unlock()
     config.mesh.update(data=d, fsdp=f, model=m)
-    if config.task == "classification":
-        config.model.num_classes = FLAGS.num_classes
-    elif config.model.vocab_size == -1:
-        config.model.vocab_size = 32128  # T5's vocabulary, padded
     n = FLAGS.per_device_batch * d * f
     config.batch_size = n
-    batch = synthetic_batch(config, n, np.random.default_rng(0))
-    exp = Experiment(config, batch, devices=jax.devices()[: d * f * m])
+    data = synthetic_data(config, n, np.random.default_rng(0))
+    batch = data.example_batch
+    exp = Experiment(config, data, devices=jax.devices()[: d * f * m])
     state = exp.init_state(0)
     with jax.set_mesh(exp.mesh):
         gbatch = shd.global_batch(batch, exp.mesh)

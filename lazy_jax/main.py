@@ -12,6 +12,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from lazy_jax.errors import InputError
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", None, "ml_collections config file, e.g. configs/vit.py:local", lock_config=True
@@ -29,7 +31,7 @@ def initialize_distributed() -> None:
 
     if FLAGS.coordinator_address or FLAGS.num_processes:
         if FLAGS.coordinator_address is None or FLAGS.num_processes is None or FLAGS.process_id is None:
-            raise ValueError("a local cluster needs all of --coordinator_address, --num_processes and --process_id")
+            raise InputError("a local cluster needs all of --coordinator_address, --num_processes and --process_id")
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     elif FLAGS.multihost:
         jax.distributed.initialize()
@@ -39,13 +41,13 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
-    from lazy_jax.run import WorkdirInUseError, train_and_evaluate
+    from lazy_jax.run import train_and_evaluate
 
     try:
         initialize_distributed()
         train_and_evaluate(FLAGS.config, FLAGS.workdir)
     # Errors that name a bad input print as one line; anything else keeps its traceback.
-    except (ValueError, WorkdirInUseError, FileNotFoundError, FloatingPointError) as e:
+    except (InputError, ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import optax
 
+from lazy_jax.errors import InputError
+
 SCHEDULES = ("warmup_cosine", "rsqrt", "t5_rsqrt", "constant")
 OPTIMIZERS = ("adamw", "adafactor")
 
@@ -33,7 +35,7 @@ def learning_rate_schedule(opt, total_steps: int):
         return lambda step: lr * jnp.sqrt(w / jnp.maximum(step, w))
     if opt.schedule == "constant":
         return optax.constant_schedule(lr)
-    raise ValueError(f"optimizer.schedule={opt.schedule!r} is unknown; allowed: {list(SCHEDULES)}")
+    raise InputError(f"optimizer.schedule={opt.schedule!r} is unknown; allowed: {list(SCHEDULES)}")
 
 
 def make_optimizer(opt, total_steps: int):
@@ -44,6 +46,6 @@ def make_optimizer(opt, total_steps: int):
     elif opt.name == "adafactor":
         base = optax.adafactor(schedule, multiply_by_parameter_scale=True, weight_decay_rate=opt.weight_decay or None)
     else:
-        raise ValueError(f"optimizer.name={opt.name!r} is unknown; allowed: {list(OPTIMIZERS)}")
+        raise InputError(f"optimizer.name={opt.name!r} is unknown; allowed: {list(OPTIMIZERS)}")
     parts = [optax.clip_by_global_norm(opt.grad_clip_norm)] if opt.grad_clip_norm > 0 else []
     return optax.chain(*parts, base), schedule

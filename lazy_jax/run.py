@@ -22,12 +22,14 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from clu import parameter_overview
 from jax.experimental import multihost_utils
 
 from lazy_jax import input_pipeline
 from lazy_jax import sharding as shd
 from lazy_jax.checkpoint import Checkpointer, param_shapes
 from lazy_jax.config_checks import validate_config
+from lazy_jax.errors import InputError
 from lazy_jax.metrics_writer import MetricsWriter
 from lazy_jax.train import Experiment
 
@@ -36,7 +38,7 @@ class NonFiniteError(FloatingPointError):
     pass
 
 
-class WorkdirInUseError(RuntimeError):
+class WorkdirInUseError(InputError):
     pass
 
 
@@ -110,16 +112,21 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
         return _train(config, workdir, is_writer)
 
 
+def resolved_config(config, model_sizes: dict):
+    """The config with the sizes the model was built with where it says -1 (the data's)."""
+    resolved = config.copy_and_resolve_references()
+    with resolved.unlocked():
+        resolved.model.update(model_sizes)
+    return resolved
+
+
 def _train(config, workdir: Path, is_writer: bool) -> dict:
     pi, pc = jax.process_index(), jax.process_count()
-    example = input_pipeline.complete_model_config(config)
-    exp = Experiment(config, example)
+    exp = Experiment(config, input_pipeline.data_spec(config))
     shd.check_batch_size(config.batch_size, exp.mesh, "batch_size")
     shd.check_batch_size(config.eval_batch_size, exp.mesh, "eval_batch_size")
-    if config.data.get("infinite", False):
-        from lazy_jax.data import vision
-
-        vision.check_infinite_data(config.data, config.total_steps, config.batch_size)
+    input_pipeline.check_run_length(config)
+    resolved = resolved_config(config, exp.model_sizes)
 
     ckpt = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints, async_save=config.async_checkpointing)
     shapes = param_shapes(exp.abstract_state.params)
@@ -138,7 +145,11 @@ def _train(config, workdir: Path, is_writer: bool) -> dict:
         )
         cfg_path = workdir / "config.json"
         if not cfg_path.exists():
-            cfg_path.write_text(config.to_json_best_effort(indent=2))
+            cfg_path.write_text(resolved.to_json_best_effort(indent=2))
+        if not start:
+            overview = parameter_overview.get_parameter_overview(exp.abstract_state.params, include_stats=False)
+            print(overview, flush=True)
+            (workdir / "parameters.txt").write_text(overview + "\n")
 
     params_finite = jax.jit(_all_finite, out_shardings=shd.replicated(exp.mesh))
 
@@ -153,7 +164,9 @@ def _train(config, workdir: Path, is_writer: bool) -> dict:
                 "learning rate or check the data)"
             )
         ckpt.save(
-            step, state, {"step": step, "data_position": step, "param_shapes": shapes, "model": config.model.to_dict()}
+            step,
+            state,
+            {"step": step, "data_position": step, "param_shapes": shapes, "model": resolved.model.to_dict()},
         )
 
     stop = {"signal": None}

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lazy_jax.errors import InputError
+
 TASKS = ("classification", "seq2seq")
 
 
@@ -57,4 +59,4 @@ def task_sums(task: str, logits, batch, z_loss: float = 0.0):
         return classification_sums(logits, batch, z_loss)
     if task == "seq2seq":
         return seq2seq_sums(logits, batch, z_loss)
-    raise ValueError(f"task={task!r} is unknown; allowed: {list(TASKS)}")
+    raise InputError(f"task={task!r} is unknown; allowed: {list(TASKS)}")

@@ -22,6 +22,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lazy_jax import sharding as shd
+from lazy_jax.errors import InputError
+from lazy_jax.input_pipeline import DataSpec
 from lazy_jax.models import get_model
 from lazy_jax.optim import make_optimizer
 from lazy_jax.sparsity import stats_to_metrics
@@ -80,13 +82,18 @@ def finalize_eval(sums: dict) -> dict[str, float | np.ndarray]:
 class Experiment:
     """Model, optimizer, mesh and the jitted steps of one config."""
 
-    def __init__(self, config, example_batch: dict[str, np.ndarray], devices=None):
+    def __init__(self, config, data: DataSpec, devices=None):
+        """`data` is the data's spec (`input_pipeline.data_spec`, or synthetic in the benchmark):
+        the model gets its sizes as arguments, and its structure from the example batch."""
         self.config = config
         self.mesh = shd.make_mesh(config.mesh, devices)
         self.rules = shd.rules_of(config)
-        self.model = get_model(config.model)
+        data_sizes = data.model_sizes(config.model)
+        self.model = get_model(config.model, **data_sizes)
+        # What the model was built with where the config says -1 (= the data's), for config.json.
+        self.model_sizes = {k: v if config.model.get(k, -1) == -1 else config.model[k] for k, v in data_sizes.items()}
         self.tx, self.schedule = make_optimizer(config.optimizer, config.total_steps)
-        self._example = {k: jnp.asarray(v[:1]) for k, v in example_batch.items()}
+        self._example = {k: jnp.asarray(v[:1]) for k, v in data.example_batch.items()}
 
         abstract_boxed = jax.eval_shape(self._init_boxed, jax.random.key(0))
         self.state_sharding = state_shardings(abstract_boxed, self.mesh, self.rules)
@@ -171,5 +178,5 @@ class Experiment:
                 out = self.eval_step(params, shd.global_batch(local, self.mesh))
                 total = out if total is None else jax.tree.map(jnp.add, total, out)
         if total is None:
-            raise ValueError(f"the eval split {self.config.data.eval_split!r} of {self.config.data.name!r} is empty")
+            raise InputError(f"the eval split {self.config.data.eval_split!r} of {self.config.data.name!r} is empty")
         return finalize_eval(jax.device_get(total))

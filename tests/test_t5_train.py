@@ -10,7 +10,8 @@ import pytest
 from lazy_jax import input_pipeline
 from lazy_jax.config_base import load_config
 from lazy_jax.data import span_corruption, text
-from lazy_jax.models.t5 import T5
+from lazy_jax.input_pipeline import DataSpec
+from lazy_jax.models import get_model
 from lazy_jax.tasks import seq2seq_sums
 from lazy_jax.train import Experiment
 from tests.resume_helpers import assert_preempt_and_resume_matches
@@ -83,7 +84,7 @@ def test_packed_examples_match_examples_alone(data_dir):
     """Segment masking: each example of a packed row gives the logits and statistics it gives alone."""
     c = tiny_config(data_dir)
     c.model.vocab_size = VOCAB
-    model = T5(c.model)
+    model = get_model(c.model)
     examples = random_examples(np.random.default_rng(1), 3)
     packed = span_corruption.pack_rows([examples], 32, 9)
     alone = span_corruption.pad_rows(examples, 32, 9)
@@ -133,15 +134,19 @@ def test_seq2seq_sums_use_loss_weights_and_z_loss():
 def test_example_batch_has_the_loader_keys_and_vocab_from_tokenizer(data_dir, pack):
     c = tiny_config(data_dir)
     c.data.pack = pack
-    example = input_pipeline.complete_model_config(c)
-    assert c.model.vocab_size == VOCAB
+    spec = input_pipeline.data_spec(c)
+    example = spec.example_batch
+    assert c.model.vocab_size == -1  # the data's size is an argument of the model, not written back
+    assert spec.model_sizes(c.model) == {"vocab_size": VOCAB}
     batch = next(input_pipeline.train_batches(c, 0, 0, 1))
     assert set(example) == set(batch)
     assert all(example[k].shape[1:] == batch[k].shape[1:] and example[k].dtype == batch[k].dtype for k in batch)
-    assert batch["encoder_input_tokens"].max() < c.model.vocab_size
+    assert batch["encoder_input_tokens"].max() < VOCAB
+    c.model.vocab_size = 4100  # every id of the tokenizer fits: allowed, used as given
+    assert spec.model_sizes(c.model) == {"vocab_size": 4100}
     c.model.vocab_size = 4000
     with pytest.raises(ValueError, match="model.vocab_size=4000 is not allowed.*>= 4100"):
-        input_pipeline.complete_model_config(c)
+        spec.model_sizes(c.model)
 
 
 # ------------------------------------------------------------------------------ trainer
@@ -150,7 +155,8 @@ def test_example_batch_has_the_loader_keys_and_vocab_from_tokenizer(data_dir, pa
 def two_steps(config, devices):
     from lazy_jax import sharding as shd
 
-    exp = Experiment(config, packed_batch(), devices=devices)
+    data = DataSpec(example_batch=packed_batch(), vocab_size=VOCAB, padded_vocab_size=VOCAB)
+    exp = Experiment(config, data, devices=devices)
     state = exp.init_state(config.seed)
     out = []
     with jax.set_mesh(exp.mesh):

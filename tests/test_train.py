@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from lazy_jax.config_base import load_config
+from lazy_jax.input_pipeline import DataSpec
 from lazy_jax.run import train_and_evaluate
 from lazy_jax.train import Experiment
 from tests.resume_helpers import assert_preempt_and_resume_matches, read_rows
@@ -25,6 +26,11 @@ def tiny_config(tmp_path, **overrides):
     return c
 
 
+def synthetic_data(n=16, seed=0):
+    """A synthetic batch with the data's sizes, as the trainer's data spec."""
+    return DataSpec(example_batch=synthetic_batch(n, seed), num_classes=10)
+
+
 def synthetic_batch(n=16, seed=0):
     rng = np.random.default_rng(seed)
     return {
@@ -37,7 +43,7 @@ def one_step(config, devices):
     from lazy_jax import sharding as shd
 
     batch = synthetic_batch()
-    exp = Experiment(config, batch, devices=devices)
+    exp = Experiment(config, synthetic_data(), devices=devices)
     state = exp.init_state(config.seed)
     with jax.set_mesh(exp.mesh):
         state, m1 = exp.train_step(state, shd.global_batch(batch, exp.mesh))
@@ -49,13 +55,11 @@ def one_step(config, devices):
 def test_eight_device_mesh_matches_one_device(data_dir, mesh):
     assert len(jax.devices()) == 8
     c1 = tiny_config(data_dir)
-    c1.model.num_classes = 10
     c1.mesh.update(data=1, fsdp=1, model=1)
     c8 = tiny_config(data_dir)
-    c8.model.num_classes = 10
     c8.mesh.update(**mesh)
     single = one_step(c1, jax.devices()[:1])
-    exp = Experiment(c8, synthetic_batch(), devices=jax.devices())
+    exp = Experiment(c8, synthetic_data(), devices=jax.devices())
     wi = exp.state_sharding.params["encoderblock_0"]["mlp"]["wi"]["kernel"]
     assert wi.shard_shape((128, 512)) == (128 // mesh["fsdp"], 512 // mesh["model"])  # really sharded
     sharded = one_step(c8, jax.devices())
