@@ -14,6 +14,8 @@ import numpy as np
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from lazy_jax.errors import InputError
+
 MESH_AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")  # the batch is split over both; fsdp also shards parameters
 
@@ -39,19 +41,19 @@ def mesh_shape(mesh_config, num_devices: int) -> tuple[int, ...]:
     sizes = [mesh_config[a] for a in MESH_AXES]
     for axis, s in zip(MESH_AXES, sizes):
         if not isinstance(s, int) or (s < 1 and s != -1):
-            raise ValueError(f"mesh.{axis}={s!r} is not allowed: use a positive integer or -1 (= the rest)")
+            raise InputError(f"mesh.{axis}={s!r} is not allowed: use a positive integer or -1 (= the rest)")
     if sizes.count(-1) > 1:
-        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))}: at most one axis may be -1")
+        raise InputError(f"mesh {dict(zip(MESH_AXES, sizes))}: at most one axis may be -1")
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if num_devices % known:
-            raise ValueError(
+            raise InputError(
                 f"mesh {dict(zip(MESH_AXES, sizes))} does not fit {num_devices} devices: "
                 f"{num_devices} is not divisible by {known}"
             )
         sizes[sizes.index(-1)] = num_devices // known
     if math.prod(sizes) != num_devices:
-        raise ValueError(
+        raise InputError(
             f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but "
             f"{num_devices} are present; make data*fsdp*model equal {num_devices} or set one axis to -1"
         )
@@ -71,12 +73,12 @@ def data_parallel_size(mesh) -> int:
 def check_batch_size(global_batch_size: int, mesh, what: str = "batch_size") -> None:
     dp = data_parallel_size(mesh)
     if global_batch_size <= 0 or global_batch_size % dp:
-        raise ValueError(
+        raise InputError(
             f"{what}={global_batch_size} must be a positive multiple of the data-parallel size "
             f"{dp} (mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']})"
         )
     if global_batch_size % jax.process_count():
-        raise ValueError(f"{what}={global_batch_size} must be divisible by the process count {jax.process_count()}")
+        raise InputError(f"{what}={global_batch_size} must be divisible by the process count {jax.process_count()}")
 
 
 def batch_sharding(mesh) -> NamedSharding:
