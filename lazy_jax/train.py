@@ -5,7 +5,7 @@ from `jax.eval_shape`, before anything is materialised) and the two jitted steps
   train_step(state, batch) -> (state, metrics)   state donated; metrics reduced on the device
   eval_step(params, batch) -> sums               weighted sums that combine over batches exactly
 Metrics hold loss, accuracy, learning rate, gradient norm and the sparsity statistics named as
-in DESIGN.md (`sparsity.stats_to_metrics`).
+in docs/design.md (`sparsity.stats_to_metrics`).
 """
 
 from __future__ import annotations
