@@ -1,8 +1,10 @@
-"""A stack of identical layers, as a Python loop or as one nn.scan, with optional remat.
+"""The one stack of identical layers, as a Python loop or as one nn.scan, with optional remat.
 
-Each layer is a Linen module whose `__call__(x, mask)` returns `(x, stats)` (stats from
-`MlpBlock`); the stack returns `(x, stats stacked on a leading [num_layers] axis)` either way,
-so per-layer statistics do not depend on how the stack is compiled.
+Every model's layers go through `layer_stack`: the ViT (`encoderblock`), the Mixer
+(`mixerblock`) and both T5 stacks (`layers`). Each layer is a Linen module whose
+`__call__(x, *broadcast_args)` returns `(x, stats)` (stats from `MlpBlock`); the stack returns
+`(x, stats stacked on a leading [L] axis)` either way, so per-layer statistics do not depend on
+how the stack is compiled.
 """
 
 from __future__ import annotations
@@ -38,20 +40,21 @@ def check_remat_policy(policy: str) -> None:
 
 
 def layer_stack(
-    parent_name: str,
+    name: str,
     layer_cls: type[nn.Module],
     layer_kwargs: dict,
     num_layers: int,
     x: jax.Array,
-    mask: jax.Array | None,
-    *,
+    *broadcast_args,
     scan: bool,
     remat_policy: str = "none",
 ):
-    """Applies `num_layers` copies of `layer_cls(**layer_kwargs)`; call inside a compact method.
+    """Applies `num_layers` copies of `layer_cls(**layer_kwargs)` to x; call inside a compact method.
 
-    Parameters are named `<parent_name>_<i>` in a loop, or `<parent_name>` with a leading
-    'layers' axis under scan.
+    `broadcast_args` (masks, biases, the encoder output, a decode step; None allowed) reach
+    every layer unchanged. Parameters are named `<name>_<i>` in a loop, or `<name>` with a
+    leading 'layers' axis under scan; so is a 'cache' collection (T5's KV cache). `remat_policy`
+    is a key of REMAT_POLICIES, checked by the spec builders.
     """
     check_remat_policy(remat_policy)
     policy = REMAT_POLICIES[remat_policy]
@@ -59,15 +62,15 @@ def layer_stack(
     if scan:
         scanned = nn.scan(
             cls,
-            variable_axes={"params": 0},
+            variable_axes={"params": 0, "cache": 0},
             split_rngs={"params": True, "dropout": True},
-            in_axes=nn.broadcast,
+            in_axes=(nn.broadcast,) * len(broadcast_args),
             length=num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        return scanned(**layer_kwargs, name=parent_name)(x, mask)
+        return scanned(**layer_kwargs, name=name)(x, *broadcast_args)
     per_layer = []
     for i in range(num_layers):
-        x, stats = cls(**layer_kwargs, name=f"{parent_name}_{i}")(x, mask)
+        x, stats = cls(**layer_kwargs, name=f"{name}_{i}")(x, *broadcast_args)
         per_layer.append(stats)
     return x, stack_layer_stats(per_layer)

@@ -62,8 +62,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lazy_jax.models.stack import REMAT_POLICIES, check_remat_policy, dtype_of
-from lazy_jax.sparsity import ACTIVATIONS, MlpBlock, check_topk, check_topk_impl, stack_layer_stats
+from lazy_jax.models.stack import check_remat_policy, dtype_of, layer_stack
+from lazy_jax.sparsity import ACTIVATIONS, MlpBlock, check_topk, check_topk_impl
 
 Array = jax.Array
 
@@ -397,34 +397,6 @@ class DecoderLayer(nn.Module):
         return _residual(s, self.train, x_BTD, y_BTD), stats
 
 
-def _run_layers(layer_cls, layer_kwargs: dict, num_layers: int, spec: T5Spec, x, *broadcast_args):
-    """Layers as a Python loop (params `layers_<i>`) or one nn.scan (params `layers`, leading [L]).
-
-    Call inside a compact method; returns (x, stats stacked [L]) either way.
-    """
-    policy = REMAT_POLICIES[spec.remat_policy]
-    cls = (
-        layer_cls
-        if spec.remat_policy == "none"
-        else nn.remat(layer_cls, policy=policy, prevent_cse=not spec.scan_layers)
-    )
-    if spec.scan_layers:
-        scanned = nn.scan(
-            cls,
-            variable_axes={"params": 0, "cache": 0},
-            split_rngs={"params": True, "dropout": True},
-            in_axes=(nn.broadcast,) * len(broadcast_args),
-            length=num_layers,
-            metadata_params={nn.PARTITION_NAME: "layers"},
-        )
-        return scanned(**layer_kwargs, name="layers")(x, *broadcast_args)
-    per_layer = []
-    for i in range(num_layers):
-        x, stats = cls(**layer_kwargs, name=f"layers_{i}")(x, *broadcast_args)
-        per_layer.append(stats)
-    return x, stack_layer_stats(per_layer)
-
-
 def _same_segment(query_segments_BQ: Array, key_segments_BK: Array) -> Array:
     """[B,1,Q,K] True where query and key belong to the same packed example."""
     return query_segments_BQ[:, None, :, None] == key_segments_BK[:, None, None, :]
@@ -442,15 +414,17 @@ class Encoder(nn.Module):
         if segment_ids_BT is not None:
             mask_B1TT = mask_B1TT & _same_segment(segment_ids_BT, segment_ids_BT)
         x_BTD = nn.Dropout(s.dropout_rate)(x_BTD, deterministic=not train)
-        x_BTD, stats = _run_layers(
+        x_BTD, stats = layer_stack(
+            "layers",
             EncoderLayer,
             dict(spec=s, train=train),
             s.num_encoder_layers,
-            s,
             x_BTD,
             bias_1HTT,
             mask_B1TT,
             token_mask_BT.astype(jnp.float32),
+            scan=s.scan_layers,
+            remat_policy=s.remat_policy,
         )
         x_BTD = RmsNorm(s.eps, s.dtype, name="encoder_norm")(x_BTD)
         return nn.Dropout(s.dropout_rate)(x_BTD, deterministic=not train), stats
@@ -506,11 +480,11 @@ class Decoder(nn.Module):
             cross_mask_B1TS = cross_mask_B1TS & _same_segment(segment_ids_BT, encoder_segment_ids_BS)
         stats_mask_BT = jnp.ones((b, t), jnp.float32) if token_mask_BT is None else token_mask_BT.astype(jnp.float32)
         y_BTD = nn.Dropout(s.dropout_rate)(y_BTD, deterministic=not train)
-        y_BTD, stats = _run_layers(
+        y_BTD, stats = layer_stack(
+            "layers",
             DecoderLayer,
             dict(spec=s, train=train, decode=decode, max_len=max_len),
             s.num_decoder_layers,
-            s,
             y_BTD,
             encoded_BSD,
             bias_1HTT,
@@ -518,6 +492,8 @@ class Decoder(nn.Module):
             cross_mask_B1TS,
             stats_mask_BT,
             decode_step,
+            scan=s.scan_layers,
+            remat_policy=s.remat_policy,
         )
         y_BTD = RmsNorm(s.eps, s.dtype, name="decoder_norm")(y_BTD)
         return nn.Dropout(s.dropout_rate)(y_BTD, deterministic=not train), stats
