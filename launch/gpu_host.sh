@@ -67,12 +67,8 @@ EOF
 }
 
 subcommand=${1:-}
-case "$subcommand" in
-  -h|--help) usage; exit 0 ;;
-  setup|run|logs|stop|slurm) shift ;;
-  ""|-*) usage >&2; die "missing subcommand: it comes first (setup, run, logs, stop, slurm)" ;;
-  *) usage >&2; die "unknown subcommand '$subcommand' (allowed: setup, run, logs, stop, slurm)" ;;
-esac
+parse_subcommand "$subcommand" setup run logs stop slurm
+shift
 
 config=${CONFIG:-}
 workdir=${WORKDIR:-}
@@ -94,35 +90,12 @@ srun_args=()
 env_kv=()
 main_args=()
 
-while [[ $# -gt 0 ]]; do
-  arg=$1
-  case "$arg" in
-    --config|--config=*) flag_value --config "$@"; config=$FLAG_VALUE ;;
-    --workdir|--workdir=*) flag_value --workdir "$@"; workdir=$FLAG_VALUE ;;
-    --hosts|--hosts=*) flag_value --hosts "$@"; hosts_csv=$FLAG_VALUE ;;
-    --coordinator-host|--coordinator-host=*) flag_value --coordinator-host "$@"; coordinator_host=$FLAG_VALUE ;;
-    --port|--port=*) flag_value --port "$@"; port=$FLAG_VALUE ;;
-    --remote-dir|--remote-dir=*) flag_value --remote-dir "$@"; remote_dir=$FLAG_VALUE ;;
-    --mem-fraction|--mem-fraction=*) flag_value --mem-fraction "$@"; mem_fraction=$FLAG_VALUE ;;
-    --env|--env=*) flag_value --env "$@"; env_kv+=("$FLAG_VALUE") ;;
-    --log|--log=*) flag_value --log "$@"; log=$FLAG_VALUE ;;
-    --nodes|--nodes=*) flag_value --nodes "$@"; nodes=$FLAG_VALUE ;;
-    --gpus-per-node|--gpus-per-node=*) flag_value --gpus-per-node "$@"; gpus_per_node=$FLAG_VALUE ;;
-    --partition|--partition=*) flag_value --partition "$@"; partition=$FLAG_VALUE ;;
-    --time|--time=*) flag_value --time "$@"; time_limit=$FLAG_VALUE ;;
-    --srun-arg|--srun-arg=*) flag_value --srun-arg "$@"; srun_args+=("$FLAG_VALUE") ;;
-    --python|--python=*) flag_value --python "$@"; python=$FLAG_VALUE ;;
-    --cuda|--cuda=*) flag_value --cuda "$@"; cuda=$FLAG_VALUE ;;
-    --jax-version|--jax-version=*) flag_value --jax-version "$@"; jax_version=$FLAG_VALUE ;;
-    --pip|--pip=*) flag_value --pip "$@"; extra_pip+=("$FLAG_VALUE") ;;
-    --config.*=*) main_args+=("$arg"); SHIFT_BY=1 ;;
-    --dry-run) DRY_RUN=1; SHIFT_BY=1 ;;
-    -h|--help) usage; exit 0 ;;
-    --) shift; main_args+=("$@"); break ;;
-    *) die "unknown flag '$arg' for '$subcommand' (config overrides are --config.KEY=VALUE; other lazy_jax.main flags go after --)" ;;
-  esac
-  shift "$SHIFT_BY"
-done
+parse_flags "$subcommand" \
+  --config=config --workdir=workdir --hosts=hosts_csv --coordinator-host=coordinator_host --port=port \
+  --remote-dir=remote_dir --mem-fraction=mem_fraction '--env=env_kv[]' --log=log --nodes=nodes \
+  --gpus-per-node=gpus_per_node --partition=partition --time=time_limit '--srun-arg=srun_args[]' \
+  --python=python --cuda=cuda --jax-version=jax_version '--pip=extra_pip[]' \
+  -- "$@"
 
 hosts=()
 if [[ -n $hosts_csv ]]; then

@@ -1,4 +1,5 @@
-# Helpers shared by launch/tpu_vm.sh and launch/gpu_host.sh (sourced, not run).
+# Helpers shared by launch/tpu_vm.sh and launch/gpu_host.sh (sourced, not run): command
+# tracing, quoting and the subcommand and flag parsing.
 #
 # Every command a launcher runs goes through `run` (an argv) or `run_sh` (a shell string for
 # pipelines), which print it as one line "+ CMD" with shell quoting, so that `--dry-run`
@@ -83,6 +84,73 @@ flag_value() {
     die "$name needs a value ($name=VALUE)"
   fi
   [[ -n $FLAG_VALUE ]] || die "$name needs a non-empty value"
+}
+
+# `parse_subcommand WORD ALLOWED...`: the subcommand, the first argument of every launcher.
+# -h/--help prints the caller's `usage` and exits 0; a missing or unknown one exits 2.
+parse_subcommand() {
+  local _word=$1 _list _allowed
+  shift
+  printf -v _list '%s, ' "$@"
+  _list=${_list%, }
+  case "$_word" in
+    -h|--help) usage; exit 0 ;;
+    ""|-*) usage >&2; die "missing subcommand: it comes first ($_list)" ;;
+  esac
+  for _allowed in "$@"; do
+    [[ $_word != "$_allowed" ]] || return 0
+  done
+  usage >&2
+  die "unknown subcommand '$_word' (allowed: $_list)"
+}
+
+# `parse_flags SUBCOMMAND SPEC... -- ARGS...`: the launchers' flags. Each SPEC names a flag and
+# the caller's variable it sets:
+#   --flag=var     a value, as --flag=VALUE or --flag VALUE
+#   --flag=var[]   a repeatable value, appended to the array var
+#   --flag:var=V   a switch: var=V
+# Every launcher also takes --config.KEY=VALUE and anything after `--` (appended to the
+# caller's array main_args, for lazy_jax.main), --dry-run, and -h/--help (the caller's `usage`).
+# Locals start with _ so that they never shadow the caller's variables (name, log, ...).
+parse_flags() {
+  local _subcommand=$1 _specs=() _spec _var _found
+  shift
+  while [[ $# -gt 0 && $1 != -- ]]; do
+    _specs+=("$1")
+    shift
+  done
+  shift
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      --config.*=*) main_args+=("$1"); shift; continue ;;
+      --dry-run) DRY_RUN=1; shift; continue ;;
+      -h|--help) usage; exit 0 ;;
+      --) shift; main_args+=("$@"); return 0 ;;
+    esac
+    _found=0
+    for _spec in "${_specs[@]}"; do
+      if [[ $_spec == *:* ]]; then
+        [[ $1 == "${_spec%%:*}" ]] || continue
+        _var=${_spec#*:}
+        printf -v "${_var%%=*}" '%s' "${_var#*=}"
+        SHIFT_BY=1
+      else
+        [[ $1 == "${_spec%%=*}" || $1 == "${_spec%%=*}"=* ]] || continue
+        flag_value "${_spec%%=*}" "$@"
+        _var=${_spec#*=}
+        if [[ $_var == *'[]' ]]; then
+          eval "${_var%'[]'}+=(\"\$FLAG_VALUE\")"
+        else
+          printf -v "$_var" '%s' "$FLAG_VALUE"
+        fi
+      fi
+      _found=1
+      break
+    done
+    [[ $_found == 1 ]] \
+      || die "unknown flag '$1' for '$_subcommand' (config overrides are --config.KEY=VALUE; other lazy_jax.main flags go after --)"
+    shift "$SHIFT_BY"
+  done
 }
 
 require() {

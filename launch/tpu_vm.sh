@@ -61,12 +61,8 @@ EOF
 }
 
 subcommand=${1:-}
-case "$subcommand" in
-  -h|--help) usage; exit 0 ;;
-  create|setup|run|logs|copy-back|stop|delete) shift ;;
-  ""|-*) usage >&2; die "missing subcommand: it comes first (create, setup, run, logs, copy-back, stop, delete)" ;;
-  *) usage >&2; die "unknown subcommand '$subcommand' (allowed: create, setup, run, logs, copy-back, stop, delete)" ;;
-esac
+parse_subcommand "$subcommand" create setup run logs copy-back stop delete
+shift
 
 name=${TPU_NAME:-}
 zone=${TPU_ZONE:-}
@@ -85,33 +81,12 @@ extra_pip=()
 env_kv=()
 main_args=()
 
-while [[ $# -gt 0 ]]; do
-  arg=$1
-  case "$arg" in
-    --name|--name=*) flag_value --name "$@"; name=$FLAG_VALUE ;;
-    --zone|--zone=*) flag_value --zone "$@"; zone=$FLAG_VALUE ;;
-    --project|--project=*) flag_value --project "$@"; project=$FLAG_VALUE ;;
-    --accelerator-type|--accelerator-type=*) flag_value --accelerator-type "$@"; accelerator_type=$FLAG_VALUE ;;
-    --version|--version=*) flag_value --version "$@"; runtime_version=$FLAG_VALUE ;;
-    --python|--python=*) flag_value --python "$@"; python=$FLAG_VALUE ;;
-    --jax-version|--jax-version=*) flag_value --jax-version "$@"; jax_version=$FLAG_VALUE ;;
-    --pip|--pip=*) flag_value --pip "$@"; extra_pip+=("$FLAG_VALUE") ;;
-    --config|--config=*) flag_value --config "$@"; config=$FLAG_VALUE ;;
-    --workdir|--workdir=*) flag_value --workdir "$@"; workdir=$FLAG_VALUE ;;
-    --env|--env=*) flag_value --env "$@"; env_kv+=("$FLAG_VALUE") ;;
-    --remote-dir|--remote-dir=*) flag_value --remote-dir "$@"; remote_dir=$FLAG_VALUE ;;
-    --log|--log=*) flag_value --log "$@"; log=$FLAG_VALUE ;;
-    --dest|--dest=*) flag_value --dest "$@"; dest=$FLAG_VALUE ;;
-    --config.*=*) main_args+=("$arg"); SHIFT_BY=1 ;;
-    --spot) capacity=--spot; SHIFT_BY=1 ;;
-    --preemptible) capacity=--preemptible; SHIFT_BY=1 ;;
-    --dry-run) DRY_RUN=1; SHIFT_BY=1 ;;
-    -h|--help) usage; exit 0 ;;
-    --) shift; main_args+=("$@"); break ;;
-    *) die "unknown flag '$arg' for '$subcommand' (config overrides are --config.KEY=VALUE; other lazy_jax.main flags go after --)" ;;
-  esac
-  shift "$SHIFT_BY"
-done
+parse_flags "$subcommand" \
+  --name=name --zone=zone --project=project --accelerator-type=accelerator_type --version=runtime_version \
+  --python=python --jax-version=jax_version '--pip=extra_pip[]' --config=config --workdir=workdir \
+  '--env=env_kv[]' --remote-dir=remote_dir --log=log --dest=dest \
+  --spot:capacity=--spot --preemptible:capacity=--preemptible \
+  -- "$@"
 
 require "$name" --name TPU_NAME "$subcommand"
 require "$zone" --zone TPU_ZONE "$subcommand"
