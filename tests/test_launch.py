@@ -35,14 +35,17 @@ SCRIPT_ENV = (
     "GPU_HOSTS",
 )
 
+# One line per call: the tool's name and its arguments, each ended by ARG_END, so that the test
+# gets the argv back exactly (remote command lines hold spaces and quotes).
+ARG_END = "\x1f"
 FAKE_TOOL = """#!/usr/bin/env bash
-printf '%s\\n' "$(basename "$0") $*" >> "$FAKE_CALLS"
+{ printf '%s\\x1f' "$(basename "$0")" "$@"; echo; } >> "$FAKE_CALLS"
 """
 
 
 @pytest.fixture
 def fake_path(tmp_path):
-    """A PATH whose gcloud, ssh and srun only append their argv to a calls file."""
+    """A PATH whose gcloud, ssh and srun only append their argv to a calls file (see ARG_END)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("gcloud", "ssh", "srun"):
@@ -71,6 +74,25 @@ def dry_run(script, *args, **kwargs):
     assert lines, "a dry run printed no command"
     assert all(line.startswith("+ ") for line in lines), lines
     return [shlex.split(line[2:]) for line in lines]
+
+
+def real_run(script, *args, fake):
+    """Runs for real with the fake tools; asserts it called exactly the commands --dry-run prints."""
+    printed = dry_run(script, *args)
+    result = launch(script, *args, fake=fake)
+    assert result.returncode == 0, result.stderr
+    calls = [line.split(ARG_END)[:-1] for line in fake[1].read_text().splitlines()]
+    assert calls == printed
+    return calls, result
+
+
+def assert_usage_error(script, args, message, fake):
+    """Exit status 2 with `message` on stderr, nothing printed and nothing called."""
+    result = launch(script, *args, "--dry-run", fake=fake)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert result.stdout == ""
+    assert not fake[1].exists()
 
 
 def option(argv, name):
@@ -245,11 +267,8 @@ def test_tpu_logs_copy_back_stop_delete():
 
 
 def test_tpu_real_run_calls_what_dry_run_prints(fake_path):
-    args = ("delete", *SLICE)
-    (printed,) = dry_run(TPU, *args)
-    result = launch(TPU, *args, fake=fake_path)
-    assert result.returncode == 0, result.stderr
-    assert fake_path[1].read_text().split() == printed
+    (call,), result = real_run(TPU, "delete", *SLICE, fake=fake_path)
+    assert call[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "delete"]
     assert result.stderr.startswith("+ gcloud ")  # traced to stderr when run for real
 
 
@@ -268,15 +287,14 @@ def test_tpu_real_run_calls_what_dry_run_prints(fake_path):
         (("copy-back", "--name=t", "--zone=z"), "needs --workdir"),
         (("run", "--name=t", "--zone=z", "--bogus"), "unknown flag '--bogus'"),
         (("run", "--name", "--zone=z"), "--name needs a value"),
+        (("create", "--name=", "--zone=z"), "--name needs a non-empty value"),
+        (("create", "--name=t", "--zone=z", "--accelerator-type=v4-8", "--spot=1"), "unknown flag '--spot=1'"),
+        (("create", "--name=t", "--zone=z", "--accelerator-type=v4-8", "--config.x"), "unknown flag '--config.x'"),
         (("setup", "--name=t", "--zone=z", "--remote-dir=a/b"), "--remote-dir"),
     ],
 )
 def test_tpu_usage_errors(args, message, fake_path):
-    result = launch(TPU, *args, "--dry-run", fake=fake_path)
-    assert result.returncode == 2
-    assert message in result.stderr
-    assert result.stdout == ""
-    assert not fake_path[1].exists()
+    assert_usage_error(TPU, args, message, fake_path)
 
 
 def test_tpu_help():
@@ -347,14 +365,9 @@ def test_gpu_one_remote_host_has_no_coordinator():
 
 
 def test_gpu_real_multi_host_run_calls_ssh_per_host(fake_path):
-    args = ("run", "--hosts=gpu-a,gpu-b", "--config=c.py", "--workdir=w")
-    printed = dry_run(GPU, *args)
-    result = launch(GPU, *args, fake=fake_path)
-    assert result.returncode == 0, result.stderr
-    calls = fake_path[1].read_text().splitlines()
-    assert len(calls) == 2
-    assert [c.split()[:5] for c in calls] == [p[:5] for p in printed]
-    assert "--process_id=1" in calls[1]
+    calls, _ = real_run(GPU, "run", "--hosts=gpu-a,gpu-b", "--config=c.py", "--workdir=w", fake=fake_path)
+    assert [c[:4] + c[-2:-1] for c in calls] == [["ssh", "-n", "-o", "BatchMode=yes", h] for h in ("gpu-a", "gpu-b")]
+    assert "--process_id=1" in calls[1][-1]
 
 
 def test_gpu_slurm_one_task_per_gpu(fake_path):
@@ -389,11 +402,12 @@ def test_gpu_slurm_one_task_per_gpu(fake_path):
 
 
 def test_gpu_setup_installs_cuda_jax_per_host():
-    cmds = dry_run(GPU, "setup", "--hosts=gpu-a,gpu-b", "--cuda=cuda13")
+    cmds = dry_run(GPU, "setup", "--hosts", "gpu-a,gpu-b", "--cuda=cuda13", "--pip", "x", "--pip=y")
     assert [c[-2] for c in cmds] == ["gpu-a", "gpu-b"]
     words = remote_words(cmds[0])
     assert "venv" in words and "-e" in words
-    assert f"jax[cuda13]=={pinned_jax_version()}" in words
+    jax = words.index(f"jax[cuda13]=={pinned_jax_version()}")
+    assert words[jax + 1 : jax + 4] == ["x", "y", "&&"]  # repeated --pip, in order
 
 
 def test_gpu_logs_and_stop():
@@ -420,14 +434,11 @@ def test_gpu_logs_and_stop():
         (("slurm", "--config=c.py", "--workdir=w", "--nodes=0"), "--nodes"),
         (("setup", "--cuda=cuda11"), "--cuda"),
         (("run", "--config=c.py", "--workdir=w", "--multihost"), "unknown flag '--multihost'"),
+        (("run", "--config=c.py", "--workdir=w", "--spot"), "unknown flag '--spot' for 'run'"),
     ],
 )
 def test_gpu_usage_errors(args, message, fake_path):
-    result = launch(GPU, *args, "--dry-run", fake=fake_path)
-    assert result.returncode == 2
-    assert message in result.stderr
-    assert result.stdout == ""
-    assert not fake_path[1].exists()
+    assert_usage_error(GPU, args, message, fake_path)
 
 
 def test_gpu_nvls_stays_off_in_every_mode():
