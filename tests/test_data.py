@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from lazy_jax.data import offline, sources, stream, vision
+from lazy_jax.data import cache, offline, sources, stream, vision
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +182,28 @@ def test_dataset_spec(data_dir):
     )
 
 
+def test_decoded_split_is_reused(data_dir):
+    config = _config(data_dir, name="digits")
+    first = next(vision.eval_batches(config, global_batch_size=64))
+    made = cache.stats()["vision.decoded_splits"].misses
+    np.testing.assert_array_equal(next(vision.eval_batches(config, global_batch_size=64))["image"], first["image"])
+    assert cache.stats()["vision.decoded_splits"].misses == made
+
+
+def test_bounded_cache_drops_the_least_recently_used():
+    lru = cache.BoundedCache("test.lru", max_entries=2)
+    made = []
+
+    def get(key):
+        return lru.get(key, lambda: made.append(key) or 10 * key)
+
+    assert [get(1), get(2), get(1), get(3)] == [10, 20, 10, 30]  # 3 drops 2: 1 was used after it.
+    assert get(1) == 10 and get(2) == 20 and made == [1, 2, 3, 2]
+    assert len(lru) == 2 and cache.stats()["test.lru"] == (2, 2, 4)
+    with pytest.raises(ValueError, match="max_entries must be >= 1"):
+        cache.BoundedCache("test.empty", max_entries=0)
+
+
 def test_train_batch_format(data_dir):
     batch = next(vision.train_batches(_config(data_dir), global_batch_size=32, start_step=0))
     assert set(batch) == {"image", "label"}
@@ -315,6 +337,8 @@ def test_indivisible_batch_error(data_dir):
         next(vision.train_batches(_config(data_dir), global_batch_size=10, start_step=0, process_count=3))
     with pytest.raises(ValueError, match=r"global_batch_size=10.*process_count=4"):
         next(vision.eval_batches(_config(data_dir), global_batch_size=10, process_count=4))
+    with pytest.raises(ValueError, match=r"process_index=2 not in \[0, 2\)"):
+        next(vision.eval_batches(_config(data_dir), global_batch_size=10, process_index=2, process_count=2))
 
 
 def test_infinite_data(data_dir):

@@ -15,13 +15,13 @@ just starts there.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
+from lazy_jax.data import cache
 
-def local_batch_size(global_batch_size: int, process_count: int) -> int:
-    """Per-process batch size; raises if the global batch does not divide."""
+
+def local_batch_size(global_batch_size: int, process_count: int, process_index: int = 0) -> int:
+    """Per-process batch size; raises if the global batch does not divide or process_index is out of range."""
     if global_batch_size <= 0 or process_count <= 0:
         raise ValueError(
             f"global_batch_size={global_batch_size} and process_count={process_count} must both be positive."
@@ -31,14 +31,21 @@ def local_batch_size(global_batch_size: int, process_count: int) -> int:
             f"global_batch_size={global_batch_size} is not divisible by "
             f"process_count={process_count}; choose a multiple of {process_count}."
         )
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} not in [0, {process_count}).")
     return global_batch_size // process_count
 
 
-@functools.lru_cache(maxsize=2)  # Current and next epoch; N can be ~10^7.
+# The current and the next epoch: a permutation holds N ints, and N can be ~10^7.
+_EPOCH_PERMUTATIONS = cache.BoundedCache("stream.epoch_permutations", max_entries=2)
+
+
 def epoch_permutation(num_examples: int, shuffle_seed: int, seed: int, epoch: int) -> np.ndarray:
-    rng = np.random.default_rng([shuffle_seed, seed, epoch])
-    perm = rng.permutation(num_examples)
-    return perm.astype(np.int32 if num_examples < 2**31 else np.int64)
+    def make() -> np.ndarray:
+        perm = np.random.default_rng([shuffle_seed, seed, epoch]).permutation(num_examples)
+        return perm.astype(np.int32 if num_examples < 2**31 else np.int64)
+
+    return _EPOCH_PERMUTATIONS.get((num_examples, shuffle_seed, seed, epoch), make)
 
 
 def example_indices(positions: np.ndarray, num_examples: int, shuffle_seed: int, seed: int) -> np.ndarray:

@@ -41,7 +41,6 @@ files; use num_workers > 0 there.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -50,11 +49,15 @@ import grain
 import ml_collections
 import numpy as np
 
-from lazy_jax.data import sources, stream
+from lazy_jax.data import cache, sources, stream
 
 CACHE_LIMIT_BYTES = 500 * 2**20
 _RANDOM_LABELS_TAG = 0x1ABE1
 _RANDOM_INPUTS_TAG = 0x2015E
+# Splits under CACHE_LIMIT_BYTES, decoded once per (dataset dir, split, size) per process; 8
+# bounds the memory of a process that goes through many datasets.
+_DECODED_SPLITS = cache.BoundedCache("vision.decoded_splits", max_entries=8)
+_RANDOM_LABEL_TABLES = cache.BoundedCache("vision.random_label_tables", max_entries=4)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -123,7 +126,7 @@ class _SplitReader:
         self._source = sources.load_source(name, split, data_dir)
         self._cached = None
         if self.num_examples * math.prod(self.image_shape) < CACHE_LIMIT_BYTES:
-            self._cached = _decode_all(str(builder.data_dir), split, image_size, self)
+            self._cached = _DECODED_SPLITS.get((str(builder.data_dir), split, image_size), self.decode_all)
 
     def decode(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Decodes examples `indices` from the array_record files."""
@@ -142,23 +145,12 @@ class _SplitReader:
             return images_NHWC[indices], labels_N[indices]
         return self.decode(indices)
 
-
-def _decode_all(
-    data_dir: str, split: str, image_size: int | None, reader: _SplitReader
-) -> tuple[np.ndarray, np.ndarray]:
-    """Whole split decoded once per (dataset dir, split, size) per process."""
-    key = (data_dir, split, image_size)
-    if key not in _DECODED:
+    def decode_all(self) -> tuple[np.ndarray, np.ndarray]:
+        """The whole split, decoded in chunks."""
         chunks = [
-            reader.decode(np.arange(i, min(i + 4096, reader.num_examples))) for i in range(0, reader.num_examples, 4096)
+            self.decode(np.arange(i, min(i + 4096, self.num_examples))) for i in range(0, self.num_examples, 4096)
         ]
-        _DECODED[key] = (np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks]))
-        while len(_DECODED) > 8:  # Bound memory across many datasets in one process.
-            _DECODED.pop(next(iter(_DECODED)))
-    return _DECODED[key]
-
-
-_DECODED: dict[tuple[str, str, int | None], tuple[np.ndarray, np.ndarray]] = {}
+        return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
 
 
 def _normalize(images_NHWC: np.ndarray) -> np.ndarray:
@@ -166,10 +158,12 @@ def _normalize(images_NHWC: np.ndarray) -> np.ndarray:
     return images_NHWC.astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
 
 
-@functools.lru_cache(maxsize=4)
 def _random_label_table(num_examples: int, num_classes: int, shuffle_seed: int) -> np.ndarray:
-    rng = np.random.default_rng([shuffle_seed, _RANDOM_LABELS_TAG])
-    return rng.integers(0, num_classes, size=num_examples).astype(np.int32)
+    def make() -> np.ndarray:
+        rng = np.random.default_rng([shuffle_seed, _RANDOM_LABELS_TAG])
+        return rng.integers(0, num_classes, size=num_examples).astype(np.int32)
+
+    return _RANDOM_LABEL_TABLES.get((num_examples, num_classes, shuffle_seed), make)
 
 
 def _random_images(indices: np.ndarray, shape: tuple[int, ...], shuffle_seed: int) -> np.ndarray:
@@ -220,9 +214,7 @@ def train_batches(
       {'image': float32 [b, H, W, C] in [-1, 1], 'label': int32 [b]},
       b = global_batch_size // process_count.
     """
-    b = stream.local_batch_size(global_batch_size, process_count)
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index={process_index} not in [0, {process_count}).")
+    b = stream.local_batch_size(global_batch_size, process_count, process_index)
     if start_step < 0:
         raise ValueError(f"start_step={start_step} must be >= 0.")
     reader = _SplitReader(config_data.name, config_data.train_split, config_data.data_dir, config_data.image_size)
@@ -265,9 +257,7 @@ def eval_batches(
     Yields:
       {'image': float32 [b, H, W, C], 'label': int32 [b], 'mask': float32 [b]}.
     """
-    stream.local_batch_size(global_batch_size, process_count)
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index={process_index} not in [0, {process_count}).")
+    stream.local_batch_size(global_batch_size, process_count, process_index)
     reader = _SplitReader(config_data.name, config_data.eval_split, config_data.data_dir, config_data.image_size)
     n = reader.num_examples
 
