@@ -14,7 +14,8 @@ Measured: 94.5% test accuracy; the channel-mixing MLPs fall from ~50% to 17-35% 
 the token-mixing MLPs (16 patches, d_ff 64) stay at ~50-53% in so short a run.
 """
 
-from lazy_jax.config_base import base_config, parse_arg, vision_data_config
+from lazy_jax.config_base import base_config, parse_arg
+from lazy_jax.data.vision import default_config as vision_data_config
 from lazy_jax.models.mixer import default_model_config
 
 

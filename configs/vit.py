@@ -19,7 +19,8 @@ It should reach ~95% test accuracy while the nonzero share of every layer falls 
 at initialisation to a few percent; see README.md for the figures we measured.
 """
 
-from lazy_jax.config_base import base_config, parse_arg, vision_data_config
+from lazy_jax.config_base import base_config, parse_arg
+from lazy_jax.data.vision import default_config as vision_data_config
 from lazy_jax.models.vit import default_model_config
 
 

@@ -7,7 +7,6 @@ unknown `--config.key` is refused by name.
 from __future__ import annotations
 
 import ml_collections
-from ml_collections import config_dict
 
 from lazy_jax.sharding import DEFAULT_RULES
 
@@ -28,23 +27,6 @@ def parse_arg(arg: str | None, defaults: dict) -> ml_collections.ConfigDict:
         else:
             out[key] = value
     return ml_collections.ConfigDict(out)
-
-
-def vision_data_config(name: str, image_size=None) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(
-        dict(
-            name=name,  # tensorflow-datasets name
-            train_split="train",
-            eval_split="test",
-            data_dir=config_dict.placeholder(str),  # None: $TFDS_DATA_DIR or ~/tensorflow_datasets
-            image_size=config_dict.placeholder(int) if image_size is None else image_size,  # None: native
-            infinite=False,  # True: no example is seen twice (error if the data runs out)
-            random_labels=False,  # paper's random-label experiment
-            random_inputs=False,  # paper's random-input experiment (Gaussian images)
-            shuffle_seed=0,
-            num_workers=0,
-        )
-    )
 
 
 def text_data_config(

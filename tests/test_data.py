@@ -182,6 +182,15 @@ def test_dataset_spec(data_dir):
     )
 
 
+def test_default_config_name_and_size():
+    assert (vision.default_config().name, vision.default_config().image_size) == ("mnist5k", None)
+    c = vision.default_config("imagenet21k", image_size=224)
+    assert (c.name, c.image_size, c.eval_split) == ("imagenet21k", 224, "test")
+    c = vision.default_config("digits")
+    c.image_size = 16  # None is a placeholder of an int: a size can be set later (--config.data.image_size).
+    assert c.image_size == 16
+
+
 def test_decoded_split_is_reused(data_dir):
     config = _config(data_dir, name="digits")
     first = next(vision.eval_batches(config, global_batch_size=64))

@@ -60,15 +60,15 @@ _DECODED_SPLITS = cache.BoundedCache("vision.decoded_splits", max_entries=8)
 _RANDOM_LABEL_TABLES = cache.BoundedCache("vision.random_label_tables", max_entries=4)
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """The `config.data` fields with their defaults (documented above)."""
+def default_config(name: str = "mnist5k", image_size: int | None = None) -> ml_collections.ConfigDict:
+    """The `config.data` fields of an image task with their defaults (documented above)."""
     return ml_collections.ConfigDict(
         dict(
-            name="mnist5k",
+            name=name,
             train_split="train",
             eval_split="test",
             data_dir=ml_collections.config_dict.placeholder(str),
-            image_size=ml_collections.config_dict.placeholder(int),
+            image_size=ml_collections.config_dict.placeholder(int) if image_size is None else image_size,
             infinite=False,
             random_labels=False,
             random_inputs=False,
