@@ -1,7 +1,7 @@
 """Activation sparsity: the one MLP block, the one Top-k and the one statistics reducer.
 
 Every model builds its MLPs from `MlpBlock`; nothing else computes activation maps or their
-statistics. Definitions (DESIGN.md):
+statistics. Definitions (docs/design.md):
 - activation map `a_BTF` = act(x @ W_in) (after Top-k when k > 0): the map that multiplies W_out.
 - nonzero_frac = mean over valid tokens of count(a > 0) / d_ff, reduced on the device in f32.
 - Top-k keeps, per token, entries >= the k-th largest of that token's row; zeros stay zeros;
@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lazy_jax.errors import InputError
+
 Array = jax.Array
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
@@ -29,10 +31,14 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 }
 
 
-def check_topk(k: int, d_ff: int) -> None:
-    """Raises a clear error for a k that cannot be applied to a d_ff-wide activation map."""
+def check_topk(k: int, d_ff: int, *, key: str = "topk", width_name: str = "d_ff") -> None:
+    """The one check of a Top-k k (the spec builders call it): 0 <= k <= the MLP width `d_ff`.
+
+    `key` names the config key in the message (`model.topk`), `width_name` the width (the Mixer's
+    token MLP is `tokens_mlp_dim` wide).
+    """
     if not isinstance(k, int) or isinstance(k, bool) or k < 0 or k > d_ff:
-        raise ValueError(f"topk k={k!r} is not allowed: use an integer 0 <= k <= d_ff={d_ff} (0 = dense)")
+        raise InputError(f"{key}={k!r} is not allowed: use an integer 0 <= k <= {width_name}={d_ff} (0 = dense)")
 
 
 def kth_largest_reference(a_BTF: Array, k: int) -> Array:
@@ -70,9 +76,9 @@ TOPK_IMPLS: dict[str, Callable[[Array, int], Array]] = {
 }
 
 
-def check_topk_impl(impl: str) -> None:
+def check_topk_impl(impl: str, *, key: str = "topk_impl") -> None:
     if impl not in TOPK_IMPLS:
-        raise ValueError(f"topk_impl={impl!r} is unknown; allowed: {sorted(TOPK_IMPLS)}")
+        raise InputError(f"{key}={impl!r} is unknown; allowed: {sorted(TOPK_IMPLS)}")
 
 
 def topk_mask(a_BTF: Array, k: int, impl: str = "bisect") -> Array:
@@ -119,13 +125,16 @@ def activation_stats(
         stats["neuron_freq"] = jnp.einsum("...f,...->f", on_BTF, mask_BT) / denom
     if count_hist_bins:
         bin_BT = jnp.clip(jnp.floor(count_BT * count_hist_bins / d_ff), 0, count_hist_bins - 1)
-        onehot_BTH = jax.nn.one_hot(bin_BT.astype(jnp.int32), count_hist_bins, dtype=jnp.float32)
-        stats["count_hist"] = jnp.einsum("...h,...->h", onehot_BTH, mask_BT) / denom
+        onehot_BTN = jax.nn.one_hot(bin_BT.astype(jnp.int32), count_hist_bins, dtype=jnp.float32)
+        stats["count_hist"] = jnp.einsum("...n,...->n", onehot_BTN, mask_BT) / denom
     return stats
 
 
 class MlpBlock(nn.Module):
     """Dense -> activation -> optional Top-k -> Dense; returns (y, statistics).
+
+    The attributes come from a model spec, whose builder checked them (activation, Top-k k
+    against d_ff, topk_impl); the block itself checks nothing.
 
     Attributes:
       d_ff: hidden width.
@@ -160,9 +169,6 @@ class MlpBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x_BTD: Array, mask_BT: Array | None = None, *, train: bool = False):
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation={self.activation!r} is unknown; allowed: {sorted(ACTIVATIONS)}")
-        check_topk(self.topk, self.d_ff)
         d_model = x_BTD.shape[-1]
         dense = lambda feats, names, name: nn.Dense(
             feats,
@@ -190,7 +196,7 @@ def stack_layer_stats(per_layer: list[dict[str, Array]]) -> dict[str, Array]:
 
 
 def stats_to_metrics(aux: dict[str, dict[str, Array]]) -> dict[str, Array]:
-    """Names the statistics of `aux` ({stack: {stat: [L, ...]}}) as DESIGN.md's metrics.
+    """Names the statistics of `aux` ({stack: {stat: [L, ...]}}) as the metrics of docs/design.md.
 
     Scalars: nonzero_frac/<stack>/layer_<ii>, nonzero_frac/<stack>/mean, nonzero_frac/mean
     (unweighted mean over all layers of all stacks). Vectors: neuron_freq/<stack>/layer_<ii>

@@ -1,4 +1,4 @@
-"""Shared by the vision model and sparsity tests: tiny test sizes and random parameters.
+"""Shared by the vision model and sparsity tests: tiny size overrides and random parameters.
 
 The heads of the real models start at zero, which would make every logits comparison vacuous,
 so the tests fill the parameters with random values instead.
@@ -11,8 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-VIT_TINY = (32, 2, 2, 64)  # width, heads, depth, d_ff
-MIXER_TINY = (16, 2, 8, 48)  # hidden, depth, tokens_mlp_dim, channels_mlp_dim
+# Size overrides of config.model (on top of a 'Mu/<patch>' variant) that shrink the models to two tiny layers.
+VIT_TINY = dict(width=32, num_heads=2, depth=2, d_ff=64)
+MIXER_TINY = dict(width=16, depth=2, tokens_mlp_dim=8, channels_mlp_dim=48)
 
 
 def random_variables(model: nn.Module, batch, seed: int = 0):

@@ -81,5 +81,5 @@ def test_checkpoint_of_another_model_shape(data_dir, tmp_path):
 def test_main_prints_a_clean_error(tmp_path):
     out = run_main("--config=configs/vit.py:local", f"--workdir={tmp_path}", "--config.model.topk=100000")
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines()[-1].startswith("error: topk k=100000 is not allowed")
+    assert out.stderr.strip().splitlines()[-1].startswith("error: model.topk=100000 is not allowed")
     assert "Traceback" not in out.stderr

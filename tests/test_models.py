@@ -1,10 +1,12 @@
-"""Tests of the vision models: shapes, pooling, scan == loop, remat, bf16, variants, axis names.
+"""Tests of the vision models: shapes, pooling, scan == loop, remat, bf16, variants, specs, axis names.
 
-Models are shrunk to two tiny layers by adding a test size to the variant tables; parameters are
-random (the heads start at zero, which would make every logits comparison vacuous). Each jitted
-function is compiled once per config and shared between tests through `_jitted`.
+Models are shrunk to two tiny layers by config.model's size overrides (width, depth, ...);
+parameters are random (the heads start at zero, which would make every logits comparison
+vacuous). Each jitted function is compiled once per config and shared between tests through
+`_jitted`.
 """
 
+import dataclasses
 import functools
 import json
 
@@ -13,14 +15,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl import flags
 from jax.sharding import PartitionSpec
+from ml_collections import config_flags
 
+from lazy_jax.errors import InputError
+from lazy_jax.models import MODELS, get_model, model_spec
 from lazy_jax.models import mixer as mixer_lib
 from lazy_jax.models import mlp as mlp_lib
 from lazy_jax.models import vit as vit_lib
 from tests.model_helpers import MIXER_TINY, VIT_TINY, random_variables
 
-VIT_ONE_LAYER = (32, 2, 1, 64)  # for the remat tests, whose gradient compiles are the slowest
 MLP_D_FF = 96
 BINS = 5
 B, HW, PATCH, CLASSES = 3, 28, 7, 5
@@ -28,24 +33,19 @@ NUM_PATCHES = (HW // PATCH) ** 2
 LOGICAL_NAMES = {"batch", "length", "embed", "mlp", "heads", "kv", "vocab", "layers", "patch", "classes"}
 
 
-@pytest.fixture(autouse=True)
-def _tiny_sizes(monkeypatch):
-    monkeypatch.setitem(vit_lib.VIT_SIZES, "Tst", VIT_TINY)
-    monkeypatch.setitem(vit_lib.VIT_SIZES, "Ts1", VIT_ONE_LAYER)
-    monkeypatch.setitem(mixer_lib.MIXER_SIZES, "Tst", MIXER_TINY)
-
-
 # ----------------------------------------------------------------------------- helpers
 
-MODELS = {"vit": vit_lib.ViT, "mixer": mixer_lib.Mixer, "mlp": mlp_lib.TwoLayerMlp}
 BLOCK = {"vit": "encoderblock", "mixer": "mixerblock"}
 
 
-def _config(kind, **overrides):
+def _config(kind, *, tiny=True, **overrides):
+    """config.model of a tiny model (tiny=False: the variant's own sizes)."""
     if kind == "vit":
-        config = vit_lib.default_model_config("Tst/7")
+        config = vit_lib.default_model_config("Mu/7")
+        config.update(VIT_TINY if tiny else {})
     elif kind == "mixer":
-        config = mixer_lib.default_model_config("Tst/7")
+        config = mixer_lib.default_model_config("Mu/7")
+        config.update(MIXER_TINY if tiny else {})
     else:
         config = mlp_lib.default_model_config(d_ff=MLP_D_FF)
     config.update(num_classes=CLASSES, neuron_freq=True, count_hist_bins=BINS)
@@ -59,12 +59,12 @@ def _batch(seed=0):
 
 
 def _abstract_boxed(kind, config, batch):
-    model = MODELS[kind](config)
+    model = get_model(config)
     return jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), batch)
 
 
 def _variables(kind, config, seed=0):
-    return random_variables(MODELS[kind](config), _batch(), seed)
+    return random_variables(get_model(config), _batch(), seed)
 
 
 _CACHE = {}
@@ -78,7 +78,7 @@ def _jitted(kind, config, what):
     """
     key = (kind, json.dumps(config.to_dict(), sort_keys=True), what)
     if key not in _CACHE:
-        model = MODELS[kind](config)
+        model = get_model(config)
         probe = jnp.asarray(np.random.default_rng(7).standard_normal((B, CLASSES)), jnp.float32)
 
         def apply(variables, batch):
@@ -122,14 +122,18 @@ def _assert_trees_close(got, want, rtol=1e-5, atol=1e-6):
 @pytest.mark.parametrize("kind,pool", [("vit", "cls"), ("vit", "gap"), ("mixer", None), ("mlp", None)])
 def test_logits_and_aux_shapes(kind, pool):
     config = _config(kind, **({"pool": pool} if pool else {}))
-    model = MODELS[kind](config)
+    model = get_model(config)
     batch = _batch()
     logits, aux = jax.eval_shape(lambda v, b: model.apply(v, b), _variables(kind, config), batch)
     assert logits.shape == (B, CLASSES) and logits.dtype == jnp.float32
     if kind == "vit":
-        stacks = {"encoder": (VIT_TINY[2], VIT_TINY[3])}
+        stacks = {"encoder": (VIT_TINY["depth"], VIT_TINY["d_ff"])}
     elif kind == "mixer":
-        stacks = {"token_mlp": (MIXER_TINY[1], MIXER_TINY[2]), "channel_mlp": (MIXER_TINY[1], MIXER_TINY[3])}
+        depth = MIXER_TINY["depth"]
+        stacks = {
+            "token_mlp": (depth, MIXER_TINY["tokens_mlp_dim"]),
+            "channel_mlp": (depth, MIXER_TINY["channels_mlp_dim"]),
+        }
     else:
         stacks = {"encoder": (1, MLP_D_FF)}
     assert set(aux) == set(stacks)
@@ -144,7 +148,7 @@ def test_logits_and_aux_shapes(kind, pool):
 
 def test_optional_statistics_are_off_by_default():
     config = _config("vit", neuron_freq=False, count_hist_bins=0)
-    model = MODELS["vit"](config)
+    model = get_model(config)
     _, aux = jax.eval_shape(lambda v, b: model.apply(v, b), _variables("vit", config), _batch())
     assert set(aux["encoder"]) == {"nonzero_frac", "num_tokens"}
 
@@ -160,10 +164,10 @@ def test_vit_pooling(pool):
     params = variables["params"]
     assert ("cls" in params) == (pool == "cls")
     num_tokens = NUM_PATCHES + (pool == "cls")
-    assert params["pos_embedding"].shape == (1, num_tokens, VIT_TINY[0])
+    assert params["pos_embedding"].shape == (1, num_tokens, VIT_TINY["width"])
 
     logits, aux, x_BTD = _jitted("vit", config, "apply")(variables, _batch())
-    assert x_BTD.shape == (B, num_tokens, VIT_TINY[0])
+    assert x_BTD.shape == (B, num_tokens, VIT_TINY["width"])
     x_BD = x_BTD[:, 0] if pool == "cls" else jnp.mean(x_BTD, axis=1)
     want = x_BD @ params["head"]["kernel"] + params["head"]["bias"]
     np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5)
@@ -172,17 +176,12 @@ def test_vit_pooling(pool):
     np.testing.assert_array_equal(aux["encoder"]["num_tokens"], 2 * num_tokens)
 
 
-def test_vit_unknown_pool():
-    with pytest.raises(ValueError, match="pool='max'"):
-        _abstract_boxed("vit", _config("vit", pool="max"), _batch())
-
-
 # ----------------------------------------------------------------------------- scan == loop
 
 
 @pytest.mark.parametrize("kind", ["vit", "mixer"])
 def test_scan_layers_matches_loop_with_stacked_params(kind):
-    depth = VIT_TINY[2] if kind == "vit" else MIXER_TINY[1]
+    depth = VIT_TINY["depth"] if kind == "vit" else MIXER_TINY["depth"]
     loop_config, scan_config = _config(kind), _config(kind, scan_layers=True)
     loop_vars = _variables(kind, loop_config)
     scan_vars = {"params": _stack_loop_params(kind, loop_vars["params"], depth)}
@@ -210,13 +209,13 @@ def test_scan_layers_matches_loop_with_stacked_params(kind):
 # Each policy once, each stack form once, one layer: gradient compiles dominate this file's time.
 @pytest.mark.parametrize("policy,scan", [("full", True), ("minimal", False)])
 def test_remat_matches_no_remat(policy, scan):
-    base = _config("vit", variant="Ts1/7", scan_layers=scan)
-    variables = _variables("vit", _config("vit", variant="Ts1/7"))
+    base = _config("vit", depth=1, scan_layers=scan)  # one layer: gradient compiles are the slowest
+    variables = _variables("vit", _config("vit", depth=1))
     if scan:
         variables = {"params": _stack_loop_params("vit", variables["params"], 1)}
     batch = _batch()
     (want_loss, (want_logits, want_aux)), want_grad = _jitted("vit", base, "grad")(variables, batch)
-    remat = _config("vit", variant="Ts1/7", scan_layers=scan, remat_policy=policy)
+    remat = _config("vit", depth=1, scan_layers=scan, remat_policy=policy)
     (loss, (logits, aux)), grad = _jitted("vit", remat, "grad")(variables, batch)
     np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
     np.testing.assert_allclose(logits, want_logits, rtol=1e-5, atol=1e-6)
@@ -237,11 +236,6 @@ def test_topk_bisection_and_lax_top_k_give_the_same_model(kind, dtype):
     jax.tree.map(np.testing.assert_array_equal, got, want)
     for stack in got[0][1][1].values():  # Top-k was applied (every d_ff here is >= 8)
         assert np.asarray(stack["nonzero_frac"]).max() <= k / 8 + 1e-6
-
-
-def test_unknown_remat_policy():
-    with pytest.raises(ValueError, match="remat_policy='some'"):
-        _abstract_boxed("vit", _config("vit", remat_policy="some"), _batch())
 
 
 # ----------------------------------------------------------------------------- bf16
@@ -265,11 +259,6 @@ def test_bfloat16_keeps_float32_params(kind):
     np.testing.assert_allclose(aux["encoder"]["nonzero_frac"], want_aux["encoder"]["nonzero_frac"], atol=0.05)
 
 
-def test_unknown_dtype():
-    with pytest.raises(ValueError, match="dtype='float16'"):
-        _abstract_boxed("vit", _config("vit", dtype="float16"), _batch())
-
-
 # ----------------------------------------------------------------------------- variants
 
 
@@ -288,8 +277,8 @@ def test_unknown_dtype():
 )
 def test_unknown_variant_names_variant_and_sizes(kind, variant):
     sizes = vit_lib.VIT_SIZES if kind == "vit" else mixer_lib.MIXER_SIZES
-    with pytest.raises(ValueError) as err:
-        _abstract_boxed(kind, _config(kind, variant=variant), _batch())
+    with pytest.raises(InputError) as err:
+        get_model(_config(kind, variant=variant))
     msg = str(err.value)
     assert repr(variant) in msg
     for size in sizes:
@@ -306,7 +295,7 @@ def test_unknown_variant_names_variant_and_sizes(kind, variant):
 )
 def test_known_variant_sizes(kind, variant, want):
     """Real sizes by shape only (eval_shape: nothing is materialised)."""
-    config = _config(kind, variant=variant, neuron_freq=False, count_hist_bins=0)
+    config = _config(kind, tiny=False, variant=variant, neuron_freq=False, count_hist_bins=0)
     params = nn.meta.unbox(_abstract_boxed(kind, config, {"image": jnp.zeros((1, 32, 32, 3))}))["params"]
     patch = int(variant.split("/")[1])
     if kind == "vit":
@@ -325,8 +314,105 @@ def test_known_variant_sizes(kind, variant, want):
 
 
 def test_mlp_rejects_nonpositive_width():
-    with pytest.raises(ValueError, match="d_ff=0"):
-        _abstract_boxed("mlp", _config("mlp", d_ff=0), _batch())
+    with pytest.raises(InputError, match="model.d_ff=0 is not allowed"):
+        get_model(_config("mlp", d_ff=0))
+
+
+@pytest.mark.parametrize(
+    "kind,overrides,want",
+    [
+        ("vit", dict(d_ff=1024), dict(width=768, num_heads=12, depth=12, d_ff=1024)),
+        ("vit", dict(width=96, num_heads=3, depth=2), dict(width=96, num_heads=3, depth=2, d_ff=3072)),
+        (
+            "mixer",
+            dict(depth=3, channels_mlp_dim=100),
+            dict(width=768, depth=3, tokens_mlp_dim=384, channels_mlp_dim=100),
+        ),
+    ],
+)
+def test_size_overrides_replace_the_variants_sizes(kind, overrides, want):
+    spec = model_spec(_config(kind, tiny=False, variant="B/16", **overrides))
+    assert {f: getattr(spec, f) for f in want} == want
+    assert spec.patch == 16
+
+
+@pytest.mark.parametrize("kind", ["vit", "mixer"])
+def test_size_overrides_from_the_command_line(kind):
+    """The size fields are int placeholders, so `--config.model.d_ff=1024` parses (a None field would not)."""
+    lib = vit_lib if kind == "vit" else mixer_lib
+    field = "d_ff" if kind == "vit" else "channels_mlp_dim"
+    values = flags.FlagValues()
+    argv = ["main", f"--config.{field}=1024", "--config.depth=3"]
+    config_flags.DEFINE_config_dict("config", lib.default_model_config("B/16"), flag_values=values, sys_argv=argv)
+    values(argv)
+    spec = model_spec(values.config, num_classes=10)
+    assert (getattr(spec, field), spec.depth, spec.width) == (1024, 3, 768)
+
+
+# ----------------------------------------------------------------------------- specs and the registry
+
+
+def test_registry_has_one_entry_per_model():
+    assert set(MODELS) == {"vit", "mixer", "mlp", "t5"}
+    with pytest.raises(InputError, match=r"model.name='resnet' is unknown; allowed: \['vit', 'mixer', 'mlp', 't5'\]"):
+        get_model({"name": "resnet"})
+
+
+@pytest.mark.parametrize("kind", ["vit", "mixer", "mlp"])
+def test_spec_is_frozen_and_hashable(kind):
+    spec = model_spec(_config(kind))
+    assert spec == model_spec(_config(kind)) and hash(spec) == hash(model_spec(_config(kind)))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.topk = 3
+    assert get_model(_config(kind)).spec == spec
+
+
+@pytest.mark.parametrize("kind", ["vit", "mixer", "mlp"])
+def test_num_classes_minus_one_is_the_datas(kind):
+    config = _config(kind, num_classes=-1)
+    assert model_spec(config, num_classes=10).num_classes == 10
+    assert model_spec(config, num_classes=10, vocab_size=99).num_classes == 10  # a classifier ignores vocab_size
+    assert config.num_classes == -1  # nothing is written back
+    with pytest.raises(
+        InputError, match=r"model.num_classes=-1 means the data's number of classes, but no num_classes"
+    ):
+        get_model(config)
+
+
+def test_explicit_num_classes_must_cover_the_datas():
+    assert model_spec(_config("vit", num_classes=12), num_classes=10).num_classes == 12  # used as given
+    assert model_spec(_config("vit", num_classes=12)).num_classes == 12
+    with pytest.raises(
+        InputError, match=r"model.num_classes=3 is less than the data's number of classes \(10\).*>= 10"
+    ):
+        model_spec(_config("vit", num_classes=3), num_classes=10)
+
+
+@pytest.mark.parametrize(
+    "kind,key,value,match",
+    [
+        ("vit", "num_classes", 0, r"model.num_classes=0 is not allowed: use a positive integer or -1"),
+        ("vit", "dtype", "float16", r"model.dtype='float16' is not allowed; use one of \['bfloat16', 'float32'\]"),
+        ("mixer", "activation", "tanh", r"model.activation='tanh' is unknown; allowed: \[.*'relu'.*\]"),
+        ("vit", "topk", 65, r"model.topk=65 is not allowed: use an integer 0 <= k <= d_ff=64 \(0 = dense\)"),
+        ("mixer", "topk", 9, r"model.topk=9 is not allowed: use an integer 0 <= k <= tokens_mlp_dim=8"),
+        ("mlp", "topk", -1, r"model.topk=-1 is not allowed: use an integer 0 <= k <= d_ff=96"),
+        ("mlp", "topk_impl", "sort", r"model.topk_impl='sort' is unknown; allowed: \['bisect', 'lax'\]"),
+        ("vit", "remat_policy", "some", r"model.remat_policy='some' is unknown; allowed: \[.*'full'"),
+        ("mixer", "scan_layers", 1, r"model.scan_layers=1 is not allowed: use True or False"),
+        ("vit", "pool", "max", r"model.pool='max' is unknown; allowed: \['cls', 'gap'\]"),
+        ("vit", "dropout_rate", 1.0, r"model.dropout_rate=1.0 is not allowed: use 0 <= rate < 1"),
+        ("mlp", "count_hist_bins", -2, r"model.count_hist_bins=-2 is not allowed: use an integer >= 0"),
+        ("vit", "num_heads", 3, r"model.num_heads=3 is not allowed: it must divide the width 32"),
+        ("mixer", "width", 0, r"model.width=0 is not allowed: use a positive integer, or None"),
+    ],
+)
+def test_spec_builders_name_the_bad_value(kind, key, value, match):
+    config = _config(kind)
+    with config.ignore_type():
+        config[key] = value
+    with pytest.raises(InputError, match=match):
+        model_spec(config)
 
 
 # ----------------------------------------------------------------------------- logical axis names
@@ -376,7 +462,7 @@ def test_embed_axis_is_always_the_model_width(kind, scan):
     """'embed' maps to a mesh axis, so it must mean one size: the width, not e.g. the patch count."""
     config = _config(kind, **({"scan_layers": True} if scan else {}))
     boxed = _abstract_boxed(kind, config, {"image": jnp.zeros((1, 42, 42, 1))})  # 36 patches
-    width = VIT_TINY[0] if kind == "vit" else MIXER_TINY[0]
+    width = VIT_TINY["width"] if kind == "vit" else MIXER_TINY["width"]
     specs = nn.get_partition_spec(boxed)["params"]
     shapes = nn.meta.unbox(boxed)["params"]
     bad = [

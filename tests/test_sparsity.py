@@ -2,8 +2,8 @@
 
 The model-level tests capture the activation map each MlpBlock hands to its `wo` Dense (the map
 after the activation and Top-k) with `nn.intercept_methods`, count it again in numpy and compare
-with the statistics the model returns in `aux`. Models are shrunk to a few tiny layers by adding
-a test size to the variant tables, so every config compiles in about a second.
+with the statistics the model returns in `aux`. Models are shrunk to a few tiny layers by
+config.model's size overrides, so every config compiles in about a second.
 """
 
 import flax.linen as nn
@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from lazy_jax import sparsity
+from lazy_jax.errors import InputError
+from lazy_jax.models import get_model, model_spec
 from lazy_jax.models import mixer as mixer_lib
 from lazy_jax.models import mlp as mlp_lib
 from lazy_jax.models import vit as vit_lib
@@ -22,18 +24,12 @@ from tests.model_helpers import MIXER_TINY, VIT_TINY, random_variables
 BINS = 7  # does not divide d_ff: exercises the bin edges
 
 
-@pytest.fixture(autouse=True)
-def _tiny_sizes(monkeypatch):
-    monkeypatch.setitem(vit_lib.VIT_SIZES, "Tst", VIT_TINY)
-    monkeypatch.setitem(mixer_lib.MIXER_SIZES, "Tst", MIXER_TINY)
-
-
 # ----------------------------------------------------------------------------- helpers
 
 
-def _capture_wo_inputs(module_cls, config):
+def _capture_wo_inputs(config):
     """jit(apply) that also returns {'<path>': input of every `wo` Dense} (the activation maps)."""
-    model = module_cls(config)
+    model = get_model(config)
 
     def apply(variables, batch):
         captured = {}
@@ -88,9 +84,9 @@ def _images(seed, n=4, hw=28):
 MASK = np.array([1.0, 0.0, 1.0, 0.0], np.float32)
 
 
-def _stats_cases(module_cls, config, stack_keys):
+def _stats_cases(config, stack_keys):
     """Runs the model with and without a padding mask and checks every stack against numpy."""
-    model, apply = _capture_wo_inputs(module_cls, config)
+    model, apply = _capture_wo_inputs(config)
     images = _images(1)
     variables = random_variables(model, {"image": images, "mask": jnp.asarray(MASK)})
 
@@ -125,19 +121,18 @@ def _stats_cases(module_cls, config, stack_keys):
 
 def test_vit_statistics_equal_numpy_count():
     """Every token counts, the class token included (test_models checks the token count)."""
-    config = vit_lib.default_model_config("Tst/7")
-    config.update(num_classes=5, pool="cls", neuron_freq=True, count_hist_bins=BINS)
-    depth = VIT_TINY[2]
-    _stats_cases(vit_lib.ViT, config, {"encoder": [f"encoderblock_{i}/mlp" for i in range(depth)]})
+    config = vit_lib.default_model_config("Mu/7")
+    config.update(**VIT_TINY, num_classes=5, pool="cls", neuron_freq=True, count_hist_bins=BINS)
+    depth = VIT_TINY["depth"]
+    _stats_cases(config, {"encoder": [f"encoderblock_{i}/mlp" for i in range(depth)]})
 
 
 def test_mixer_statistics_equal_numpy_count():
-    """token_mlp rows are channels ([B, hidden, tokens_mlp_dim]); channel_mlp rows are patches."""
-    config = mixer_lib.default_model_config("Tst/7")
-    config.update(num_classes=5, neuron_freq=True, count_hist_bins=BINS)
-    depth = MIXER_TINY[1]
+    """token_mlp rows are channels ([B, D, tokens_mlp_dim]); channel_mlp rows are patches."""
+    config = mixer_lib.default_model_config("Mu/7")
+    config.update(**MIXER_TINY, num_classes=5, neuron_freq=True, count_hist_bins=BINS)
+    depth = MIXER_TINY["depth"]
     _stats_cases(
-        mixer_lib.Mixer,
         config,
         {
             "token_mlp": [f"mixerblock_{i}/token_mlp" for i in range(depth)],
@@ -147,12 +142,12 @@ def test_mixer_statistics_equal_numpy_count():
 
 
 def test_mixer_token_mlp_rows_are_channels():
-    config = mixer_lib.default_model_config("Tst/7")
-    config.update(num_classes=5, neuron_freq=True, count_hist_bins=BINS)
-    model = mixer_lib.Mixer(config)
+    config = mixer_lib.default_model_config("Mu/7")
+    config.update(**MIXER_TINY, num_classes=5, neuron_freq=True, count_hist_bins=BINS)
+    model = get_model(config)
     batch = {"image": _images(0), "mask": jnp.asarray(MASK)}
     _, aux = jax.eval_shape(lambda v, b: model.apply(v, b), random_variables(model, batch), batch)
-    hidden, depth, d_tok, d_ch = MIXER_TINY
+    depth, d_tok, d_ch = MIXER_TINY["depth"], MIXER_TINY["tokens_mlp_dim"], MIXER_TINY["channels_mlp_dim"]
     assert aux["token_mlp"]["neuron_freq"].shape == (depth, d_tok)
     assert aux["channel_mlp"]["neuron_freq"].shape == (depth, d_ch)
 
@@ -160,7 +155,7 @@ def test_mixer_token_mlp_rows_are_channels():
 def test_two_layer_mlp_statistics_equal_numpy_count():
     config = mlp_lib.default_model_config(d_ff=96)
     config.update(num_classes=5, neuron_freq=True, count_hist_bins=BINS)
-    _stats_cases(mlp_lib.TwoLayerMlp, config, {"encoder": ["mlp"]})
+    _stats_cases(config, {"encoder": ["mlp"]})
 
 
 # ----------------------------------------------------------------------------- activation_stats
@@ -239,7 +234,7 @@ def test_topk_zero_is_identity():
 
 @pytest.mark.parametrize("impl", sorted(sparsity.TOPK_IMPLS))
 def test_topk_keeps_ties_at_the_kth_value(impl):
-    """DESIGN.md: keep entries >= the k-th largest, so ties at the threshold all stay."""
+    """docs/design.md: keep entries >= the k-th largest, so ties at the threshold all stay."""
     a = jnp.asarray([[3.0, 1.0, 3.0, 3.0, 0.0, 2.0]])
     np.testing.assert_array_equal(np.asarray(sparsity.topk_mask(a, 2, impl)), [[3.0, 0, 3.0, 3.0, 0, 0]])
 
@@ -323,16 +318,32 @@ def test_check_topk_accepts(k):
     sparsity.check_topk(k, 64)
 
 
-def test_mlp_block_rejects_topk_wider_than_d_ff():
-    with pytest.raises(ValueError, match=r"k=9.*d_ff=8"):
-        sparsity.MlpBlock(d_ff=8, topk=9).init(jax.random.key(0), jnp.ones((1, 2, 4)))
+def test_check_topk_names_the_key_and_width():
+    with pytest.raises(InputError, match=r"^model.topk=9 is not allowed: use an integer 0 <= k <= tokens_mlp_dim=8 "):
+        sparsity.check_topk(9, 8, key="model.topk", width_name="tokens_mlp_dim")
+
+
+def test_spec_builders_check_topk_against_the_narrowest_mlp():
+    """Top-k applies to every MLP of a model, so k is checked against the narrowest (the Mixer's token MLP here)."""
+    config = mixer_lib.default_model_config("Mu/7")
+    config.update(**MIXER_TINY, num_classes=5, topk=8)
+    assert model_spec(config).topk == 8
+    config.topk = 9
+    with pytest.raises(InputError, match=r"model.topk=9 is not allowed.*tokens_mlp_dim=8"):
+        get_model(config)
+    config = mlp_lib.default_model_config(d_ff=8)
+    config.update(num_classes=5, topk=9)
+    with pytest.raises(InputError, match=r"model.topk=9 is not allowed.*d_ff=8"):
+        get_model(config)
 
 
 def test_unknown_activation_lists_allowed():
-    with pytest.raises(ValueError) as err:
-        sparsity.MlpBlock(d_ff=8, activation="tanh").init(jax.random.key(0), jnp.ones((1, 2, 4)))
+    config = mlp_lib.default_model_config(d_ff=8)
+    config.update(num_classes=5, activation="tanh")
+    with pytest.raises(InputError) as err:
+        get_model(config)
     msg = str(err.value)
-    assert "tanh" in msg
+    assert "model.activation='tanh'" in msg
     for name in ["relu", "gelu", "gelu_tanh", "silu", "squared_relu"]:
         assert repr(name) in msg, name
 

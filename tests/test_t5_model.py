@@ -5,7 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
+from lazy_jax.errors import InputError
+from lazy_jax.models import get_model, model_spec
 from lazy_jax.models.t5 import T5, default_model_config, greedy_decode, relative_position_bucket, t5_dims
 from lazy_jax.models.t5_convert import _scan_params
 
@@ -46,7 +50,7 @@ def make_batch(seed=0, batch=3, enc_len=11, dec_len=9, enc_valid=(11, 6, 3), dec
 @pytest.fixture(scope="module")
 def model_and_vars():
     """One initialised model shared by the tests (compiling inits is what costs time on a CPU)."""
-    model = T5(tiny_config())
+    model = get_model(tiny_config())
     return model, nn.unbox(jax.jit(model.init)(fast_key(0), make_batch()))
 
 
@@ -138,21 +142,56 @@ def test_config_sizes_and_errors():
         d_model=768, num_heads=12, num_encoder_layers=12, num_decoder_layers=12, d_ff=3072, d_kv=64
     )
     assert t5_dims(default_model_config("11B"))["d_ff"] == 65536
-    with pytest.raises(ValueError, match=r"size='xl'.*'small'.*'3B'"):
+    base = default_model_config("base")
+    base.d_ff = 1024  # an int overrides the size's
+    assert t5_dims(base) == dict(
+        d_model=768, num_heads=12, num_encoder_layers=12, num_decoder_layers=12, d_ff=1024, d_kv=64
+    )
+    with pytest.raises(InputError, match=r"size='xl'.*'small'.*'3B'"):
         default_model_config("xl")
     bad = default_model_config("tiny")
     bad.size = "huge"
-    with pytest.raises(ValueError, match="huge"):
-        T5(bad).init(jax.random.key(0), make_batch())
-    with pytest.raises(ValueError, match="topk"):
-        T5(tiny_config(topk=65)).init(jax.random.key(0), make_batch())
-    with pytest.raises(ValueError, match="d_ff"):
+    # Model values are checked when the spec is built, before anything is traced.
+    with pytest.raises(InputError, match=r"model.size='huge' is unknown"):
+        get_model(bad)
+    with pytest.raises(InputError, match=r"model.topk=65 is not allowed.*d_ff=64"):
+        get_model(tiny_config(topk=65))
+    with pytest.raises(InputError, match=r"model.size='custom' needs model.d_ff"):
         t5_dims(tiny_config(d_ff=None))
-    with pytest.raises(ValueError, match="max_distance=4 .*> relative_attention_num_buckets // 2 = 4"):
-        T5(tiny_config(relative_attention_max_distance=4)).init(jax.random.key(0), make_batch())
+    with pytest.raises(InputError, match=r"model.d_kv=0 is not allowed: use a positive integer"):
+        get_model(tiny_config(d_kv=0))
+    with pytest.raises(InputError, match="max_distance=4 .*> relative_attention_num_buckets // 2 = 4"):
+        get_model(tiny_config(relative_attention_max_distance=4))
+    with pytest.raises(InputError, match=r"model.relative_attention_num_buckets=7 is not allowed"):
+        get_model(tiny_config(relative_attention_num_buckets=7))
+    with pytest.raises(InputError, match=r"model.layer_norm_epsilon=0.0 is not allowed"):
+        get_model(tiny_config(layer_norm_epsilon=0.0))
+    with pytest.raises(InputError, match=r"model.remat_policy='some' is unknown"):
+        get_model(tiny_config(remat_policy="some"))
     with pytest.raises(ValueError, match="decoder_target_tokens"):
-        model = T5(tiny_config())
+        model = get_model(tiny_config())
         model.init(jax.random.key(0), {k: v for k, v in make_batch().items() if k != "decoder_target_tokens"})
+
+
+def test_vocab_size_minus_one_is_the_datas():
+    config = tiny_config(vocab_size=-1)
+    spec = model_spec(config, vocab_size=VOCAB, num_classes=3)  # T5 ignores num_classes
+    assert spec.vocab_size == VOCAB and config.vocab_size == -1
+    assert model_spec(tiny_config(vocab_size=64), vocab_size=VOCAB).vocab_size == 64  # used as given
+    with pytest.raises(InputError, match=r"model.vocab_size=-1 means the data's vocabulary size, but no vocab_size"):
+        get_model(config)
+    with pytest.raises(InputError, match=r"model.vocab_size=30 is less than the data's vocabulary size \(40\)"):
+        model_spec(tiny_config(vocab_size=30), vocab_size=VOCAB)
+
+
+def test_dims_override_the_size_from_the_command_line():
+    """The dimension fields are int placeholders, so `--config.model.d_ff=1024` parses."""
+    values = flags.FlagValues()
+    argv = ["main", "--config.d_ff=1024", "--config.num_decoder_layers=3"]
+    config_flags.DEFINE_config_dict("config", default_model_config("small"), flag_values=values, sys_argv=argv)
+    values(argv)
+    spec = model_spec(values.config)
+    assert (spec.d_model, spec.d_ff, spec.num_encoder_layers, spec.num_decoder_layers) == (512, 1024, 6, 3)
 
 
 def test_outputs_and_logical_axes(model_and_vars, forward):
@@ -171,7 +210,7 @@ def test_outputs_and_logical_axes(model_and_vars, forward):
     assert tuple(specs["encoder"]["layers_1"]["mlp"]["wi"]["kernel"]) == ("embed", "mlp")
     assert tuple(specs["decoder"]["decoder_norm"]["scale"]) == ("embed",)
     assert "bias" not in variables["params"]["encoder"]["layers_1"]["mlp"]["wi"]
-    scanned = logical_specs(T5(tiny_config(scan_layers=True)), batch)
+    scanned = logical_specs(get_model(tiny_config(scan_layers=True)), batch)
     assert tuple(scanned["encoder"]["layers"]["mlp"]["wo"]["kernel"]) == ("layers", "mlp", "embed")
 
 
@@ -203,7 +242,7 @@ def test_padding_never_counted(model_and_vars):
 def test_scan_matches_loop(model_and_vars):
     model, variables = model_and_vars
     batch = make_batch()
-    scanned = T5(tiny_config(scan_layers=True, remat_policy="full"))
+    scanned = get_model(tiny_config(scan_layers=True, remat_policy="full"))
     s_vars = {"params": _scan_params(variables["params"])}
 
     def loss_and_grad(m, params):
@@ -225,13 +264,13 @@ def test_scan_matches_loop(model_and_vars):
 def test_topk_and_dropout(model_and_vars):
     _, variables = model_and_vars
     batch = make_batch()
-    model = T5(tiny_config(topk=4, dropout_rate=0.3))
+    model = get_model(tiny_config(topk=4, dropout_rate=0.3))
     eval_logits, aux = jit_apply(model)(variables, batch)
     assert float(jnp.max(aux["decoder"]["nonzero_frac"])) <= 4 / 64 + 1e-6
     assert float(jnp.min(aux["encoder"]["nonzero_frac"])) > 0
     train_logits, _ = jit_apply(model, train=True)(variables, batch, rngs={"dropout": fast_key(1)})
     assert not np.allclose(eval_logits, train_logits)
-    lax_logits, lax_aux = jit_apply(T5(tiny_config(topk=4, dropout_rate=0.3, topk_impl="lax")))(variables, batch)
+    lax_logits, lax_aux = jit_apply(get_model(tiny_config(topk=4, dropout_rate=0.3, topk_impl="lax")))(variables, batch)
     np.testing.assert_array_equal(lax_logits, eval_logits)  # the reference Top-k gives the same model
     jax.tree.map(np.testing.assert_array_equal, lax_aux, aux)
 
@@ -251,7 +290,7 @@ def slow_greedy(encode, decode, variables, enc, max_len, eos_id):
 
 @pytest.mark.parametrize("scan", [False, True])
 def test_greedy_cache_matches_no_cache(model_and_vars, scan):
-    model = T5(tiny_config(scan_layers=scan, relative_attention_max_distance=6))  # decode past max distance
+    model = get_model(tiny_config(scan_layers=scan, relative_attention_max_distance=6))  # decode past max distance
     batch = make_batch(seed=3)
     params = jax.tree.map(np.array, model_and_vars[1]["params"])
     # A random model with tied embeddings repeats its input token; flipping the final norm makes it
@@ -285,7 +324,7 @@ def test_bfloat16(model_and_vars, forward):
     model, variables = model_and_vars
     batch = make_batch()
     logits, aux = forward
-    bf16 = T5(tiny_config(dtype="bfloat16"))
+    bf16 = get_model(tiny_config(dtype="bfloat16"))
     b_logits, b_aux = jit_apply(bf16)(variables, batch)
     assert b_logits.dtype == jnp.float32 and np.all(np.isfinite(b_logits))
     abstract = nn.unbox(jax.eval_shape(bf16.init, jax.random.key(0), batch))["params"]

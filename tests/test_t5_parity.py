@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 
+from lazy_jax.models import get_model
 from lazy_jax.models.t5 import T5, relative_position_bucket
 from lazy_jax.models.t5_convert import (
     _LAYOUTS,
@@ -61,7 +62,7 @@ def test_logits_match_pytorch(reference_dir, case):
     assert (enc == 0).any() and (batch["decoder_target_tokens"] == 0).any()  # padding is exercised
     config, params = load_hf_t5(state, hf_config)
     assert config.relative_attention_max_distance < enc.shape[1]  # so are far buckets
-    model = T5(config)
+    model = get_model(config)
     encoded, _ = jax.jit(lambda p, t: model.apply({"params": p}, t, method=T5.encode))(params, enc)
     enc_diff = np.abs(np.asarray(encoded) - z["encoder_hidden"])
     assert enc_diff.max() < TOLERANCE, f"encoder states differ by {enc_diff.max()}"
@@ -98,7 +99,7 @@ def test_directory_and_scan_loading(reference_dir):
         os.path.join(reference_dir, "short_distance_safetensors"), scan_layers=True, remat_policy="full"
     )
     assert s_params["decoder"]["layers"]["mlp"]["wi"]["kernel"].shape[0] == 2
-    logits, aux = jax.jit(lambda p, b: T5(s_config).apply({"params": p}, b))(s_params, batch_of(z))
+    logits, aux = jax.jit(lambda p, b: get_model(s_config).apply({"params": p}, b))(s_params, batch_of(z))
     assert np.abs(np.asarray(logits) - z["logits"]).max() < TOLERANCE
     assert aux["encoder"]["nonzero_frac"].shape == (3,) and aux["decoder"]["nonzero_frac"].shape == (2,)
 

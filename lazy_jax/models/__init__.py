@@ -1,42 +1,50 @@
 """Model registry: `get_model(config.model, num_classes=..., vocab_size=...)` -> Linen module.
 
+Each model has one frozen spec (`ViTSpec`, `MixerSpec`, `MlpSpec`, `T5Spec`) built by one
+function (`vit_spec`, ...) from config.model and the data's sizes; that builder is where every
+model value is checked (an `errors.InputError` naming `model.<key>`, the value and what is
+allowed), and the module takes the spec: `ViT(spec)`. `model_spec` gives the spec alone, so a
+caller can check a config before building anything.
+
 Sizes that come from the data (classes of a dataset, ids of a tokenizer) are arguments here,
 never written back into the config: `config.model.num_classes` / `vocab_size` of -1 mean
-"the data's", any other value is used as given (and must cover the data).
+"the data's" (the argument, which must then be given); any other value is used as given and
+must be >= the argument when that is given. Each model reads the size it has (the classifiers
+num_classes, T5 vocab_size) and ignores the other.
 """
 
 from __future__ import annotations
 
-import ml_collections
+from collections.abc import Callable
+
+import flax.linen as nn
+
+from lazy_jax.errors import InputError
+from lazy_jax.models import mixer, mlp, t5, vit
+
+# name -> (spec builder, module class that takes the spec)
+MODELS: dict[str, tuple[Callable, type[nn.Module]]] = {
+    "vit": (vit.vit_spec, vit.ViT),
+    "mixer": (mixer.mixer_spec, mixer.Mixer),
+    "mlp": (mlp.mlp_spec, mlp.TwoLayerMlp),
+    "t5": (t5.t5_spec, t5.T5),
+}
 
 
-def _resolved(config_model, num_classes: int | None, vocab_size: int | None) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict(config_model.to_dict() if hasattr(config_model, "to_dict") else dict(config_model))
-    if "num_classes" in c and c.num_classes == -1 and num_classes is not None:
-        c.num_classes = int(num_classes)
-    if "vocab_size" in c and c.vocab_size == -1 and vocab_size is not None:
-        c.vocab_size = int(vocab_size)
-    return c
+def _entry(config_model) -> tuple[Callable, type[nn.Module]]:
+    name = config_model["name"]
+    if name not in MODELS:
+        raise InputError(f"model.name={name!r} is unknown; allowed: {list(MODELS)}")
+    return MODELS[name]
 
 
-def get_model(config_model, *, num_classes: int | None = None, vocab_size: int | None = None):
-    """Builds the model named by config_model.name, with the data's sizes as arguments."""
-    config_model = _resolved(config_model, num_classes, vocab_size)
-    name = config_model.name
-    if name == "vit":
-        from lazy_jax.models.vit import ViT
+def model_spec(config_model, *, num_classes: int | None = None, vocab_size: int | None = None):
+    """The checked, frozen spec of the model named by config_model.name, with the data's sizes."""
+    build, _ = _entry(config_model)
+    return build(config_model, num_classes=num_classes, vocab_size=vocab_size)
 
-        return ViT(config_model)
-    if name == "mixer":
-        from lazy_jax.models.mixer import Mixer
 
-        return Mixer(config_model)
-    if name == "mlp":
-        from lazy_jax.models.mlp import TwoLayerMlp
-
-        return TwoLayerMlp(config_model)
-    if name == "t5":
-        from lazy_jax.models.t5 import T5
-
-        return T5(config_model)
-    raise ValueError(f"model name={name!r} is unknown; allowed: ['vit', 'mixer', 'mlp', 't5']")
+def get_model(config_model, *, num_classes: int | None = None, vocab_size: int | None = None) -> nn.Module:
+    """The Linen module named by config_model.name, built from its spec (see `model_spec`)."""
+    build, module_cls = _entry(config_model)
+    return module_cls(build(config_model, num_classes=num_classes, vocab_size=vocab_size))

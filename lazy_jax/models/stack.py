@@ -9,11 +9,8 @@ how the stack is compiled.
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from lazy_jax.sparsity import stack_layer_stats
 
@@ -24,19 +21,6 @@ REMAT_POLICIES = {
     "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "save_dots": jax.checkpoint_policies.checkpoint_dots,
 }
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def dtype_of(name: str) -> Any:
-    if name not in DTYPES:
-        raise ValueError(f"dtype={name!r} is not allowed; use one of {sorted(DTYPES)}")
-    return DTYPES[name]
-
-
-def check_remat_policy(policy: str) -> None:
-    if policy not in REMAT_POLICIES:
-        raise ValueError(f"remat_policy={policy!r} is unknown; allowed: {sorted(REMAT_POLICIES)}")
 
 
 def layer_stack(
@@ -56,7 +40,6 @@ def layer_stack(
     leading 'layers' axis under scan; so is a 'cache' collection (T5's KV cache). `remat_policy`
     is a key of REMAT_POLICIES, checked by the spec builders.
     """
-    check_remat_policy(remat_policy)
     policy = REMAT_POLICIES[remat_policy]
     cls = layer_cls if remat_policy == "none" else nn.remat(layer_cls, policy=policy, prevent_cse=not scan)
     if scan:

@@ -8,7 +8,8 @@ decoder output is scaled by d_model**-0.5 before the tied logits); pre-norm RMS 
 its layers; dropout after the embedding, on attention probabilities, after the MLP activation
 (in `MlpBlock`), on every residual branch and after the final norm of each stack.
 
-`T5(config.model).apply(variables, batch, train=...)` takes t5x-named batches
+`T5(t5_spec(config.model, vocab_size=...))` (or `models.get_model(config.model, vocab_size=...)`)
+`.apply(variables, batch, train=...)` takes t5x-named batches
   {'encoder_input_tokens' [B,Ti] int32, 'decoder_input_tokens' [B,Tt], 'decoder_target_tokens' [B,Tt]}
 (0 = padding; optional 'encoder_mask' [B,Ti] / 'decoder_mask' [B,Tt] override the token masks,
 which are encoder_input_tokens > 0 and decoder_target_tokens > 0 since the decoder input starts
@@ -32,9 +33,10 @@ function `greedy_decode(model, variables, tokens, max_decode_len)` decodes with 
 Config fields (config.model, see `default_model_config`):
   name            't5'
   size            'tiny' | 'small' | 'base' | 'large' | '3B' | '11B' | 'custom' (sets the dimensions)
-  vocab_size      32128 for the released checkpoints
+  vocab_size      32128 for the released checkpoints; -1 = the data's (the tokenizer's, padded)
   d_model, num_heads, d_kv, d_ff, num_encoder_layers, num_decoder_layers:
-                  None = from `size`; an int overrides it ('custom' needs all of them)
+                  None = from `size`; an int overrides it ('custom' needs all of them), also
+                  from the command line (--config.model.d_ff=1024)
   relative_attention_num_buckets (32), relative_attention_max_distance (128), layer_norm_epsilon (1e-6)
   dtype           'float32' | 'bfloat16': activations; parameters stay float32, norms, softmax and
                   logits are computed in float32
@@ -62,8 +64,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lazy_jax.models.stack import check_remat_policy, dtype_of, layer_stack
-from lazy_jax.sparsity import ACTIVATIONS, MlpBlock, check_topk, check_topk_impl
+from lazy_jax.errors import InputError
+from lazy_jax.models import checks
+from lazy_jax.models.stack import layer_stack
+from lazy_jax.sparsity import MlpBlock
 
 Array = jax.Array
 
@@ -83,13 +87,13 @@ MASK_LOGIT = -1e10  # finite, so a row with no valid key gives a uniform softmax
 def default_model_config(size: str = "base") -> ml_collections.ConfigDict:
     """The T5 v1.0 model config; see the module docstring for the fields."""
     if size not in T5_SIZES and size != "custom":
-        raise ValueError(f"T5 size={size!r} is unknown; allowed: {[*T5_SIZES, 'custom']}")
+        raise InputError(f"T5 size={size!r} is unknown; allowed: {[*T5_SIZES, 'custom']}")
     return ml_collections.ConfigDict(
         dict(
             name="t5",
             size=size,
             vocab_size=32128,
-            **{f: None for f in DIM_FIELDS},  # None = from `size`
+            **{f: ml_collections.config_dict.placeholder(int) for f in DIM_FIELDS},  # None = from `size`
             relative_attention_num_buckets=32,
             relative_attention_max_distance=128,
             layer_norm_epsilon=1e-6,
@@ -110,22 +114,18 @@ def t5_dims(config) -> dict[str, int]:
     """Resolves {d_model, num_heads, num_encoder_layers, num_decoder_layers, d_ff, d_kv} of a config."""
     size = config.get("size", "custom")
     if size not in T5_SIZES and size != "custom":
-        raise ValueError(f"T5 size={size!r} is unknown; allowed: {[*T5_SIZES, 'custom']}")
-    preset = dict(zip(DIM_FIELDS, T5_SIZES[size])) if size in T5_SIZES else {}
-    dims = {}
-    for f in DIM_FIELDS:
-        v = config.get(f) if config.get(f) is not None else preset.get(f)
-        if v is None:
-            raise ValueError(f"T5 size='custom' needs model.{f}; set all of {list(DIM_FIELDS)}")
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-            raise ValueError(f"model.{f}={v!r} is not allowed: use a positive integer")
-        dims[f] = v
-    return dims
+        raise InputError(f"model.size={size!r} is unknown; allowed: {[*T5_SIZES, 'custom']}")
+    if size == "custom":
+        missing = [f for f in DIM_FIELDS if config.get(f) is None]
+        if missing:
+            raise InputError(f"model.size='custom' needs model.{missing[0]}; set all of {list(DIM_FIELDS)}")
+        return {f: checks.positive_int(f, config[f]) for f in DIM_FIELDS}
+    return {f: checks.size_override(config, f, v) for f, v in zip(DIM_FIELDS, T5_SIZES[size])}
 
 
 @dataclasses.dataclass(frozen=True)
 class T5Spec:
-    """Resolved, validated, hashable model hyper-parameters (what the submodules get)."""
+    """Resolved, validated, hashable hyper-parameters of T5 and its submodules; built by `t5_spec` only."""
 
     vocab_size: int
     d_model: int
@@ -148,38 +148,32 @@ class T5Spec:
     count_hist_bins: int
 
 
-def t5_spec(config) -> T5Spec:
-    dims = t5_dims(config)
-    check_topk(config.topk, dims["d_ff"])
-    check_topk_impl(config.topk_impl)
-    check_remat_policy(config.remat_policy)
-    # Other activations are allowed (to study them); T5 v1.0 and the HF loader are ReLU.
-    if config.activation not in ACTIVATIONS:
-        raise ValueError(f"model.activation={config.activation!r} is unknown; allowed: {sorted(ACTIVATIONS)}")
-    buckets, max_distance = config.relative_attention_num_buckets, config.relative_attention_max_distance
-    if not isinstance(buckets, int) or buckets < 4 or buckets % 2:
-        raise ValueError(f"model.relative_attention_num_buckets={buckets!r} is not allowed: use an even integer >= 4")
-    if not isinstance(max_distance, int) or max_distance <= buckets // 2:
+def t5_spec(config_model, *, num_classes: int | None = None, vocab_size: int | None = None) -> T5Spec:
+    """config.model of a T5 and the data's vocabulary size -> its spec; checks every model value."""
+    del num_classes  # a sequence model has no classes
+    c = config_model
+    dims = t5_dims(c)
+    buckets, max_distance = c["relative_attention_num_buckets"], c["relative_attention_max_distance"]
+    if not checks.is_int(buckets) or buckets < 4 or buckets % 2:
+        raise InputError(f"model.relative_attention_num_buckets={buckets!r} is not allowed: use an even integer >= 4")
+    if not checks.is_int(max_distance) or max_distance <= buckets // 2:
         # Below this the logarithmic buckets are empty (log(max_distance / max_exact) <= 0).
-        raise ValueError(
+        raise InputError(
             f"model.relative_attention_max_distance={max_distance!r} is not allowed: use an integer "
             f"> relative_attention_num_buckets // 2 = {buckets // 2}"
         )
+    eps = c["layer_norm_epsilon"]
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps < 1:
+        raise InputError(f"model.layer_norm_epsilon={eps!r} is not allowed: use a number 0 < eps < 1")
+    # Other activations are allowed (to study them); T5 v1.0 and the HF loader are ReLU.
     return T5Spec(
-        vocab_size=int(config.vocab_size),
+        vocab_size=checks.data_size(c, "vocab_size", vocab_size, "the data's vocabulary size"),
         **dims,
-        num_buckets=int(config.relative_attention_num_buckets),
-        max_distance=int(config.relative_attention_max_distance),
-        eps=float(config.layer_norm_epsilon),
-        dtype=dtype_of(config.dtype),
-        dropout_rate=float(config.dropout_rate),
-        activation=config.activation,
-        topk=int(config.topk),
-        topk_impl=config.topk_impl,
-        scan_layers=bool(config.scan_layers),
-        remat_policy=config.remat_policy,
-        neuron_freq=bool(config.neuron_freq),
-        count_hist_bins=int(config.count_hist_bins),
+        num_buckets=int(buckets),
+        max_distance=int(max_distance),
+        eps=float(eps),
+        **checks.mlp_fields(c, {"d_ff": dims["d_ff"]}),
+        **checks.stack_fields(c),
     )
 
 
@@ -500,20 +494,11 @@ class Decoder(nn.Module):
 
 
 class T5(nn.Module):
-    """T5 v1.0 encoder-decoder; `config` is config.model (see the module docstring)."""
+    """T5 v1.0 encoder-decoder: `T5(t5_spec(config.model, vocab_size=...))` (see the module docstring)."""
 
-    config: Any
-
-    def __post_init__(self):
-        # A frozen (hashable) copy, so the module can be a static argument of jax.jit.
-        if isinstance(self.config, (ml_collections.ConfigDict, dict)) and not isinstance(
-            self.config, ml_collections.FrozenConfigDict
-        ):
-            object.__setattr__(self, "config", ml_collections.FrozenConfigDict(self.config))
-        super().__post_init__()
+    spec: T5Spec
 
     def setup(self):
-        self.spec = t5_spec(self.config)
         s = self.spec
         self.token_embedder = Embedder(s.vocab_size, s.d_model, s.dtype)
         self.encoder = Encoder(s)

@@ -25,7 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from lazy_jax.models.t5 import DIM_FIELDS, T5, T5_SIZES, default_model_config, t5_dims
+from lazy_jax.models.t5 import DIM_FIELDS, T5, T5_SIZES, default_model_config, t5_dims, t5_spec
 
 SAFETENSORS_DTYPES = {
     "F64": np.float64,
@@ -203,7 +203,7 @@ def _hf_name_map(num_encoder_layers: int, num_decoder_layers: int) -> dict[tuple
 
 def _param_shapes(config) -> dict[tuple[str, ...], tuple[int, ...]]:
     """Our parameter paths and shapes, from an abstract init (nothing is materialised)."""
-    model = T5(config)
+    model = T5(t5_spec(config))
     one = np.zeros((1, 1), np.int32)
     batch = dict(encoder_input_tokens=one, decoder_input_tokens=one, decoder_target_tokens=one)
     abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), batch))

@@ -1,0 +1,125 @@
+"""The checks the spec builders share: each raises `InputError` naming `model.<key>`, the value and what is allowed.
+
+Only the spec builders (`vit_spec`, `mixer_spec`, `mlp_spec`, `t5_spec`) call these; the Linen
+modules trust their spec.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+
+from lazy_jax.errors import InputError
+from lazy_jax.models.stack import REMAT_POLICIES
+from lazy_jax.sparsity import ACTIVATIONS, check_topk, check_topk_impl
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def positive_int(key: str, value) -> int:
+    if not is_int(value) or value <= 0:
+        raise InputError(f"model.{key}={value!r} is not allowed: use a positive integer")
+    return int(value)
+
+
+def size_override(config, key: str, preset: int) -> int:
+    """`model.<key>` if set (a positive integer), else the preset of the variant's size."""
+    value = config.get(key)
+    if value is None:
+        return preset
+    if not is_int(value) or value <= 0:
+        raise InputError(f"model.{key}={value!r} is not allowed: use a positive integer, or None for the size's")
+    return int(value)
+
+
+def boolean(config, key: str) -> bool:
+    value = config[key]
+    if not isinstance(value, bool):
+        raise InputError(f"model.{key}={value!r} is not allowed: use True or False")
+    return value
+
+
+def one_of(config, key: str, allowed) -> str:
+    value = config[key]
+    if value not in allowed:
+        raise InputError(f"model.{key}={value!r} is unknown; allowed: {sorted(allowed)}")
+    return value
+
+
+def dtype(config) -> Any:
+    name = config["dtype"]
+    if name not in DTYPES:
+        raise InputError(f"model.dtype={name!r} is not allowed; use one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def dropout_rate(config) -> float:
+    rate = config["dropout_rate"]
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0.0 <= rate < 1.0:
+        raise InputError(f"model.dropout_rate={rate!r} is not allowed: use 0 <= rate < 1")
+    return float(rate)
+
+
+def mlp_fields(config, widths: dict[str, int]) -> dict[str, Any]:
+    """The validated MLP fields every spec has; `widths` names each MLP width ({'d_ff': 3072}) for Top-k."""
+    name, narrowest = min(widths.items(), key=lambda kv: kv[1])
+    check_topk(config["topk"], narrowest, key="model.topk", width_name=name)
+    check_topk_impl(config["topk_impl"], key="model.topk_impl")
+    bins = config["count_hist_bins"]
+    if not is_int(bins) or bins < 0:
+        raise InputError(f"model.count_hist_bins={bins!r} is not allowed: use an integer >= 0 (0 = off)")
+    return dict(
+        dtype=dtype(config),
+        activation=one_of(config, "activation", ACTIVATIONS),
+        topk=int(config["topk"]),
+        topk_impl=config["topk_impl"],
+        dropout_rate=dropout_rate(config),
+        neuron_freq=boolean(config, "neuron_freq"),
+        count_hist_bins=int(bins),
+    )
+
+
+def stack_fields(config) -> dict[str, Any]:
+    """scan_layers and remat_policy of the models with a layer stack (models.stack.layer_stack)."""
+    return dict(scan_layers=boolean(config, "scan_layers"), remat_policy=one_of(config, "remat_policy", REMAT_POLICIES))
+
+
+def data_size(config, key: str, given: int | None, meaning: str) -> int:
+    """Resolves model.num_classes / model.vocab_size against the data's value `given`.
+
+    -1 means the data's (which must then be given); any other value is used as given and must be
+    a positive integer >= the data's, if known: labels or ids past the model's output would give
+    a NaN loss at the first step, not an error.
+    """
+    value = config[key]
+    if not is_int(value) or (value <= 0 and value != -1):
+        raise InputError(f"model.{key}={value!r} is not allowed: use a positive integer or -1 (= {meaning})")
+    if value == -1:
+        if given is None:
+            raise InputError(
+                f"model.{key}=-1 means {meaning}, but no {key} of the data was given: "
+                f"pass {key}= to get_model/model_spec, or set model.{key} to a positive integer"
+            )
+        return int(given)
+    if given is not None and value < given:
+        raise InputError(
+            f"model.{key}={value} is less than {meaning} ({given}): use -1 (= {meaning}) or an integer >= {given}"
+        )
+    return int(value)
+
+
+def variant(config, sizes: dict) -> tuple[tuple, int]:
+    """model.variant '<size>/<patch>' of a vision model, e.g. 'B/16' -> (sizes['B'], 16)."""
+    value = config["variant"]
+    size, _, patch = str(value).partition("/")
+    if size not in sizes or not patch.isdigit() or int(patch) <= 0:
+        raise InputError(
+            f"model.variant={value!r} is not allowed; use '<size>/<patch>' with size in "
+            f"{list(sizes)} and a positive integer patch, e.g. '{list(sizes)[-3]}/16'"
+        )
+    return sizes[size], int(patch)
