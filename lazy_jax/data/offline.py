@@ -67,14 +67,11 @@ def _png(image_hw: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-class _OfflineImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Shared builder: subclasses give the image shape, test size and raw data."""
+class OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A builder of a dataset made here (images below, pydocs in lazy_jax.data.text_corpus)."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
-    IMAGE_HW: tuple[int, int]
-    TEST_SIZE: int
-    DESCRIPTION: str
 
     # No checksums file or package metadata to find. (tfds' own lookup of the
     # code path imports `importlib_resources`, which tfds only installs on
@@ -83,6 +80,14 @@ class _OfflineImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
     @classmethod
     def code_path(cls):
         return None
+
+
+class _OfflineImageBuilder(OfflineBuilder, skip_registration=True):
+    """Shared builder: subclasses give the image shape, test size and raw data."""
+
+    IMAGE_HW: tuple[int, int]
+    TEST_SIZE: int
+    DESCRIPTION: str
 
     def _load_raw(self) -> tuple[np.ndarray, np.ndarray]:
         """Returns (images uint8 [N, H, W], labels int [N])."""

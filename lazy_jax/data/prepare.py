@@ -5,7 +5,7 @@
 
 Images: digits, mnist5k (lazy_jax.data.offline). Text: pydocs, the Python standard library's
 documentation, with the SentencePiece model trained on its train split (4000 pieces + 100
-sentinels), and pydocs_kjv (pydocs plus Debian's bible-kjv text) (lazy_jax.data.text).
+sentinels), and pydocs_kjv (pydocs plus Debian's bible-kjv text) (lazy_jax.data.text_corpus).
 Without --data_dir: $TFDS_DATA_DIR, else ~/tensorflow_datasets. Idempotent: an
 already prepared dataset is left alone. The loaders also prepare these
 datasets on first use, so this is only needed to prepare ahead (e.g. once on
@@ -18,14 +18,12 @@ import time
 
 from absl import app, flags
 
-from lazy_jax.data import offline, sources
-
-TEXT_DATASETS = ("pydocs", "pydocs_kjv")
+from lazy_jax.data import offline, sources, text_corpus
 
 _DATASET = flags.DEFINE_enum(
     "dataset",
     None,
-    sorted(offline.OFFLINE_DATASETS) + list(TEXT_DATASETS),
+    sorted(offline.OFFLINE_DATASETS) + list(text_corpus.OFFLINE_TEXT_DATASETS),
     "Offline dataset to prepare.",
     required=True,
 )
@@ -34,11 +32,9 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data dir (default $TFDS_
 
 def prepare(name: str, data_dir: str) -> tuple[bool, str]:
     """Prepares `name` in `data_dir`; returns (built now, its version directory)."""
-    if name in TEXT_DATASETS:
-        from lazy_jax.data import text  # pylint: disable=g-import-not-at-top
-
-        built = text.prepare_pydocs(data_dir, add_bible_kjv=name == "pydocs_kjv")
-        return built, text._version_dir(name, data_dir)  # pylint: disable=protected-access
+    if name in text_corpus.OFFLINE_TEXT_DATASETS:
+        built = text_corpus.prepare_pydocs(data_dir, add_bible_kjv=name == "pydocs_kjv")
+        return built, text_corpus.version_dir(name, data_dir)
     return offline.prepare(name, data_dir), offline.version_dir(name, data_dir)
 
 

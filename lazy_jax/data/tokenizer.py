@@ -15,8 +15,11 @@ from collections.abc import Iterable
 import numpy as np
 import sentencepiece as spm
 
+from lazy_jax.data import cache
+
 DEFAULT_EXTRA_IDS = 100
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+_LOADED = cache.BoundedCache("tokenizer.models", max_entries=4)
 
 
 class SentencePieceTokenizer:
@@ -81,6 +84,11 @@ class SentencePieceTokenizer:
                 run.append(i)
         pieces.append(self._processor.DecodeIds(run))
         return "".join(pieces)
+
+
+def load(path: str) -> SentencePieceTokenizer:
+    """The model at `path` with DEFAULT_EXTRA_IDS sentinels, read once per process."""
+    return _LOADED.get(path, lambda: SentencePieceTokenizer(path))
 
 
 def padded_vocab_size(vocab_size: int, multiple: int = 128) -> int:
