@@ -24,7 +24,9 @@ def test_unknown_config_key_is_refused_by_name(tmp_path):
 
 
 def test_unknown_config_argument():
-    with pytest.raises(ValueError, match=r"'colour' is unknown; allowed: \['dataset', 'local', 'topk', 'variant'\]"):
+    with pytest.raises(
+        ValueError, match=r"'colour' is unknown; allowed: \['dataset', 'local', 'test', 'topk', 'variant'\]"
+    ):
         load_config("configs/vit.py:colour=red")
 
 

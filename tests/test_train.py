@@ -16,11 +16,9 @@ N_LAYERS = 6  # ViT-Mu
 
 
 def tiny_config(tmp_path, **overrides):
-    c = load_config("configs/vit.py:local,dataset=digits,variant=Mu/4")
+    """configs/vit.py:test (ViT-Mu/4 on digits, 6 steps) on the session's data dir."""
+    c = load_config("configs/vit.py:test")
     c.data.data_dir = str(tmp_path / "tfds")
-    c.batch_size, c.eval_batch_size = 16, 64
-    c.total_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 6, 2, 3, 3
-    c.async_checkpointing = False
     for k, v in overrides.items():
         c[k] = v
     return c
