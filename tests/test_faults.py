@@ -8,7 +8,6 @@ chosen step SIGKILLs the process after every file of that checkpoint is written,
 rename that would make it complete; the checkpoint stays a temporary directory.
 """
 
-import json
 import os
 import re
 import shutil
@@ -21,6 +20,8 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+
+from lazy_jax.workdir import DROPPED_METRICS, read_metrics, read_rows
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 180  # seconds; a hang fails the test instead of blocking the suite
@@ -107,10 +108,6 @@ def wait_for_line(proc, prefix, timeout=TIMEOUT):
     raise AssertionError(f"no line starting with {prefix!r}; stdout: {''.join(lines)}; stderr: {proc.stderr.read()}")
 
 
-def rows(workdir):
-    return [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
-
-
 def complete_steps(workdir):
     return sorted(int(p.name) for p in (Path(workdir) / "checkpoints").iterdir() if p.name.isdigit())
 
@@ -143,12 +140,12 @@ def test_sigkill_during_training_resumes_from_last_complete_checkpoint(env, refe
     # Saves are asynchronous: on a busy machine the save of step 3 may still be in flight.
     restored = max(complete_steps(tmp_path), default=0)
     assert restored in (0, 3)
-    assert [r["step"] for r in rows(tmp_path) if r["split"] == "train"][-1] >= 5  # rows past it exist
+    assert [r["step"] for r in read_metrics(tmp_path) if r["split"] == "train"][-1] >= 5  # rows past it exist
     out = run_main(env, tmp_path)
     assert out.returncode == 0, out.stderr
     assert (f"resuming at step {restored} of 8" if restored else "starting at step 0 of 8") in out.stdout
-    assert_same_rows(rows(reference), rows(tmp_path))
-    dropped = [json.loads(line) for line in (tmp_path / "metrics.dropped.jsonl").read_text().splitlines()]
+    assert_same_rows(read_metrics(reference), read_metrics(tmp_path))
+    dropped = read_rows(tmp_path / DROPPED_METRICS)
     assert dropped and all(r["step"] > restored for r in dropped)
 
 
@@ -158,13 +155,13 @@ def test_sigkill_during_async_checkpoint_save(env, reference, tmp_path):
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert complete_steps(tmp_path) == [3]
     assert any(n.startswith("6.orbax-checkpoint-tmp") for n in names), names  # the save was cut off
-    assert {r["step"] for r in rows(tmp_path)} >= {6}  # rows of steps 4..6 were written before the kill
+    assert {r["step"] for r in read_metrics(tmp_path)} >= {6}  # rows of steps 4..6 were written before the kill
     out = run_main(env, tmp_path)
     assert out.returncode == 0, out.stderr
     assert "resuming at step 3 of 8" in out.stdout
     assert complete_steps(tmp_path) == [3, 6, 8]
     assert not [p.name for p in (tmp_path / "checkpoints").iterdir() if "tmp" in p.name]  # cleaned up
-    assert_same_rows(rows(reference), rows(tmp_path))
+    assert_same_rows(read_metrics(reference), read_metrics(tmp_path))
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(env, tmp_path):
@@ -198,7 +195,7 @@ def restore_latest(env, workdir):
     c = load_config("configs/vit.py:local,dataset=digits,variant=Mu/4")
     c.data.data_dir = env["data_dir"]
     c.mesh.data = 1
-    exp = Experiment(c, input_pipeline.complete_model_config(c), devices=jax.devices()[:1])
+    exp = Experiment(c, input_pipeline.data_spec(c), devices=jax.devices()[:1])
     ckpt = Checkpointer(Path(workdir) / "checkpoints")
     try:
         return ckpt.restore_latest(exp.abstract_state, param_shapes(exp.abstract_state.params))
@@ -260,9 +257,9 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_previous(env, reference, 
     assert f"{newest}" in out.stderr and "trying the previous one" in out.stderr
     assert "resuming at step 6 of 10" in out.stdout
     assert 8 in complete_steps(workdir) and 10 in complete_steps(workdir)
-    keys = [(r["step"], r["split"]) for r in rows(workdir)]
+    keys = [(r["step"], r["split"]) for r in read_metrics(workdir)]
     assert len(keys) == len(set(keys))
-    assert [k for k in keys if k[0] <= 8] == [(r["step"], r["split"]) for r in rows(reference)]
+    assert [k for k in keys if k[0] <= 8] == [(r["step"], r["split"]) for r in read_metrics(reference)]
 
 
 @pytest.fixture(scope="module")
