@@ -3,6 +3,7 @@
     metrics.jsonl           one JSON row per logged (step, split): {"step", "split", metric: value, ...}
     metrics.dropped.jsonl   rows a resumed run moved out of metrics.jsonl (logged after its checkpoint)
     config.json             the run's config (ConfigDict.to_json_best_effort)
+    parameters.txt          the model's parameter overview (shapes and counts)
     stats/<split>_<step>.npz  vector statistics of a logged step (step zero-padded to 8 digits)
     tb/                     TensorBoard events
     checkpoints/            orbax checkpoints
@@ -25,6 +26,7 @@ from typing import Any
 METRICS = "metrics.jsonl"
 DROPPED_METRICS = "metrics.dropped.jsonl"
 CONFIG = "config.json"
+PARAMETERS = "parameters.txt"
 STATS_DIR = "stats"
 TB_DIR = "tb"
 CHECKPOINTS_DIR = "checkpoints"
