@@ -27,6 +27,7 @@ from jax.experimental import multihost_utils
 
 from lazy_jax import input_pipeline
 from lazy_jax import sharding as shd
+from lazy_jax import workdir as wd
 from lazy_jax.checkpoint import Checkpointer, param_shapes
 from lazy_jax.config_checks import validate_config
 from lazy_jax.errors import InputError
@@ -46,7 +47,7 @@ class WorkdirLock:
     """An exclusive lock on the workdir, so a second run on it refuses instead of interleaving."""
 
     def __init__(self, workdir: Path):
-        self.path = workdir / ".lock"
+        self.path = workdir / wd.LOCK
         self.file = None
 
     def __enter__(self):
@@ -128,7 +129,9 @@ def _train(config, workdir: Path, is_writer: bool) -> dict:
     input_pipeline.check_run_length(config)
     resolved = resolved_config(config, exp.model_sizes)
 
-    ckpt = Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints, async_save=config.async_checkpointing)
+    ckpt = Checkpointer(
+        workdir / wd.CHECKPOINTS_DIR, keep=config.keep_checkpoints, async_save=config.async_checkpointing
+    )
     shapes = param_shapes(exp.abstract_state.params)
     state, meta = ckpt.restore_latest(exp.abstract_state, shapes)
     if state is None:
@@ -143,13 +146,13 @@ def _train(config, workdir: Path, is_writer: bool) -> dict:
             f"mesh {dict(exp.mesh.shape)}; {sum(np.prod(s) for s in shapes.values()):,} parameters",
             flush=True,
         )
-        cfg_path = workdir / "config.json"
+        cfg_path = workdir / wd.CONFIG
         if not cfg_path.exists():
             cfg_path.write_text(resolved.to_json_best_effort(indent=2))
         if not start:
             overview = parameter_overview.get_parameter_overview(exp.abstract_state.params, include_stats=False)
             print(overview, flush=True)
-            (workdir / "parameters.txt").write_text(overview + "\n")
+            (workdir / wd.PARAMETERS).write_text(overview + "\n")
 
     params_finite = jax.jit(_all_finite, out_shardings=shd.replicated(exp.mesh))
 
@@ -237,7 +240,7 @@ def _train(config, workdir: Path, is_writer: bool) -> dict:
 def print_summary(workdir: Path) -> None:
     from lazy_jax import report
 
-    rows = report.read_metrics(workdir)
+    rows = wd.read_metrics(workdir)
     print("\nnonzero share of MLP activations per layer, first -> last logged step:")
     print(report.format_first_last(rows), flush=True)
 
