@@ -1,5 +1,8 @@
 """Activation sparsity: the one MLP block, the one Top-k and the one statistics reducer.
 
+Shape letters as in the legend of `lazy_jax.models` (B batch, T tokens, D width, F the MLP's
+hidden width d_ff, N histogram bins, L layers).
+
 Every model builds its MLPs from `MlpBlock`; nothing else computes activation maps or their
 statistics. Definitions (docs/design.md):
 - activation map `a_BTF` = act(x @ W_in) (after Top-k when k > 0): the map that multiplies W_out.
@@ -105,8 +108,8 @@ def activation_stats(
     Returns a dict with
       nonzero_frac: scalar, mean over valid tokens of the share of entries > 0;
       num_tokens:   scalar, the number of valid tokens (the weight for combining batches);
-      neuron_freq:  [d_ff], share of valid tokens on which each neuron is > 0 (if asked);
-      count_hist:   [bins], share of valid tokens whose nonzero count falls in each of
+      neuron_freq:  [F], share of valid tokens on which each neuron is > 0 (if asked);
+      count_hist:   [N], share of valid tokens whose nonzero count falls in each of
                     `count_hist_bins` equal-width bins of [0, d_ff] (if asked).
     """
     d_ff = a_BTF.shape[-1]
@@ -200,7 +203,7 @@ def stats_to_metrics(aux: dict[str, dict[str, Array]]) -> dict[str, Array]:
 
     Scalars: nonzero_frac/<stack>/layer_<ii>, nonzero_frac/<stack>/mean, nonzero_frac/mean
     (unweighted mean over all layers of all stacks). Vectors: neuron_freq/<stack>/layer_<ii>
-    [d_ff] and count_hist/<stack>/layer_<ii> [bins]. Stays on the device.
+    [F] and count_hist/<stack>/layer_<ii> [N]. Stays on the device.
     """
     metrics: dict[str, Array] = {}
     all_layers = []

@@ -11,6 +11,24 @@ never written back into the config: `config.model.num_classes` / `vocab_size` of
 "the data's" (the argument, which must then be given); any other value is used as given and
 must be >= the argument when that is given. Each model reads the size it has (the classifiers
 num_classes, T5 vocab_size) and ignores the other.
+
+Shape letters, the suffixes of tensor names here and in `lazy_jax.sparsity` (`x_BTD` is
+[batch, length, d_model]; a digit is a literal size, e.g. `cls_11D`, or `w_3DHK` for q, k, v):
+  B  batch
+  T  length: query / token positions (image patches, the class token included; T5 decoder positions)
+  S  key / source length: encoder positions seen by the decoder, the KV-cache length (S = T in
+     self-attention without a cache)
+  D  d_model, the width
+  F  d_ff, the hidden width of an MLP (tokens_mlp_dim / channels_mlp_dim in the Mixer)
+  H  attention heads
+  K  head size (d_kv)
+  L  layers
+  V  vocabulary
+  C  classes
+  N  buckets: T5's relative-position buckets, the bins of the count histogram
+Images are [B, height, width, channels] and carry no suffix (H and C mean heads and classes).
+In the Mixer's token MLP the roles swap: its rows are channels and its features patches
+(`y_BDT`, whose hidden map is [B, D, F]).
 """
 
 from __future__ import annotations

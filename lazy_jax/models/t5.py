@@ -10,11 +10,12 @@ its layers; dropout after the embedding, on attention probabilities, after the M
 
 `T5(t5_spec(config.model, vocab_size=...))` (or `models.get_model(config.model, vocab_size=...)`)
 `.apply(variables, batch, train=...)` takes t5x-named batches
-  {'encoder_input_tokens' [B,Ti] int32, 'decoder_input_tokens' [B,Tt], 'decoder_target_tokens' [B,Tt]}
-(0 = padding; optional 'encoder_mask' [B,Ti] / 'decoder_mask' [B,Tt] override the token masks,
+  {'encoder_input_tokens' [B,S] int32, 'decoder_input_tokens' [B,T], 'decoder_target_tokens' [B,T]}
+(0 = padding; optional 'encoder_mask' [B,S] / 'decoder_mask' [B,T] override the token masks,
 which are encoder_input_tokens > 0 and decoder_target_tokens > 0 since the decoder input starts
-with 0 as BOS; optional 'encoder_segment_ids' [B,Ti] / 'decoder_segment_ids' [B,Tt] of packed rows)
-and returns (logits [B,Tt,V] float32, {'encoder': stats [L_enc], 'decoder': stats [L_dec]}).
+with 0 as BOS; optional 'encoder_segment_ids' [B,S] / 'decoder_segment_ids' [B,T] of packed rows)
+and returns (logits [B,T,V] float32, {'encoder': stats [L], 'decoder': stats [L]}), L being the
+layers of each stack. Shape letters: the legend in `lazy_jax.models`.
 Padding never counts in the statistics. Attention masks only padded keys (and future keys in
 the decoder), as Hugging Face does; outputs at padded query positions are defined but unused.
 
@@ -26,7 +27,7 @@ segment that distance is the same as in an unpacked row; the decoder input resta
 each segment (the data does that). So a packed example gives the same logits and statistics as
 the same example alone in a padded row.
 
-Methods for `apply(..., method=...)`: `T5.encode(tokens)` -> (encoded [B,Ti,D], stats),
+Methods for `apply(..., method=...)`: `T5.encode(tokens)` -> (encoded [B,S,D], stats),
 `T5.decode(encoded, encoder_mask, decoder_input_tokens, ...)` -> (logits, stats); the module
 function `greedy_decode(model, variables, tokens, max_decode_len)` decodes with a KV cache.
 
@@ -247,7 +248,7 @@ class Embedder(nn.Module):
 
 
 class RelativePositionBias(nn.Module):
-    """Per-head bias of every (query, key) pair from its relative-position bucket: [1, H, Q, K]."""
+    """Per-head bias of every (query, key) pair from its relative-position bucket: [1, H, T, S]."""
 
     spec: T5Spec
     bidirectional: bool
@@ -262,19 +263,20 @@ class RelativePositionBias(nn.Module):
             ),
             (s.num_buckets, s.num_heads),
         )
-        rel_QK = np.arange(k_len)[None, :] - np.arange(q_len)[:, None]
-        bucket_QK = relative_position_bucket(
-            rel_QK, bidirectional=self.bidirectional, num_buckets=s.num_buckets, max_distance=s.max_distance
+        rel_TS = np.arange(k_len)[None, :] - np.arange(q_len)[:, None]
+        bucket_TS = relative_position_bucket(
+            rel_TS, bidirectional=self.bidirectional, num_buckets=s.num_buckets, max_distance=s.max_distance
         )
-        bias_QKH = jnp.take(table_NH, jnp.asarray(bucket_QK, jnp.int32), axis=0)
-        return jnp.transpose(bias_QKH, (2, 0, 1))[None].astype(jnp.float32)
+        bias_TSH = jnp.take(table_NH, jnp.asarray(bucket_TS, jnp.int32), axis=0)
+        return jnp.transpose(bias_TSH, (2, 0, 1))[None].astype(jnp.float32)
 
 
 class Attention(nn.Module):
     """Multi-head attention without 1/sqrt(d_kv) scaling (T5); optional KV cache for decoding.
 
     `decode=True` (self-attention only): x is one position [B,1,D] at `decode_step`; keys and
-    values are written into the 'cache' collection ([B, max_len, H, K], created on first use).
+    values are written into the 'cache' collection ([B, S, H, K] with S = max_len, created on
+    first use), and attention reads all S cached positions.
     """
 
     spec: T5Spec
@@ -283,10 +285,10 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(
         self,
-        x_BQD: Array,
+        x_BTD: Array,
         kv_BSD: Array,
-        bias_1HQS: Array | None,
-        mask_B1QS: Array | None,
+        bias_1HTS: Array | None,
+        mask_B1TS: Array | None,
         *,
         decode: bool = False,
         decode_step: Array | None = None,
@@ -307,24 +309,24 @@ class Attention(nn.Module):
         proj = lambda x, w: nn.with_logical_constraint(
             jnp.einsum("btd,dhk->bthk", x, w.astype(dt)), ("batch", "length", "heads", "kv")
         )
-        q_BQHK, k_BSHK, v_BSHK = proj(x_BQD, wq), proj(kv_BSD, wk), proj(kv_BSD, wv)
+        q_BTHK, k_BSHK, v_BSHK = proj(x_BTD, wq), proj(kv_BSD, wk), proj(kv_BSD, wv)
         if decode:
-            b = x_BQD.shape[0]
+            b = x_BTD.shape[0]
             cached_k = self.variable("cache", "cached_key", jnp.zeros, (b, max_len, h, k), dt)
             cached_v = self.variable("cache", "cached_value", jnp.zeros, (b, max_len, h, k), dt)
             at = (0, decode_step, 0, 0)
             cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_BSHK.astype(dt), at)
             cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_BSHK.astype(dt), at)
             k_BSHK, v_BSHK = cached_k.value, cached_v.value
-        logits_BHQS = jnp.einsum("bqhk,bshk->bhqs", q_BQHK, k_BSHK, preferred_element_type=jnp.float32)
-        if bias_1HQS is not None:
-            logits_BHQS = logits_BHQS + bias_1HQS
-        if mask_B1QS is not None:
-            logits_BHQS = jnp.where(mask_B1QS, logits_BHQS, MASK_LOGIT)
-        probs_BHQS = jax.nn.softmax(logits_BHQS, axis=-1).astype(dt)
-        probs_BHQS = nn.Dropout(s.dropout_rate)(probs_BHQS, deterministic=not self.train)
-        out_BQHK = jnp.einsum("bhqs,bshk->bqhk", probs_BHQS, v_BSHK)
-        return jnp.einsum("bqhk,hkd->bqd", out_BQHK, wo.astype(dt))
+        logits_BHTS = jnp.einsum("bthk,bshk->bhts", q_BTHK, k_BSHK, preferred_element_type=jnp.float32)
+        if bias_1HTS is not None:
+            logits_BHTS = logits_BHTS + bias_1HTS
+        if mask_B1TS is not None:
+            logits_BHTS = jnp.where(mask_B1TS, logits_BHTS, MASK_LOGIT)
+        probs_BHTS = jax.nn.softmax(logits_BHTS, axis=-1).astype(dt)
+        probs_BHTS = nn.Dropout(s.dropout_rate)(probs_BHTS, deterministic=not self.train)
+        out_BTHK = jnp.einsum("bhts,bshk->bthk", probs_BHTS, v_BSHK)
+        return jnp.einsum("bthk,hkd->btd", out_BTHK, wo.astype(dt))
 
 
 def _mlp(spec: T5Spec) -> MlpBlock:
@@ -375,11 +377,17 @@ class DecoderLayer(nn.Module):
     max_len: int | None = None
 
     @nn.compact
-    def __call__(self, x_BTD, encoded_BSD, bias_1HTT, self_mask_B1TT, cross_mask_B1TS, token_mask_BT, decode_step):
+    def __call__(self, x_BTD, encoded_BSD, self_bias_1HTS, self_mask_B1TS, cross_mask_B1TS, token_mask_BT, decode_step):
         s = self.spec
         h_BTD = RmsNorm(s.eps, s.dtype, name="pre_self_attention_layer_norm")(x_BTD)
         y_BTD = Attention(s, self.train, name="self_attention")(
-            h_BTD, h_BTD, bias_1HTT, self_mask_B1TT, decode=self.decode, decode_step=decode_step, max_len=self.max_len
+            h_BTD,
+            h_BTD,
+            self_bias_1HTS,
+            self_mask_B1TS,
+            decode=self.decode,
+            decode_step=decode_step,
+            max_len=self.max_len,
         )
         x_BTD = _residual(s, self.train, x_BTD, y_BTD)
         h_BTD = RmsNorm(s.eps, s.dtype, name="pre_cross_attention_layer_norm")(x_BTD)
@@ -391,9 +399,9 @@ class DecoderLayer(nn.Module):
         return _residual(s, self.train, x_BTD, y_BTD), stats
 
 
-def _same_segment(query_segments_BQ: Array, key_segments_BK: Array) -> Array:
-    """[B,1,Q,K] True where query and key belong to the same packed example."""
-    return query_segments_BQ[:, None, :, None] == key_segments_BK[:, None, None, :]
+def _same_segment(query_segments_BT: Array, key_segments_BS: Array) -> Array:
+    """[B,1,T,S] True where query and key belong to the same packed example."""
+    return query_segments_BT[:, None, :, None] == key_segments_BS[:, None, None, :]
 
 
 class Encoder(nn.Module):
@@ -452,17 +460,17 @@ class Decoder(nn.Module):
             step = self.variable("cache", "decode_step", lambda: jnp.zeros((), jnp.int32))
             decode_step = step.value
             step.value = decode_step + 1
-            # Bias row of the current position over all cache positions; only keys <= step are valid.
-            bias_1HTT = jax.lax.dynamic_slice_in_dim(relpos(max_len, max_len), decode_step, 1, axis=2)
-            self_mask_B1TT = jnp.broadcast_to(jnp.arange(max_len) <= decode_step, (b, 1, 1, max_len))
+            # Self-attention keys are the S = max_len cache positions; only keys <= step are valid.
+            self_bias_1HTS = jax.lax.dynamic_slice_in_dim(relpos(max_len, max_len), decode_step, 1, axis=2)
+            self_mask_B1TS = jnp.broadcast_to(jnp.arange(max_len) <= decode_step, (b, 1, 1, max_len))
         else:
             decode_step = None
-            bias_1HTT = relpos(t, t)
-            self_mask_B1TT = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), jnp.bool_)), (b, 1, t, t))
+            self_bias_1HTS = relpos(t, t)  # keys are the T positions themselves: S = T
+            self_mask_B1TS = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), jnp.bool_)), (b, 1, t, t))
             if token_mask_BT is not None:
-                self_mask_B1TT = self_mask_B1TT & token_mask_BT[:, None, None, :].astype(jnp.bool_)
+                self_mask_B1TS = self_mask_B1TS & token_mask_BT[:, None, None, :].astype(jnp.bool_)
             if segment_ids_BT is not None:
-                self_mask_B1TT = self_mask_B1TT & _same_segment(segment_ids_BT, segment_ids_BT)
+                self_mask_B1TS = self_mask_B1TS & _same_segment(segment_ids_BT, segment_ids_BT)
         cross_mask_B1TS = jnp.broadcast_to(
             encoder_mask_BS[:, None, None, :].astype(jnp.bool_), (b, 1, t, encoded_BSD.shape[1])
         )
@@ -481,8 +489,8 @@ class Decoder(nn.Module):
             s.num_decoder_layers,
             y_BTD,
             encoded_BSD,
-            bias_1HTT,
-            self_mask_B1TT,
+            self_bias_1HTS,
+            self_mask_B1TS,
             cross_mask_B1TS,
             stats_mask_BT,
             decode_step,
@@ -512,7 +520,7 @@ class T5(nn.Module):
         encoder_segment_ids: Array | None = None,
         train: bool = False,
     ):
-        """-> (encoded [B,Ti,D] in the activation dtype, encoder stats [L_enc])."""
+        """-> (encoded [B,S,D] in the activation dtype, encoder stats [L])."""
         if encoder_mask is None:
             encoder_mask = encoder_input_tokens > 0
         x_BTD = self.token_embedder(encoder_input_tokens)
@@ -531,9 +539,9 @@ class T5(nn.Module):
         decode: bool = False,
         max_decode_length: int | None = None,
     ):
-        """-> (logits [B,Tt,V] f32, decoder stats [L_dec]).
+        """-> (logits [B,T,V] f32, decoder stats [L]).
 
-        decoder_mask [B,Tt] (None = every position valid) masks padded keys and the statistics;
+        decoder_mask [B,T] (None = every position valid) masks padded keys and the statistics;
         decoder_segment_ids / encoder_segment_ids (packed rows, both or neither) keep attention
         inside each example.
         decode=True runs one position with the KV cache ('cache' collection, mutable) of
@@ -641,5 +649,5 @@ def greedy_decode(
         return (cache, next_B, done_B), next_B
 
     init = (cache, jnp.zeros((b,), jnp.int32), jnp.zeros((b,), jnp.bool_))
-    _, out_LB = jax.lax.scan(body, init, None, length=max_decode_len)
-    return out_LB.T
+    _, out_TB = jax.lax.scan(body, init, None, length=max_decode_len)
+    return out_TB.T
