@@ -19,7 +19,9 @@ The paper reports ~3.0% nonzero MLP activations per token on average for T5-Base
 training on C4 (every layer but the first at or under ~10%; larger models sparser).
 
 Arguments (comma-separated): size=<tiny|small|base|large|3B|11B>, topk=<k> (Top-k in every MLP,
-0 = dense), local (the offline CPU run), e.g. configs/t5.py:size=small,topk=64.
+0 = dense), local (the offline CPU run), test (the tiny run the tests use), e.g.
+configs/t5.py:size=small,topk=64. Dimensions override the size's by `--config.model.d_model=`,
+`d_ff=`, `num_heads=`, `d_kv=`, `num_encoder_layers=`, `num_decoder_layers=`.
 
 Local (`configs/t5.py:local`): a small T5 (128 wide, 2+2 layers, d_ff 512, 4 heads) on the
 offline `pydocs` corpus (the Python standard library's documentation, ~250k words; prepared on
@@ -35,6 +37,9 @@ layer's nonzero share falling from ~50% at initialisation: after 500 steps the d
 ~33% (layer 0) and ~43% (layer 1), the encoder at ~48% (mean over all layers ~43%). A run this
 short shows only the start of the trend the paper reports after full training (~3% for T5-Base).
 
+Test (`configs/t5.py:test`): the local run shrunk to 32 wide, 2+2 scanned layers, inputs 32 /
+targets 9, batch 16, 6 steps, synchronous checkpoints: seconds on a CPU; tests set data.data_dir.
+
 Randomness: dropout uses JAX's default (threefry) keys. Threefry is partitionable, so a step
 gives the same dropout masks on any mesh; the faster 'rbg' / 'unsafe_rbg' implementations do not
 promise that, so we keep threefry; the local run uses dropout 0, which also avoids the slow CPU
@@ -43,18 +48,19 @@ compile of the dropout masks.
 
 from lazy_jax.config_base import base_config, parse_arg
 from lazy_jax.data.text import default_config as text_data_config
+from lazy_jax.errors import InputError
 from lazy_jax.models.t5 import default_model_config
 
 SIZES = ("tiny", "small", "base", "large", "3B", "11B")
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, dict(local=False, size="", topk=0))
+    a = parse_arg(arg, dict(local=False, test=False, size="", topk=0))
     if a.size and a.size not in SIZES:
-        raise ValueError(f"config argument size={a.size!r} is unknown; allowed: {list(SIZES)}")
+        raise InputError(f"config argument size={a.size!r} is unknown; allowed: {list(SIZES)}")
     c = base_config()
     c.task = "seq2seq"
-    if a.local:
+    if a.local or a.test:
         c.model = default_model_config(a.size or "custom")
         if not a.size:
             c.model.update(d_model=128, num_heads=4, d_kv=32, d_ff=512, num_encoder_layers=2, num_decoder_layers=2)
@@ -73,6 +79,14 @@ def get_config(arg=None):
             grad_clip_norm=1.0,
         )
         c.model.dropout_rate = 0.0
+        if a.test:  # 32 wide, 2+2 scanned layers (one body to compile per stack), 6 steps
+            if not a.size:
+                c.model.update(d_model=32, num_heads=4, d_kv=8, d_ff=64)
+            c.model.scan_layers = True
+            c.data.update(inputs_length=32, targets_length=9)  # random_spans_helper(32) -> targets 9
+            c.batch_size, c.eval_batch_size = 16, 64
+            c.total_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 6, 2, 3, 3
+            c.async_checkpointing = False
     else:
         c.model = default_model_config(a.size or "base")
         c.data = text_data_config("c4/en", inputs_length=512)  # targets 114

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import ml_collections
 
+from lazy_jax.errors import InputError
 from lazy_jax.sharding import DEFAULT_RULES
+
+_BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 def parse_arg(arg: str | None, defaults: dict) -> ml_collections.ConfigDict:
@@ -17,13 +20,19 @@ def parse_arg(arg: str | None, defaults: dict) -> ml_collections.ConfigDict:
     for part in filter(None, (arg or "").split(",")):
         key, eq, value = part.partition("=")
         if key not in out:
-            raise ValueError(f"config argument {key!r} is unknown; allowed: {sorted(out)}")
+            raise InputError(f"config argument {key!r} is unknown; allowed: {sorted(out)}")
         if not eq:
             out[key] = True
         elif isinstance(out[key], bool):
-            out[key] = value.lower() in ("1", "true", "yes")
+            # Only true/false words: `local=on` must not silently train the full-size config.
+            if value.lower() not in _BOOL_WORDS:
+                raise InputError(f"config argument {key}={value!r} is not allowed: use one of {sorted(_BOOL_WORDS)}")
+            out[key] = _BOOL_WORDS[value.lower()]
         elif isinstance(out[key], int):
-            out[key] = int(value)
+            try:
+                out[key] = int(value)
+            except ValueError:
+                raise InputError(f"config argument {key}={value!r} is not allowed: use an integer") from None
         else:
             out[key] = value
     return ml_collections.ConfigDict(out)
@@ -68,7 +77,7 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     path, _, arg = spec.partition(":")
     module_spec = importlib.util.spec_from_file_location("lazy_jax_config", path)
     if module_spec is None:
-        raise ValueError(f"config file {path!r} cannot be loaded")
+        raise InputError(f"config file {path!r} cannot be loaded")
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     return module.get_config(arg or None)

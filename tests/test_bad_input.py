@@ -85,3 +85,22 @@ def test_main_prints_a_clean_error(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("error: model.topk=100000 is not allowed")
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    "arg, message",
+    [
+        (
+            "local=on",
+            r"config argument local='on' is not allowed: use one of \['0', '1', 'false', 'no', 'true', 'yes'\]",
+        ),
+        ("local=ture", r"local='ture' is not allowed"),
+        ("topk=abc", r"config argument topk='abc' is not allowed: use an integer"),
+    ],
+)
+def test_config_argument_values_are_checked(arg, message):
+    """A typo in a boolean argument must not silently select the full-size config."""
+    with pytest.raises(ValueError, match=message):
+        load_config(f"configs/vit.py:{arg}")
+    assert load_config("configs/vit.py:local=false").model.variant == "B/16"  # the words that parse still do
+    assert load_config("configs/vit.py:local=yes").model.variant == "Mu/7"

@@ -21,15 +21,9 @@ LAYERS = 2
 
 
 def tiny_config(data_dir, **overrides):
-    c = load_config("configs/t5.py:local")
-    c.model.update(
-        d_model=32, num_heads=4, d_kv=8, d_ff=64, num_encoder_layers=LAYERS, num_decoder_layers=LAYERS, scan_layers=True
-    )  # one layer body to compile per stack
+    """configs/t5.py:test (32 wide, 2+2 scanned layers, 6 steps) on the module's data dir."""
+    c = load_config("configs/t5.py:test")
     c.data.data_dir = str(data_dir)
-    c.data.update(inputs_length=32, targets_length=9)  # random_spans_helper(32) -> targets 9
-    c.batch_size, c.eval_batch_size = 16, 64
-    c.total_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 6, 2, 3, 3
-    c.async_checkpointing = False
     for k, v in overrides.items():
         c[k] = v
     return c
