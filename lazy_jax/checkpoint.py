@@ -16,13 +16,15 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from lazy_jax.errors import InputError
+
 
 def param_shapes(params: Any) -> dict[str, list[int]]:
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     return {jax.tree_util.keystr(path): list(leaf.shape) for path, leaf in flat}
 
 
-class ModelMismatchError(ValueError):
+class ModelMismatchError(InputError):
     pass
 
 

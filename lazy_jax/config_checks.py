@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import math
 
+from lazy_jax.errors import InputError
 from lazy_jax.optim import OPTIMIZERS, SCHEDULES
 from lazy_jax.tasks import TASKS
 
 
 def _positive_int(name: str, value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name}={value!r} is not allowed: use a positive integer")
+        raise InputError(f"{name}={value!r} is not allowed: use a positive integer")
 
 
 def _nonnegative_int(name: str, value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{name}={value!r} is not allowed: use an integer >= 0")
+        raise InputError(f"{name}={value!r} is not allowed: use an integer >= 0")
 
 
 FLOAT32_MAX = 3.4028234663852886e38  # larger values overflow to inf in the float32 optimizer state
@@ -31,7 +32,7 @@ def validate_config(config) -> None:
     if "shuffle_seed" in config.data:
         _nonnegative_int("data.shuffle_seed", config.data.shuffle_seed)
     if config.task not in TASKS:
-        raise ValueError(f"task={config.task!r} is unknown; allowed: {list(TASKS)}")
+        raise InputError(f"task={config.task!r} is unknown; allowed: {list(TASKS)}")
     for name in (
         "batch_size",
         "eval_batch_size",
@@ -44,9 +45,9 @@ def validate_config(config) -> None:
         _positive_int(name, config[name])
     opt = config.optimizer
     if opt.name not in OPTIMIZERS:
-        raise ValueError(f"optimizer.name={opt.name!r} is unknown; allowed: {list(OPTIMIZERS)}")
+        raise InputError(f"optimizer.name={opt.name!r} is unknown; allowed: {list(OPTIMIZERS)}")
     if opt.schedule not in SCHEDULES:
-        raise ValueError(f"optimizer.schedule={opt.schedule!r} is unknown; allowed: {list(SCHEDULES)}")
+        raise InputError(f"optimizer.schedule={opt.schedule!r} is unknown; allowed: {list(SCHEDULES)}")
     for name in ("learning_rate", "grad_clip_norm", "weight_decay"):
         v = opt[name]
         if (
@@ -56,16 +57,16 @@ def validate_config(config) -> None:
             or v > FLOAT32_MAX
             or (name == "learning_rate" and v == 0)
         ):
-            raise ValueError(
+            raise InputError(
                 f"optimizer.{name}={v!r} is not allowed: use a finite float32 number "
                 f"{'> 0' if name == 'learning_rate' else '>= 0'}"
             )
     for name in ("b1", "b2"):
         if name in opt and (not isinstance(opt[name], (int, float)) or not 0.0 <= opt[name] < 1.0):
-            raise ValueError(f"optimizer.{name}={opt[name]!r} is not allowed: use 0 <= {name} < 1")
+            raise InputError(f"optimizer.{name}={opt[name]!r} is not allowed: use 0 <= {name} < 1")
     if "end_lr_frac" in opt and (not isinstance(opt.end_lr_frac, (int, float)) or not 0.0 <= opt.end_lr_frac <= 1.0):
-        raise ValueError(f"optimizer.end_lr_frac={opt.end_lr_frac!r} is not allowed: use 0 <= end_lr_frac <= 1")
+        raise InputError(f"optimizer.end_lr_frac={opt.end_lr_frac!r} is not allowed: use 0 <= end_lr_frac <= 1")
     if not isinstance(opt.warmup_steps, int) or opt.warmup_steps < 0:
-        raise ValueError(f"optimizer.warmup_steps={opt.warmup_steps!r} is not allowed: use an integer >= 0")
+        raise InputError(f"optimizer.warmup_steps={opt.warmup_steps!r} is not allowed: use an integer >= 0")
     if not isinstance(config.z_loss, (int, float)) or not math.isfinite(config.z_loss) or config.z_loss < 0:
-        raise ValueError(f"z_loss={config.z_loss!r} is not allowed: use a finite number >= 0")
+        raise InputError(f"z_loss={config.z_loss!r} is not allowed: use a finite number >= 0")

@@ -46,8 +46,9 @@ def main(argv):
     try:
         initialize_distributed()
         train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    # Errors that name a bad input print as one line; anything else keeps its traceback.
-    except (InputError, ValueError, FileNotFoundError, FloatingPointError) as e:
+    # lazy_jax's own input errors (and a run stopped by a NaN) print as one line, exit 2; anything
+    # else, a shape error while tracing say, keeps its traceback.
+    except (InputError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from lazy_jax.errors import InputError
 from lazy_jax.workdir import CONFIG, METRICS, REPORT_DIR, STATS_DIR, read_metrics, stats_files
 
 NONZERO_PREFIX = "nonzero_frac/"
@@ -270,7 +271,7 @@ def write_report(workdir: str | Path) -> Path:
     workdir = Path(workdir)
     rows = read_metrics(workdir)
     if not rows:
-        raise ValueError(f"{workdir / METRICS} holds no metric rows (no line is a JSON object with 'step' and 'split')")
+        raise InputError(f"{workdir / METRICS} holds no metric rows (no line is a JSON object with 'step' and 'split')")
     out_dir = workdir / REPORT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     splits = splits_of(rows)

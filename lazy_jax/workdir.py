@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from lazy_jax.errors import InputError
+
 METRICS = "metrics.jsonl"
 DROPPED_METRICS = "metrics.dropped.jsonl"
 CONFIG = "config.json"
@@ -91,5 +93,5 @@ def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
     """`read_rows` of the workdir's metrics.jsonl; ValueError naming the path if there is none."""
     path = Path(workdir) / METRICS
     if not path.is_file():
-        raise ValueError(f"no metrics file at {path}: expected the {METRICS} a training run writes into its --workdir")
+        raise InputError(f"no metrics file at {path}: expected the {METRICS} a training run writes into its --workdir")
     return read_rows(path)

@@ -104,3 +104,29 @@ def test_config_argument_values_are_checked(arg, message):
         load_config(f"configs/vit.py:{arg}")
     assert load_config("configs/vit.py:local=false").model.variant == "B/16"  # the words that parse still do
     assert load_config("configs/vit.py:local=yes").model.variant == "Mu/7"
+
+
+@pytest.mark.parametrize("error, one_line", [("input", True), ("other", False)])
+def test_only_input_errors_become_one_line_messages(tmp_path, monkeypatch, capsys, error, one_line):
+    """An InputError prints as `error: ...` (exit 2); any other ValueError, e.g. a shape error
+    while tracing, keeps its traceback (it propagates)."""
+    from lazy_jax import main as main_lib
+    from lazy_jax import run
+    from lazy_jax.errors import InputError
+
+    def fail(config, workdir):
+        raise (InputError if error == "input" else ValueError)("bad thing 123")
+
+    monkeypatch.setattr(run, "train_and_evaluate", fail)
+    main_lib.FLAGS(["main", "--config=configs/vit.py:test", f"--workdir={tmp_path}"])
+    try:
+        if one_line:
+            with pytest.raises(SystemExit) as exit_info:
+                main_lib.main(["main"])
+            assert exit_info.value.code == 2
+            assert capsys.readouterr().err == "error: bad thing 123\n"
+        else:
+            with pytest.raises(ValueError, match="bad thing 123"):
+                main_lib.main(["main"])
+    finally:
+        main_lib.FLAGS.unparse_flags()

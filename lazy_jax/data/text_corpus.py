@@ -21,6 +21,7 @@ import tensorflow_datasets as tfds
 
 from lazy_jax.data import offline, pydocs, sources
 from lazy_jax.data import tokenizer as tokenizer_lib
+from lazy_jax.errors import InputError
 
 TEXT_FEATURE = "text"
 SPM_FILENAME = "sentencepiece.model"
@@ -116,7 +117,7 @@ def dataset_name(config_data: ml_collections.ConfigDict) -> str:
     """The tfds name the config reads: name, or 'pydocs_kjv' for pydocs with add_bible_kjv."""
     if config_data.add_bible_kjv:
         if config_data.name not in ("pydocs", "pydocs_kjv"):
-            raise ValueError(f'add_bible_kjv=True only goes with name "pydocs", got {config_data.name!r}')
+            raise InputError(f'add_bible_kjv=True only goes with name "pydocs", got {config_data.name!r}')
         return "pydocs_kjv"
     return config_data.name
 
@@ -134,7 +135,7 @@ def load_tokenizer(config_data: ml_collections.ConfigDict) -> tokenizer_lib.Sent
     if config_data.spm_path:
         return tokenizer_lib.load(os.path.expanduser(config_data.spm_path))
     if dataset_name(config_data) not in OFFLINE_TEXT_DATASETS:
-        raise ValueError(
+        raise InputError(
             f"config.data.spm_path is None, which means the offline pydocs vocabulary, but "
             f"dataset {config_data.name!r} needs its own: set spm_path to a SentencePiece "
             "model, e.g. T5's cc_all.32000/sentencepiece.model"

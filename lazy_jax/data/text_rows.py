@@ -30,6 +30,7 @@ import tensorflow_datasets as tfds
 from lazy_jax.data import cache, sources, span_corruption, stream
 from lazy_jax.data import tokenizer as tokenizer_lib
 from lazy_jax.data.text_corpus import TEXT_FEATURE, as_str
+from lazy_jax.errors import InputError
 
 WINDOW_ROWS = 64
 SAMPLE_DOCUMENTS = 256
@@ -59,14 +60,14 @@ class RowGeometry:
             self.inputs_length, self.density, self.mean_span
         )
         if self.targets_length < needed_targets:
-            raise ValueError(
+            raise InputError(
                 f"targets_length={self.targets_length} is too short: inputs_length="
                 f"{self.inputs_length} with noise_density={self.density} and "
                 f"mean_noise_span_length={self.mean_span} gives targets of {needed_targets} tokens"
             )
         spans = span_corruption.num_noise_spans(self.raw_length, self.density, self.mean_span)
         if spans > num_sentinels:
-            raise ValueError(
+            raise InputError(
                 f"chunks of {self.raw_length} tokens need up to {spans} sentinels but the "
                 f"vocabulary has {num_sentinels} extra ids"
             )
@@ -150,7 +151,7 @@ class DocumentReader:
         builder = tfds.builder_from_directory(dataset_dir)
         self.num_documents = sources.split_size(builder, name, split)
         if TEXT_FEATURE not in builder.info.features:
-            raise ValueError(
+            raise InputError(
                 f"dataset {name!r} has no {TEXT_FEATURE!r} feature; it has {sorted(builder.info.features)}"
             )
         self.key = (dataset_dir, split, tokenizer.path)  # What the tokens depend on.

@@ -16,6 +16,7 @@ import numpy as np
 import sentencepiece as spm
 
 from lazy_jax.data import cache
+from lazy_jax.errors import InputError
 
 DEFAULT_EXTRA_IDS = 100
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
@@ -28,21 +29,21 @@ class SentencePieceTokenizer:
     def __init__(self, path: str, extra_ids: int = DEFAULT_EXTRA_IDS):
         path = os.fspath(path)
         if not os.path.isfile(path):
-            raise ValueError(f"SentencePiece model file not found: {path!r}")
+            raise InputError(f"SentencePiece model file not found: {path!r}")
         with open(path, "rb") as f:
             proto = f.read()
         processor = spm.SentencePieceProcessor()
         try:
             processor.LoadFromSerializedProto(proto)
         except Exception as e:  # sentencepiece raises RuntimeError/OSError variants.
-            raise ValueError(f"cannot read SentencePiece model {path!r}: {e}") from e
+            raise InputError(f"cannot read SentencePiece model {path!r}: {e}") from e
         if (processor.pad_id(), processor.eos_id()) != (PAD_ID, EOS_ID):
-            raise ValueError(
+            raise InputError(
                 f"SentencePiece model {path!r} has pad id {processor.pad_id()} and eos id "
                 f"{processor.eos_id()}; T5 span corruption needs pad=0 and eos=1"
             )
         if extra_ids < 1:
-            raise ValueError(f"extra_ids must be >= 1 for span corruption, got {extra_ids}")
+            raise InputError(f"extra_ids must be >= 1 for span corruption, got {extra_ids}")
         self.path = path
         self.extra_ids = extra_ids
         self._processor = processor

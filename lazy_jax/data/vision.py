@@ -50,6 +50,7 @@ import ml_collections
 import numpy as np
 
 from lazy_jax.data import cache, sources, stream
+from lazy_jax.errors import InputError
 
 CACHE_LIMIT_BYTES = 500 * 2**20
 _RANDOM_LABELS_TAG = 0x1ABE1
@@ -89,13 +90,13 @@ def _image_shape(builder, name: str, image_size: int | None) -> tuple[int, int, 
     image_key, _ = _keys(builder)
     shape = tuple(builder.info.features[image_key].shape)
     if len(shape) != 3 or shape[-1] is None:
-        raise ValueError(
+        raise InputError(
             f"Dataset {name!r}: image feature {image_key!r} has shape {shape}; expected [H, W, C] with known C."
         )
     if image_size:
         return (int(image_size), int(image_size), shape[-1])
     if None in shape:
-        raise ValueError(
+        raise InputError(
             f"Dataset {name!r} has variable image size {shape}; set config.data.image_size to resize to a fixed size."
         )
     return shape

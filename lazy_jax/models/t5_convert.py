@@ -25,6 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from lazy_jax.errors import InputError
 from lazy_jax.models.t5 import DIM_FIELDS, T5, T5_SIZES, default_model_config, t5_dims, t5_spec
 
 SAFETENSORS_DTYPES = {
@@ -60,7 +61,7 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
         elif dtype_name in SAFETENSORS_DTYPES:
             dtype = SAFETENSORS_DTYPES[dtype_name]
         else:
-            raise ValueError(
+            raise InputError(
                 f"{path}: tensor {name!r} has dtype {dtype_name!r}; readable: {sorted([*SAFETENSORS_DTYPES, 'BF16'])}"
             )
         begin, end = info["data_offsets"]
@@ -114,21 +115,21 @@ def model_config_from_hf(hf_config: Mapping[str, Any] | Any, **model_overrides) 
     hf = dict(hf_config.to_dict() if hasattr(hf_config, "to_dict") else hf_config)
     model_type = hf.get("model_type", "t5")
     if model_type != "t5":
-        raise ValueError(f"HF model_type={model_type!r} is not supported; only 't5' (T5 v1.0) is")
+        raise InputError(f"HF model_type={model_type!r} is not supported; only 't5' (T5 v1.0) is")
     proj = hf.get("feed_forward_proj", "relu")
     if proj != "relu" or hf.get("is_gated_act", False):
-        raise ValueError(
+        raise InputError(
             f"HF feed_forward_proj={proj!r} is not T5 v1.0: only 'relu' (no gating) is supported "
             "(T5 v1.1 / Flan-T5 / mT5 use 'gated-gelu')"
         )
     if hf.get("tie_word_embeddings") is False or hf.get("scale_decoder_outputs") is False:
-        raise ValueError(
+        raise InputError(
             "HF config has untied output embeddings (tie_word_embeddings=False): "
             "not T5 v1.0, which ties them and scales the decoder output by d_model**-0.5"
         )
     missing = [k for k in ("vocab_size", "d_model", "d_ff", "num_heads", "num_layers") if k not in hf]
     if missing:
-        raise ValueError(f"HF T5 config lacks {missing}; got keys {sorted(hf)}")
+        raise InputError(f"HF T5 config lacks {missing}; got keys {sorted(hf)}")
     dims = dict(
         d_model=hf["d_model"],
         num_heads=hf["num_heads"],
@@ -229,7 +230,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], config) -> dict:
         )
     missing = sorted(hf for hf, _ in name_map.values() if hf not in state_dict)
     if missing:
-        raise ValueError(
+        raise InputError(
             f"HF state dict lacks {len(missing)} tensor(s) the model needs: {missing[:10]}"
             f"{' ...' if len(missing) > 10 else ''}"
         )
@@ -240,7 +241,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], config) -> dict:
         want_hf, ours = hf_shape_of(expected[path]), expected[path]
         w = _to_numpy(state_dict[hf_name])
         if tuple(w.shape) != tuple(want_hf):
-            raise ValueError(
+            raise InputError(
                 f"HF tensor {hf_name!r} has shape {tuple(w.shape)} but {'/'.join(path)} {ours} needs {tuple(want_hf)}"
             )
         flat[path] = np.ascontiguousarray(transform(w, ours), dtype=np.float32)
@@ -250,14 +251,14 @@ def convert_state_dict(state_dict: Mapping[str, Any], config) -> dict:
         if alias in state_dict:
             w = _to_numpy(state_dict[alias])
             if w.shape != shared.shape or not np.array_equal(w, shared):
-                raise ValueError(
+                raise InputError(
                     f"HF tensor {alias!r} differs from shared.weight: the embeddings are not tied, "
                     "so this is not a T5 v1.0 checkpoint"
                 )
             used.add(alias)
     unused = sorted(set(state_dict) - used)
     if unused:
-        raise ValueError(
+        raise InputError(
             f"HF state dict has {len(unused)} tensor(s) this T5 v1.0 model does not use: "
             f"{unused[:10]}{' ...' if len(unused) > 10 else ''}"
         )
