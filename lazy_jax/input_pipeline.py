@@ -96,31 +96,28 @@ def check_run_length(config) -> None:
         vision.check_infinite_data(config.data, config.total_steps, config.batch_size)
 
 
-def train_batches(config, start_step: int, process_index: int, process_count: int):
+def _loaders(config):
+    """(train_batches, eval_batches) of the task's data module."""
     _check_task(config)
     if config.task == "classification":
-        from lazy_jax.data.vision import train_batches as batches
-    else:
-        from lazy_jax.data.text import text_train_batches as batches
-    return batches(
-        config.data,
-        global_batch_size=config.batch_size,
-        start_step=start_step,
-        process_index=process_index,
-        process_count=process_count,
-        seed=config.seed,
-    )
+        from lazy_jax.data import vision
+
+        return vision.train_batches, vision.eval_batches
+    from lazy_jax.data import text
+
+    return text.text_train_batches, text.text_eval_batches
+
+
+def train_batches(config, start_step: int, process_index: int, process_count: int):
+    """This process's train batches from batch `start_step` on (a pure function of seed and step)."""
+    shard = dict(process_index=process_index, process_count=process_count)
+    train, _ = _loaders(config)
+    return train(config.data, global_batch_size=config.batch_size, start_step=start_step, seed=config.seed, **shard)
 
 
 def eval_batches(config, process_index: int, process_count: int):
-    _check_task(config)
-    if config.task == "classification":
-        from lazy_jax.data.vision import eval_batches as batches
-    else:
-        from lazy_jax.data.text import text_eval_batches as batches
-    return batches(
-        config.data,
-        global_batch_size=config.eval_batch_size,
-        process_index=process_index,
-        process_count=process_count,
+    """This process's batches over the eval split once, the last one padded (mask 0)."""
+    _, evaluate = _loaders(config)
+    return evaluate(
+        config.data, global_batch_size=config.eval_batch_size, process_index=process_index, process_count=process_count
     )

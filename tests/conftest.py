@@ -7,6 +7,10 @@ flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
     os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
 
+# Implicit rank promotion (adding a [D] to a [B, T, D] without saying so) is an error in tests,
+# as in nanodo; set in the environment so the runs tests start as subprocesses get it too.
+os.environ["JAX_NUMPY_RANK_PROMOTION"] = "raise"
+
 # One persistent XLA compilation cache for the session: the many runs of the same tiny models
 # (resume tests, fault tests) compile each program once. A fresh directory, so nothing carries
 # over between sessions.
@@ -23,10 +27,31 @@ import pytest  # noqa: E402  (after the environment is set)
 
 
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    """A data dir (`<it>/tfds`) holding the offline `digits` dataset; modules may override it."""
-    from lazy_jax.data.offline import prepare
+def tfds_dir(tmp_path_factory) -> str:
+    """One tfds data dir for the session (one per xdist worker); the dataset fixtures prepare into it."""
+    return str(tmp_path_factory.mktemp("tfds"))
 
-    d = tmp_path_factory.mktemp("data")
-    prepare("digits", str(d / "tfds"))
-    return d
+
+# One fixture per dataset: each prepares its dataset once and returns the data dir holding it.
+@pytest.fixture(scope="session")
+def digits_dir(tfds_dir) -> str:
+    from lazy_jax.data import offline
+
+    offline.prepare("digits", tfds_dir)
+    return tfds_dir
+
+
+@pytest.fixture(scope="session")
+def mnist5k_dir(tfds_dir) -> str:
+    from lazy_jax.data import offline
+
+    offline.prepare("mnist5k", tfds_dir)
+    return tfds_dir
+
+
+@pytest.fixture(scope="session")
+def pydocs_dir(tfds_dir) -> str:
+    from lazy_jax.data import text_corpus
+
+    text_corpus.prepare_pydocs(tfds_dir)
+    return tfds_dir

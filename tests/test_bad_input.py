@@ -30,8 +30,8 @@ def test_unknown_config_argument():
         load_config("configs/vit.py:colour=red")
 
 
-def test_unknown_dataset(data_dir, tmp_path):
-    c = tiny_config(data_dir)
+def test_unknown_dataset(digits_dir, tmp_path):
+    c = tiny_config(digits_dir)
     c.data.name = "no_such_dataset"
     with pytest.raises(ValueError, match="no_such_dataset"):
         train_and_evaluate(c, tmp_path)
@@ -39,40 +39,40 @@ def test_unknown_dataset(data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("k", [-1, 513])
-def test_topk_out_of_range(data_dir, tmp_path, k):
-    c = tiny_config(data_dir)
+def test_topk_out_of_range(digits_dir, tmp_path, k):
+    c = tiny_config(digits_dir)
     c.model.topk = k
     with pytest.raises(ValueError, match=rf"k={k} is not allowed.*d_ff=512"):
         train_and_evaluate(c, tmp_path)
 
 
-def test_unknown_topk_impl(data_dir, tmp_path):
-    c = tiny_config(data_dir)
+def test_unknown_topk_impl(digits_dir, tmp_path):
+    c = tiny_config(digits_dir)
     c.model.update(topk=8, topk_impl="sort")
     with pytest.raises(ValueError, match=r"topk_impl='sort' is unknown; allowed: \['bisect', 'lax'\]"):
         train_and_evaluate(c, tmp_path)
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
-def test_mesh_that_does_not_match_devices(data_dir, tmp_path):
-    c = tiny_config(data_dir)
+def test_mesh_that_does_not_match_devices(digits_dir, tmp_path):
+    c = tiny_config(digits_dir)
     c.mesh.update(data=3, fsdp=1, model=1)
     with pytest.raises(ValueError, match=r"needs 3 devices but 8 are present"):
         train_and_evaluate(c, tmp_path)
 
 
-def test_batch_not_divisible_by_data_parallel_size(data_dir, tmp_path):
-    c = tiny_config(data_dir, batch_size=12)
+def test_batch_not_divisible_by_data_parallel_size(digits_dir, tmp_path):
+    c = tiny_config(digits_dir, batch_size=12)
     c.mesh.update(data=8, fsdp=1, model=1)
     with pytest.raises(ValueError, match=r"batch_size=12 must be a positive multiple of the data-parallel size 8"):
         train_and_evaluate(c, tmp_path)
 
 
-def test_checkpoint_of_another_model_shape(data_dir, tmp_path):
-    train_and_evaluate(tiny_config(data_dir, total_steps=3), tmp_path)
+def test_checkpoint_of_another_model_shape(digits_dir, tmp_path):
+    train_and_evaluate(tiny_config(digits_dir, total_steps=3), tmp_path)
     before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     metrics_before = (tmp_path / "metrics.jsonl").read_text()
-    other = tiny_config(data_dir)
+    other = tiny_config(digits_dir)
     other.model.variant = "Mu/2"  # more patches: another position-embedding shape
     with pytest.raises(ValueError, match=r"belongs to a model of another shape.*pos_embedding"):
         train_and_evaluate(other, tmp_path)

@@ -11,7 +11,6 @@ import tempfile
 import traceback
 from pathlib import Path
 
-import pytest
 from absl import flags
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -157,15 +156,6 @@ def innermost_file(exc: BaseException) -> str:
     return traceback.extract_tb(exc.__traceback__)[-1].filename
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("fuzz")
-    from lazy_jax.data.offline import prepare
-
-    prepare("digits", str(d / "tfds"))
-    return str(d / "tfds")
-
-
 @settings(
     max_examples=int(os.environ.get("FUZZ_EXAMPLES", 15)),
     deadline=None,
@@ -174,8 +164,8 @@ def data_dir(tmp_path_factory):
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(overrides())
-def test_config_overrides_run_or_are_refused_by_name(data_dir, pairs):
-    base = dict(BASE, **{"data.data_dir": data_dir, "model.scan_layers": True})
+def test_config_overrides_run_or_are_refused_by_name(digits_dir, pairs):
+    base = dict(BASE, **{"data.data_dir": digits_dir, "model.scan_layers": True})
     argv = ["main", CONFIG] + [f"--config.{k}={v}" for k, v in base.items()]
     argv += [f"--config.{k}={v}" for k, v in pairs]
     with tempfile.TemporaryDirectory() as workdir:

@@ -13,11 +13,9 @@ from lazy_jax.data import cache, offline, sources, stream, vision
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("tfds"))
-    assert offline.prepare("mnist5k", path)  # Explicitly, as the CLI does.
-    sources.load_source("digits", "train", data_dir=path)  # Prepared on first use.
-    return path
+def data_dir(digits_dir, mnist5k_dir):
+    """The session's data dir, holding digits and mnist5k (prepared by conftest's fixtures)."""
+    return mnist5k_dir
 
 
 def _config(data_dir, **overrides):
@@ -95,7 +93,15 @@ def test_digits_pixels_scaled_from_sklearn(data_dir):
 def test_prepare_is_idempotent_and_leaves_no_temp(data_dir):
     assert not offline.prepare("mnist5k", data_dir)
     assert not offline.prepare("digits", data_dir)
-    assert sorted(os.listdir(data_dir)) == ["digits", "mnist5k"]
+    assert {"digits", "mnist5k"} <= set(os.listdir(data_dir))
+    assert not [f for f in os.listdir(data_dir) if f.startswith(".")], "no temporary dirs left"
+
+
+def test_prepare_builds_once_and_on_first_use(tmp_path):
+    assert offline.prepare("digits", str(tmp_path))  # explicitly, as the CLI does: built
+    assert not offline.prepare("digits", str(tmp_path))
+    sources.load_source("mnist5k", "train", data_dir=str(tmp_path))  # prepared on first use
+    assert sorted(os.listdir(tmp_path)) == ["digits", "mnist5k"]
 
 
 def test_prepare_cli_noop_message(data_dir):

@@ -43,12 +43,9 @@ runpy.run_module('lazy_jax.main', run_name='__main__', alter_sys=True)
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(digits_dir, tmp_path_factory):
     """Prepared digits and a shared compilation cache for the child processes."""
     root = tmp_path_factory.mktemp("faults")
-    from lazy_jax.data.offline import prepare
-
-    prepare("digits", str(root / "tfds"))
     e = dict(
         os.environ,
         JAX_PLATFORMS="cpu",
@@ -57,7 +54,7 @@ def env(tmp_path_factory):
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         PYTHONUNBUFFERED="1",
     )
-    return {"data_dir": str(root / "tfds"), "environ": e}
+    return {"data_dir": digits_dir, "environ": e}
 
 
 def main_argv(env, workdir, **overrides):

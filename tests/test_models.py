@@ -169,7 +169,7 @@ def test_vit_pooling(pool):
     logits, aux, x_BTD = _jitted("vit", config, "apply")(variables, _batch())
     assert x_BTD.shape == (B, num_tokens, VIT_TINY["width"])
     x_BD = x_BTD[:, 0] if pool == "cls" else jnp.mean(x_BTD, axis=1)
-    want = x_BD @ params["head"]["kernel"] + params["head"]["bias"]
+    want = x_BD @ params["head"]["kernel"] + params["head"]["bias"][None]
     np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5)
     assert np.std(np.asarray(logits)) > 1e-2
     # Statistics count every token of the two valid examples, the class token included.

@@ -36,11 +36,9 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(digits_dir, tmp_path_factory):
+    """digits prepared before the processes start (they must not race to prepare it)."""
     root = tmp_path_factory.mktemp("multihost")
-    from lazy_jax.data.offline import prepare
-
-    prepare("digits", str(root / "tfds"))  # before the processes start: they must not race to prepare it
     e = dict(
         os.environ,
         JAX_PLATFORMS="cpu",
@@ -49,7 +47,7 @@ def env(tmp_path_factory):
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
     )
-    return {"data_dir": str(root / "tfds"), "environ": e}
+    return {"data_dir": digits_dir, "environ": e}
 
 
 def argv(env, workdir, total_steps):

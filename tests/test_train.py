@@ -15,10 +15,10 @@ from tests.resume_helpers import assert_preempt_and_resume_matches, read_rows
 N_LAYERS = 6  # ViT-Mu
 
 
-def tiny_config(tmp_path, **overrides):
-    """configs/vit.py:test (ViT-Mu/4 on digits, 6 steps) on the session's data dir."""
+def tiny_config(data_dir, **overrides):
+    """configs/vit.py:test (ViT-Mu/4 on digits, 6 steps) reading from `data_dir`."""
     c = load_config("configs/vit.py:test")
-    c.data.data_dir = str(tmp_path / "tfds")
+    c.data.data_dir = data_dir
     for k, v in overrides.items():
         c[k] = v
     return c
@@ -50,11 +50,11 @@ def one_step(config, devices):
 
 
 @pytest.mark.parametrize("mesh", [dict(data=2, fsdp=1, model=4), dict(data=2, fsdp=4, model=1)])
-def test_eight_device_mesh_matches_one_device(data_dir, mesh):
+def test_eight_device_mesh_matches_one_device(digits_dir, mesh):
     assert len(jax.devices()) == 8
-    c1 = tiny_config(data_dir)
+    c1 = tiny_config(digits_dir)
     c1.mesh.update(data=1, fsdp=1, model=1)
-    c8 = tiny_config(data_dir)
+    c8 = tiny_config(digits_dir)
     c8.mesh.update(**mesh)
     single = one_step(c1, jax.devices()[:1])
     exp = Experiment(c8, synthetic_data(), devices=jax.devices())
@@ -67,9 +67,9 @@ def test_eight_device_mesh_matches_one_device(data_dir, mesh):
             np.testing.assert_allclose(a[k], b[k], rtol=2e-4, atol=2e-5, err_msg=k)
 
 
-def test_golden_one_step(data_dir):
+def test_golden_one_step(digits_dir):
     """Loss and statistics of one step of a fixed tiny ViT on a fixed batch (values recorded once)."""
-    c = tiny_config(data_dir)
+    c = tiny_config(digits_dir)
     c.model.num_classes = 10
     c.mesh.update(data=1, fsdp=1, model=1)
     c.optimizer.schedule = "constant"  # so the first update moves the (zero-initialised) head
@@ -90,12 +90,12 @@ GOLDEN = {
 }
 
 
-def test_preempt_and_resume_matches_uninterrupted_run(data_dir, tmp_path, monkeypatch):
-    assert_preempt_and_resume_matches(lambda: tiny_config(data_dir), tmp_path, monkeypatch)
+def test_preempt_and_resume_matches_uninterrupted_run(digits_dir, tmp_path, monkeypatch):
+    assert_preempt_and_resume_matches(lambda: tiny_config(digits_dir), tmp_path, monkeypatch)
 
 
-def test_metrics_jsonl_names(data_dir, tmp_path):
-    c = tiny_config(data_dir, total_steps=3)
+def test_metrics_jsonl_names(digits_dir, tmp_path):
+    c = tiny_config(digits_dir, total_steps=3)
     c.model.neuron_freq = True
     c.model.count_hist_bins = 8
     train_and_evaluate(c, tmp_path)

@@ -88,9 +88,9 @@ def available_datasets(data_dir: str) -> list[str]:
     return found
 
 
-def _missing_dataset_error(name: str, data_dir: str, searched: str) -> ValueError:
+def _missing_dataset_error(name: str, data_dir: str, searched: str) -> InputError:
     available = available_datasets(data_dir)
-    return ValueError(
+    return InputError(
         f"Dataset {name!r} not found: no prepared version under {searched!r} "
         f"(data dir {data_dir!r}, from the data_dir argument, else $TFDS_DATA_DIR, "
         f"else ~/tensorflow_datasets). "

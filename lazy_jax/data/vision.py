@@ -187,7 +187,7 @@ def _iterate(make_batch, steps: range, num_workers: int) -> Iterator[dict[str, n
 
 
 def _infinite_error(config_data, step: int, num_examples: int, global_batch_size: int):
-    return ValueError(
+    return InputError(
         f"infinite data (config.data.infinite=True): step {step} needs stream "
         f"positions [{step * global_batch_size}, {(step + 1) * global_batch_size}) "
         f"but {config_data.name!r} split {config_data.train_split!r} has only "

@@ -48,5 +48,5 @@ class SelfAttention(nn.Module):
             nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2),
         )
         b_D = param("out_bias", ("embed",), (d,), nn.initializers.zeros)
-        y_BTD = jnp.einsum("bthk,hkd->btd", o_BTHK, w_HKD.astype(self.dtype)) + b_D.astype(self.dtype)
+        y_BTD = jnp.einsum("bthk,hkd->btd", o_BTHK, w_HKD.astype(self.dtype)) + b_D[None, None].astype(self.dtype)
         return y_BTD

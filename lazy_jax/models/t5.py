@@ -223,7 +223,7 @@ class RmsNorm(nn.Module):
         scale_D = self.param("scale", nn.with_logical_partitioning(_ones_init, ("embed",)), (x_BTD.shape[-1],))
         x32 = x_BTD.astype(jnp.float32)
         y32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
-        return (y32 * scale_D).astype(self.dtype)
+        return (y32 * scale_D[None, None]).astype(self.dtype)
 
 
 class Embedder(nn.Module):
