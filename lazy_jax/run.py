@@ -32,6 +32,7 @@ from lazy_jax.checkpoint import Checkpointer, param_shapes
 from lazy_jax.config_checks import validate_config
 from lazy_jax.errors import InputError
 from lazy_jax.metrics_writer import MetricsWriter
+from lazy_jax.models import model_spec
 from lazy_jax.train import Experiment
 
 
@@ -107,10 +108,14 @@ def _fmt_eta(seconds: float) -> str:
 def train_and_evaluate(config, workdir: str | Path) -> dict:
     """Trains `config` in `workdir`; returns the last logged train and eval metrics."""
     workdir = Path(workdir)
+    # Every check of the config, the data and the model before the workdir is touched.
     validate_config(config)
+    data = input_pipeline.data_spec(config)
+    model_spec(config.model, **data.model_sizes(config.model))
+    input_pipeline.check_run_length(config)
     is_writer = jax.process_index() == 0
     with WorkdirLock(workdir) if is_writer else contextlib.nullcontext():
-        return _train(config, workdir, is_writer)
+        return _train(config, data, workdir, is_writer)
 
 
 def resolved_config(config, model_sizes: dict):
@@ -121,12 +126,11 @@ def resolved_config(config, model_sizes: dict):
     return resolved
 
 
-def _train(config, workdir: Path, is_writer: bool) -> dict:
+def _train(config, data: input_pipeline.DataSpec, workdir: Path, is_writer: bool) -> dict:
     pi, pc = jax.process_index(), jax.process_count()
-    exp = Experiment(config, input_pipeline.data_spec(config))
+    exp = Experiment(config, data)
     shd.check_batch_size(config.batch_size, exp.mesh, "batch_size")
     shd.check_batch_size(config.eval_batch_size, exp.mesh, "eval_batch_size")
-    input_pipeline.check_run_length(config)
     resolved = resolved_config(config, exp.model_sizes)
 
     ckpt = Checkpointer(

@@ -80,11 +80,18 @@ def test_checkpoint_of_another_model_shape(digits_dir, tmp_path):
     assert (tmp_path / "metrics.jsonl").read_text() == metrics_before
 
 
-def test_main_prints_a_clean_error(tmp_path):
-    out = run_main("--config=configs/vit.py:local", f"--workdir={tmp_path}", "--config.model.topk=100000")
+def test_main_prints_a_clean_error(tmp_path, digits_dir):
+    workdir = tmp_path / "run"
+    out = run_main(
+        "--config=configs/vit.py:test",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={digits_dir}",
+        "--config.model.topk=100000",
+    )
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("error: model.topk=100000 is not allowed")
     assert "Traceback" not in out.stderr
+    assert not workdir.exists(), "a bad model value is refused before the workdir is made"
 
 
 @pytest.mark.parametrize(

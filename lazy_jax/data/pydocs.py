@@ -238,10 +238,6 @@ def split_documents(documents: dict[str, str]) -> dict[str, list[tuple[str, str]
     return splits
 
 
-def word_count(text: str) -> int:
-    return len(text.split())
-
-
 if __name__ == "__main__":
     # Child-process entry of harvest_stdlib_in_subprocess: write {key: text} as JSON.
     docs = harvest_stdlib()
