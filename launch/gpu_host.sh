@@ -97,6 +97,7 @@ parse_flags "$subcommand" \
   --python=python --cuda=cuda --jax-version=jax_version '--pip=extra_pip[]' \
   -- "$@"
 
+check_env_kv ${env_kv[@]+"${env_kv[@]}"}
 hosts=()
 if [[ -n $hosts_csv ]]; then
   IFS=, read -r -a hosts <<< "$hosts_csv"

@@ -158,6 +158,15 @@ require() {
   [[ -n $value ]] || die "'$subcommand' needs $flag (or \$$env)"
 }
 
+# Every --env value must be KEY=VALUE; checked right after parsing, because exports_prefix runs
+# inside $(...), where its `die` cannot stop the script.
+check_env_kv() {
+  local kv
+  for kv in "$@"; do
+    [[ $kv == [A-Za-z_]*=* ]] || die "--env wants KEY=VALUE, got '$kv'"
+  done
+}
+
 # Shell line that exports KEY=VALUE pairs, e.g. "export A=1 B='x y' && " ('' for none).
 exports_prefix() {
   local kv out=""

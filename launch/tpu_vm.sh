@@ -88,6 +88,7 @@ parse_flags "$subcommand" \
   --spot:capacity=--spot --preemptible:capacity=--preemptible \
   -- "$@"
 
+check_env_kv ${env_kv[@]+"${env_kv[@]}"}
 require "$name" --name TPU_NAME "$subcommand"
 require "$zone" --zone TPU_ZONE "$subcommand"
 # The remote checkout lives directly under the workers' home, so `scp --recurse` of a

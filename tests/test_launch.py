@@ -291,6 +291,7 @@ def test_tpu_real_run_calls_what_dry_run_prints(fake_path):
         (("create", "--name=t", "--zone=z", "--accelerator-type=v4-8", "--spot=1"), "unknown flag '--spot=1'"),
         (("create", "--name=t", "--zone=z", "--accelerator-type=v4-8", "--config.x"), "unknown flag '--config.x'"),
         (("setup", "--name=t", "--zone=z", "--remote-dir=a/b"), "--remote-dir"),
+        (("run", "--name=t", "--zone=z", "--config=c.py", "--workdir=w", "--env=BAD"), "--env wants KEY=VALUE"),
     ],
 )
 def test_tpu_usage_errors(args, message, fake_path):
@@ -435,6 +436,7 @@ def test_gpu_logs_and_stop():
         (("setup", "--cuda=cuda11"), "--cuda"),
         (("run", "--config=c.py", "--workdir=w", "--multihost"), "unknown flag '--multihost'"),
         (("run", "--config=c.py", "--workdir=w", "--spot"), "unknown flag '--spot' for 'run'"),
+        (("run", "--config=c.py", "--workdir=w", "--hosts=a", "--env=BAD"), "--env wants KEY=VALUE"),
     ],
 )
 def test_gpu_usage_errors(args, message, fake_path):
