@@ -36,7 +36,7 @@ def build(kind: str, dtype: str):
 
 def make_batch(kind: str, seed: int = 0):
     rng = np.random.default_rng(seed)
-    if kind == "vit":  # the test config's digits: 16x16x1, in [-1, 1]
+    if kind == "vit":  # 16x16x1 images in [-1, 1]: 4x4 patches of 4
         return {"image": rng.uniform(-1, 1, size=(3, 16, 16, 1)).astype(np.float32)}
     enc_BS = rng.integers(2, VOCAB, (3, 12)).astype(np.int32)
     tgt_BT = rng.integers(2, VOCAB, (3, 7)).astype(np.int32)
