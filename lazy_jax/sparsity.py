@@ -14,6 +14,7 @@ statistics. Definitions (docs/design.md):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -136,8 +137,8 @@ def activation_stats(
 class MlpBlock(nn.Module):
     """Dense -> activation -> optional Top-k -> Dense; returns (y, statistics).
 
-    The attributes come from a model spec, whose builder checked them (activation, Top-k k
-    against d_ff, topk_impl); the block itself checks nothing.
+    The models build it with `spec.mlp.block(...)` (`MlpSettings`), whose spec builder checked
+    the settings (activation, Top-k k against d_ff, topk_impl); the block itself checks nothing.
 
     Attributes:
       d_ff: hidden width.
@@ -191,6 +192,27 @@ class MlpBlock(nn.Module):
         out_names = ("mlp", self.embed_axis) if self.out_features is None else ("mlp", "classes")
         y_BTD = dense(self.out_features or d_model, out_names, "wo")(a_BTF)
         return y_BTD, stats
+
+
+@dataclasses.dataclass(frozen=True)
+class MlpSettings:
+    """The `MlpBlock` attributes a model's config sets once for all its MLPs (`spec.mlp`).
+
+    Built and checked by `lazy_jax.models.checks.mlp_settings` only; each MLP adds what is its
+    own (width, dtype, name, biases, ...) in `block`.
+    """
+
+    activation: str
+    topk: int
+    topk_impl: str
+    dropout_rate: float  # after the activation; 0 in models whose MLPs have no dropout (the ViT)
+    neuron_freq: bool
+    count_hist_bins: int
+
+    def block(self, d_ff: int, dtype: Any, **attributes) -> MlpBlock:
+        """An `MlpBlock` of width d_ff in dtype with these settings; `attributes` are its other attributes."""
+        settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return MlpBlock(d_ff=d_ff, dtype=dtype, **settings, **attributes)
 
 
 def stack_layer_stats(per_layer: list[dict[str, Array]]) -> dict[str, Array]:

@@ -362,9 +362,19 @@ def test_registry_has_one_entry_per_model():
 def test_spec_is_frozen_and_hashable(kind):
     spec = model_spec(_config(kind))
     assert spec == model_spec(_config(kind)) and hash(spec) == hash(model_spec(_config(kind)))
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        spec.topk = 3
+    for part in (spec, spec.mlp):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            part.topk = 3
     assert get_model(_config(kind)).spec == spec
+
+
+@pytest.mark.parametrize("kind,mlp_rate", [("vit", 0.0), ("mixer", 0.25), ("mlp", 0.25)])
+def test_one_mlp_settings_per_spec(kind, mlp_rate):
+    """spec.mlp holds what every MLP of the model gets; the ViT's dropout is outside its MLPs."""
+    spec = model_spec(_config(kind, topk=4, dropout_rate=0.25))
+    assert (spec.mlp.topk, spec.mlp.neuron_freq, spec.mlp.count_hist_bins) == (4, True, BINS)
+    assert spec.mlp.dropout_rate == mlp_rate
+    assert getattr(spec, "dropout_rate", 0.25) == 0.25
 
 
 @pytest.mark.parametrize("kind", ["vit", "mixer", "mlp"])

@@ -327,7 +327,7 @@ def test_spec_builders_check_topk_against_the_narrowest_mlp():
     """Top-k applies to every MLP of a model, so k is checked against the narrowest (the Mixer's token MLP here)."""
     config = mixer_lib.default_model_config("Mu/7")
     config.update(**MIXER_TINY, num_classes=5, topk=8)
-    assert model_spec(config).topk == 8
+    assert model_spec(config).mlp.topk == 8
     config.topk = 9
     with pytest.raises(InputError, match=r"model.topk=9 is not allowed.*tokens_mlp_dim=8"):
         get_model(config)

@@ -4,7 +4,9 @@ Each model has one frozen spec (`ViTSpec`, `MixerSpec`, `MlpSpec`, `T5Spec`) bui
 function (`vit_spec`, ...) from config.model and the data's sizes; that builder is where every
 model value is checked (an `errors.InputError` naming `model.<key>`, the value and what is
 allowed), and the module takes the spec: `ViT(spec)`. `model_spec` gives the spec alone, so a
-caller can check a config before building anything.
+caller can check a config before building anything. What every model shares is one field of its
+spec: `spec.mlp` (`sparsity.MlpSettings`, which builds each `MlpBlock`) and, with a layer stack,
+`spec.stack` (`stack.StackSettings`); their config keys and checks are in `models.checks`.
 
 Sizes that come from the data (classes of a dataset, ids of a tokenizer) are arguments here,
 never written back into the config: `config.model.num_classes` / `vocab_size` of -1 mean

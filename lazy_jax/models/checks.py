@@ -1,7 +1,8 @@
 """The checks the spec builders share: each raises `InputError` naming `model.<key>`, the value and what is allowed.
 
 Only the spec builders (`vit_spec`, `mixer_spec`, `mlp_spec`, `t5_spec`) call these; the Linen
-modules trust their spec.
+modules trust their spec. The config keys every model has are defined here too, with their
+defaults (`COMMON_DEFAULTS`, `STACK_DEFAULTS`) next to the checks that read them.
 """
 
 from __future__ import annotations
@@ -11,10 +12,26 @@ from typing import Any
 import jax.numpy as jnp
 
 from lazy_jax.errors import InputError
-from lazy_jax.models.stack import REMAT_POLICIES
-from lazy_jax.sparsity import ACTIVATIONS, check_topk, check_topk_impl
+from lazy_jax.models.stack import REMAT_POLICIES, StackSettings
+from lazy_jax.sparsity import ACTIVATIONS, MlpSettings, check_topk, check_topk_impl
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+# config.model keys of every model (`dtype`, `dropout_rate`, `mlp_settings` check them).
+COMMON_DEFAULTS = dict(
+    dtype="float32",  # activations; parameters stay float32
+    dropout_rate=0.0,
+    activation="relu",  # a key of sparsity.ACTIVATIONS
+    topk=0,  # Top-k per token in every MLP; 0 = dense
+    topk_impl="bisect",  # how the k-th largest is found: 'bisect' or 'lax' (jax.lax.top_k)
+    neuron_freq=False,  # per-neuron activation frequency [F] per layer
+    count_hist_bins=0,  # histogram of per-token nonzero counts; 0 = off
+)
+# config.model keys of the models with a layer stack (`stack_settings` checks them).
+STACK_DEFAULTS = dict(
+    scan_layers=False,  # one nn.scan over the layers (params get a leading 'layers' axis)
+    remat_policy="none",  # a key of models.stack.REMAT_POLICIES
+)
 
 
 def is_int(value) -> bool:
@@ -35,6 +52,11 @@ def size_override(config, key: str, preset: int) -> int:
     if not is_int(value) or value <= 0:
         raise InputError(f"model.{key}={value!r} is not allowed: use a positive integer, or None for the size's")
     return int(value)
+
+
+def sizes(config, fields: tuple[str, ...], preset: tuple[int, ...]) -> dict[str, int]:
+    """{field: size} of a preset (a size's values in `fields` order), each overridden by `model.<field>` if set."""
+    return {f: size_override(config, f, v) for f, v in zip(fields, preset)}
 
 
 def boolean(config, key: str) -> bool:
@@ -65,28 +87,32 @@ def dropout_rate(config) -> float:
     return float(rate)
 
 
-def mlp_fields(config, widths: dict[str, int]) -> dict[str, Any]:
-    """The validated MLP fields every spec has; `widths` names each MLP width ({'d_ff': 3072}) for Top-k."""
+def mlp_settings(config, widths: dict[str, int], *, dropout_after_activation: bool = True) -> MlpSettings:
+    """The checked settings every MLP of a model shares; `widths` names each MLP width ({'d_ff': 3072}) for Top-k.
+
+    dropout_after_activation=False: the model's MLPs have no dropout (its dropout_rate is used elsewhere).
+    """
     name, narrowest = min(widths.items(), key=lambda kv: kv[1])
     check_topk(config["topk"], narrowest, key="model.topk", width_name=name)
     check_topk_impl(config["topk_impl"], key="model.topk_impl")
     bins = config["count_hist_bins"]
     if not is_int(bins) or bins < 0:
         raise InputError(f"model.count_hist_bins={bins!r} is not allowed: use an integer >= 0 (0 = off)")
-    return dict(
-        dtype=dtype(config),
+    return MlpSettings(
         activation=one_of(config, "activation", ACTIVATIONS),
         topk=int(config["topk"]),
         topk_impl=config["topk_impl"],
-        dropout_rate=dropout_rate(config),
+        dropout_rate=dropout_rate(config) if dropout_after_activation else 0.0,
         neuron_freq=boolean(config, "neuron_freq"),
         count_hist_bins=int(bins),
     )
 
 
-def stack_fields(config) -> dict[str, Any]:
+def stack_settings(config) -> StackSettings:
     """scan_layers and remat_policy of the models with a layer stack (models.stack.layer_stack)."""
-    return dict(scan_layers=boolean(config, "scan_layers"), remat_policy=one_of(config, "remat_policy", REMAT_POLICIES))
+    return StackSettings(
+        scan=boolean(config, "scan_layers"), remat_policy=one_of(config, "remat_policy", REMAT_POLICIES)
+    )
 
 
 def data_size(config, key: str, given: int | None, meaning: str) -> int:

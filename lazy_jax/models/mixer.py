@@ -16,21 +16,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
-from lazy_jax.models import checks
-from lazy_jax.models.stack import layer_stack
-from lazy_jax.sparsity import MlpBlock
-
-_named = nn.with_logical_partitioning
-
-
-def _layer_norm(dtype, name):
-    return nn.LayerNorm(
-        dtype=dtype,
-        name=name,
-        scale_init=_named(nn.initializers.ones, ("embed",)),
-        bias_init=_named(nn.initializers.zeros, ("embed",)),
-    )
-
+from lazy_jax.models import checks, classifier
+from lazy_jax.models.classifier import layer_norm
+from lazy_jax.models.stack import StackSettings, layer_stack
+from lazy_jax.sparsity import MlpSettings
 
 # size: (width, depth, tokens_mlp_dim, channels_mlp_dim)
 MIXER_SIZES = {
@@ -49,15 +38,8 @@ def default_model_config(variant: str = "B/16") -> ml_collections.ConfigDict:
             variant=variant,
             **{f: ml_collections.config_dict.placeholder(int) for f in SIZE_FIELDS},  # None = the size's
             num_classes=-1,
-            dtype="float32",
-            activation="relu",
-            topk=0,
-            topk_impl="bisect",
-            dropout_rate=0.0,
-            scan_layers=False,
-            remat_policy="none",
-            neuron_freq=False,
-            count_hist_bins=0,
+            **checks.COMMON_DEFAULTS,  # dropout_rate: after the activation of every MLP, nowhere else
+            **checks.STACK_DEFAULTS,
         )
     )
 
@@ -73,28 +55,23 @@ class MixerSpec:
     tokens_mlp_dim: int
     channels_mlp_dim: int
     dtype: Any
-    activation: str
-    topk: int
-    topk_impl: str
-    dropout_rate: float
-    scan_layers: bool
-    remat_policy: str
-    neuron_freq: bool
-    count_hist_bins: int
+    mlp: MlpSettings
+    stack: StackSettings
 
 
 def mixer_spec(config_model, *, num_classes: int | None = None, vocab_size: int | None = None) -> MixerSpec:
     """config.model of a Mixer and the data's number of classes -> its spec; checks every model value."""
     del vocab_size  # a classifier has no vocabulary
     preset, patch = checks.variant(config_model, MIXER_SIZES)
-    sizes = {f: checks.size_override(config_model, f, v) for f, v in zip(SIZE_FIELDS, preset)}
+    sizes = checks.sizes(config_model, SIZE_FIELDS, preset)
     widths = {f: sizes[f] for f in ("tokens_mlp_dim", "channels_mlp_dim")}  # Top-k applies to both MLPs
     return MixerSpec(
         num_classes=checks.data_size(config_model, "num_classes", num_classes, "the data's number of classes"),
         patch=patch,
         **sizes,
-        **checks.mlp_fields(config_model, widths),
-        **checks.stack_fields(config_model),
+        dtype=checks.dtype(config_model),
+        mlp=checks.mlp_settings(config_model, widths),
+        stack=checks.stack_settings(config_model),
     )
 
 
@@ -105,28 +82,18 @@ class MixerLayer(nn.Module):
     @nn.compact
     def __call__(self, x_BTD, mask_B):
         s = self.spec
-        mlp = lambda d_ff, **kw: MlpBlock(
-            d_ff=d_ff,
-            activation=s.activation,
-            topk=s.topk,
-            topk_impl=s.topk_impl,
-            dropout_rate=s.dropout_rate,
-            neuron_freq=s.neuron_freq,
-            count_hist_bins=s.count_hist_bins,
-            dtype=s.dtype,
-            **kw,
-        )
         # Token mixing acts on [B, D, T]: each channel row is a "token" of this MLP.
-        y_BDT = jnp.swapaxes(_layer_norm(s.dtype, "ln_token")(x_BTD), 1, 2)
+        y_BDT = jnp.swapaxes(layer_norm(s.dtype, "ln_token")(x_BTD), 1, 2)
         mask_BD = jnp.broadcast_to(mask_B[:, None], y_BDT.shape[:2])
         # Its features are the patches: name them 'length', so 'embed' always means the width.
-        y_BDT, token_stats = mlp(s.tokens_mlp_dim, act_axes=("batch", "embed"), embed_axis="length", name="token_mlp")(
-            y_BDT, mask_BD, train=self.train
+        token_mlp = s.mlp.block(
+            s.tokens_mlp_dim, s.dtype, act_axes=("batch", "embed"), embed_axis="length", name="token_mlp"
         )
+        y_BDT, token_stats = token_mlp(y_BDT, mask_BD, train=self.train)
         x_BTD = x_BTD + jnp.swapaxes(y_BDT, 1, 2)
         mask_BT = jnp.broadcast_to(mask_B[:, None], x_BTD.shape[:2])
-        y_BTD, channel_stats = mlp(s.channels_mlp_dim, name="channel_mlp")(
-            _layer_norm(s.dtype, "ln_channel")(x_BTD), mask_BT, train=self.train
+        y_BTD, channel_stats = s.mlp.block(s.channels_mlp_dim, s.dtype, name="channel_mlp")(
+            layer_norm(s.dtype, "ln_channel")(x_BTD), mask_BT, train=self.train
         )
         x_BTD = nn.with_logical_constraint(x_BTD + y_BTD, ("batch", "length", "embed"))
         return x_BTD, {"token_mlp": token_stats, "channel_mlp": channel_stats}
@@ -140,36 +107,10 @@ class Mixer(nn.Module):
     @nn.compact
     def __call__(self, batch, *, train: bool = False):
         s = self.spec
-        image = batch["image"].astype(s.dtype)  # [B, height, width, channels]
-        n = image.shape[0]
-        patches = nn.Conv(
-            s.width,
-            (s.patch, s.patch),
-            strides=(s.patch, s.patch),
-            padding="VALID",
-            dtype=s.dtype,
-            kernel_init=_named(nn.initializers.lecun_normal(), (None, None, None, "embed")),
-            bias_init=_named(nn.initializers.zeros, ("embed",)),
-            name="stem",
-        )(image)  # [B, height / patch, width / patch, D]
-        x_BTD = patches.reshape(n, -1, s.width)
-        mask_B = batch.get("mask", jnp.ones((n,), jnp.float32))
+        x_BTD = classifier.patch_embedding(batch["image"], s.width, s.patch, s.dtype, name="stem")
+        mask_B = classifier.example_mask(batch, x_BTD.shape[0])
         x_BTD, stats = layer_stack(
-            "mixerblock",
-            MixerLayer,
-            dict(spec=s, train=train),
-            s.depth,
-            x_BTD,
-            mask_B,
-            scan=s.scan_layers,
-            remat_policy=s.remat_policy,
+            "mixerblock", MixerLayer, dict(spec=s, train=train), s.depth, x_BTD, mask_B, settings=s.stack
         )
-        x_BD = jnp.mean(_layer_norm(s.dtype, "pre_head_norm")(x_BTD), axis=1)
-        logits_BC = nn.Dense(
-            s.num_classes,
-            dtype=s.dtype,
-            name="head",
-            kernel_init=_named(nn.initializers.zeros, ("embed", "classes")),
-            bias_init=_named(nn.initializers.zeros, ("classes",)),
-        )(x_BD)
-        return logits_BC.astype(jnp.float32), stats
+        x_BD = jnp.mean(layer_norm(s.dtype, "pre_head_norm")(x_BTD), axis=1)
+        return classifier.head(x_BD, s.num_classes, s.dtype), stats

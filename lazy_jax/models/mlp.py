@@ -14,8 +14,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
-from lazy_jax.models import checks
-from lazy_jax.sparsity import MlpBlock, stack_layer_stats
+from lazy_jax.models import checks, classifier
+from lazy_jax.sparsity import MlpSettings, stack_layer_stats
 
 
 def default_model_config(d_ff: int = 2048) -> ml_collections.ConfigDict:
@@ -24,13 +24,7 @@ def default_model_config(d_ff: int = 2048) -> ml_collections.ConfigDict:
             name="mlp",
             d_ff=d_ff,
             num_classes=-1,
-            dtype="float32",
-            activation="relu",
-            topk=0,
-            topk_impl="bisect",
-            dropout_rate=0.0,
-            neuron_freq=False,
-            count_hist_bins=0,
+            **checks.COMMON_DEFAULTS,
         )
     )
 
@@ -42,12 +36,7 @@ class MlpSpec:
     num_classes: int
     d_ff: int
     dtype: Any
-    activation: str
-    topk: int
-    topk_impl: str
-    dropout_rate: float
-    neuron_freq: bool
-    count_hist_bins: int
+    mlp: MlpSettings
 
 
 def mlp_spec(config_model, *, num_classes: int | None = None, vocab_size: int | None = None) -> MlpSpec:
@@ -57,7 +46,8 @@ def mlp_spec(config_model, *, num_classes: int | None = None, vocab_size: int | 
     return MlpSpec(
         num_classes=checks.data_size(config_model, "num_classes", num_classes, "the data's number of classes"),
         d_ff=d_ff,
-        **checks.mlp_fields(config_model, {"d_ff": d_ff}),
+        dtype=checks.dtype(config_model),
+        mlp=checks.mlp_settings(config_model, {"d_ff": d_ff}),
     )
 
 
@@ -72,17 +62,8 @@ class TwoLayerMlp(nn.Module):
         image = batch["image"]
         n = image.shape[0]
         x_B1D = image.reshape(n, 1, -1).astype(s.dtype)  # one "token" per example
-        mask_B1 = batch.get("mask", jnp.ones((n,), jnp.float32))[:, None]
-        logits_B1C, stats = MlpBlock(
-            d_ff=s.d_ff,
-            activation=s.activation,
-            topk=s.topk,
-            topk_impl=s.topk_impl,
-            dropout_rate=s.dropout_rate,
-            neuron_freq=s.neuron_freq,
-            count_hist_bins=s.count_hist_bins,
-            out_features=s.num_classes,
-            dtype=s.dtype,
-            name="mlp",
-        )(x_B1D, mask_B1, train=train)
+        mask_B1 = classifier.example_mask(batch, n)[:, None]
+        logits_B1C, stats = s.mlp.block(s.d_ff, s.dtype, out_features=s.num_classes, name="mlp")(
+            x_B1D, mask_B1, train=train
+        )
         return logits_B1C[:, 0].astype(jnp.float32), {"encoder": stack_layer_stats([stats])}

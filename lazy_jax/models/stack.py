@@ -9,6 +9,8 @@ how the stack is compiled.
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 
@@ -23,6 +25,17 @@ REMAT_POLICIES = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class StackSettings:
+    """How a model compiles its layer stacks (config.model.scan_layers, remat_policy); `spec.stack`.
+
+    Built and checked by `lazy_jax.models.checks.stack_settings` only.
+    """
+
+    scan: bool  # one nn.scan over the layers instead of a Python loop
+    remat_policy: str = "none"  # a key of REMAT_POLICIES
+
+
 def layer_stack(
     name: str,
     layer_cls: type[nn.Module],
@@ -30,16 +43,15 @@ def layer_stack(
     num_layers: int,
     x: jax.Array,
     *broadcast_args,
-    scan: bool,
-    remat_policy: str = "none",
+    settings: StackSettings,
 ):
     """Applies `num_layers` copies of `layer_cls(**layer_kwargs)` to x; call inside a compact method.
 
     `broadcast_args` (masks, biases, the encoder output, a decode step; None allowed) reach
     every layer unchanged. Parameters are named `<name>_<i>` in a loop, or `<name>` with a
-    leading 'layers' axis under scan; so is a 'cache' collection (T5's KV cache). `remat_policy`
-    is a key of REMAT_POLICIES, checked by the spec builders.
+    leading 'layers' axis under scan; so is a 'cache' collection (T5's KV cache).
     """
+    scan, remat_policy = settings.scan, settings.remat_policy
     policy = REMAT_POLICIES[remat_policy]
     cls = layer_cls if remat_policy == "none" else nn.remat(layer_cls, policy=policy, prevent_cse=not scan)
     if scan:

@@ -67,8 +67,8 @@ import numpy as np
 
 from lazy_jax.errors import InputError
 from lazy_jax.models import checks
-from lazy_jax.models.stack import layer_stack
-from lazy_jax.sparsity import MlpBlock
+from lazy_jax.models.stack import StackSettings, layer_stack
+from lazy_jax.sparsity import MlpSettings
 
 Array = jax.Array
 
@@ -98,15 +98,8 @@ def default_model_config(size: str = "base") -> ml_collections.ConfigDict:
             relative_attention_num_buckets=32,
             relative_attention_max_distance=128,
             layer_norm_epsilon=1e-6,
-            dtype="float32",
-            dropout_rate=0.0,
-            activation="relu",
-            topk=0,
-            topk_impl="bisect",
-            scan_layers=False,
-            remat_policy="none",
-            neuron_freq=False,
-            count_hist_bins=0,
+            **checks.COMMON_DEFAULTS,
+            **checks.STACK_DEFAULTS,
         )
     )
 
@@ -121,7 +114,7 @@ def t5_dims(config) -> dict[str, int]:
         if missing:
             raise InputError(f"model.size='custom' needs model.{missing[0]}; set all of {list(DIM_FIELDS)}")
         return {f: checks.positive_int(f, config[f]) for f in DIM_FIELDS}
-    return {f: checks.size_override(config, f, v) for f, v in zip(DIM_FIELDS, T5_SIZES[size])}
+    return checks.sizes(config, DIM_FIELDS, T5_SIZES[size])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,14 +132,9 @@ class T5Spec:
     max_distance: int
     eps: float
     dtype: Any
-    dropout_rate: float
-    activation: str
-    topk: int
-    topk_impl: str
-    scan_layers: bool
-    remat_policy: str
-    neuron_freq: bool
-    count_hist_bins: int
+    dropout_rate: float  # everywhere: embeddings, attention, residual branches, stack outputs (and in mlp)
+    mlp: MlpSettings
+    stack: StackSettings
 
 
 def t5_spec(config_model, *, num_classes: int | None = None, vocab_size: int | None = None) -> T5Spec:
@@ -173,8 +161,10 @@ def t5_spec(config_model, *, num_classes: int | None = None, vocab_size: int | N
         num_buckets=int(buckets),
         max_distance=int(max_distance),
         eps=float(eps),
-        **checks.mlp_fields(c, {"d_ff": dims["d_ff"]}),
-        **checks.stack_fields(c),
+        dtype=checks.dtype(c),
+        dropout_rate=checks.dropout_rate(c),
+        mlp=checks.mlp_settings(c, {"d_ff": dims["d_ff"]}),
+        stack=checks.stack_settings(c),
     )
 
 
@@ -329,26 +319,45 @@ class Attention(nn.Module):
         return jnp.einsum("bthk,hkd->btd", out_BTHK, wo.astype(dt))
 
 
-def _mlp(spec: T5Spec) -> MlpBlock:
-    return MlpBlock(
-        d_ff=spec.d_ff,
-        activation=spec.activation,
-        topk=spec.topk,
-        topk_impl=spec.topk_impl,
-        use_bias=False,
-        dropout_rate=spec.dropout_rate,
-        neuron_freq=spec.neuron_freq,
-        count_hist_bins=spec.count_hist_bins,
-        dtype=spec.dtype,
-        param_dtype=jnp.float32,
-        kernel_init=nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
-        name="mlp",
-    )
+def _dropout(spec: T5Spec, train: bool, x: Array) -> Array:
+    return nn.Dropout(spec.dropout_rate)(x, deterministic=not train)
 
 
 def _residual(spec: T5Spec, train: bool, x_BTD: Array, y_BTD: Array) -> Array:
-    y_BTD = nn.Dropout(spec.dropout_rate)(y_BTD, deterministic=not train)
-    return nn.with_logical_constraint(x_BTD + y_BTD, ("batch", "length", "embed"))
+    return nn.with_logical_constraint(x_BTD + _dropout(spec, train, y_BTD), ("batch", "length", "embed"))
+
+
+def _attention_sublayer(
+    spec: T5Spec,
+    train: bool,
+    x_BTD: Array,
+    kv_BSD: Array | None,
+    bias_1HTS: Array | None,
+    mask_B1TS: Array,
+    *,
+    norm: str,
+    name: str,
+    **decode,
+) -> Array:
+    """x + Attention(norm(x)) attending to kv_BSD (None: to norm(x) itself, i.e. self-attention)."""
+    h_BTD = RmsNorm(spec.eps, spec.dtype, name=norm)(x_BTD)
+    kv_BSD = h_BTD if kv_BSD is None else kv_BSD
+    y_BTD = Attention(spec, train, name=name)(h_BTD, kv_BSD, bias_1HTS, mask_B1TS, **decode)
+    return _residual(spec, train, x_BTD, y_BTD)
+
+
+def _mlp_sublayer(spec: T5Spec, train: bool, x_BTD: Array, token_mask_BT: Array) -> tuple[Array, dict]:
+    """x + Mlp(norm(x)), the last sublayer of both stacks' layers; -> (x, MlpBlock stats)."""
+    h_BTD = RmsNorm(spec.eps, spec.dtype, name="pre_mlp_layer_norm")(x_BTD)
+    mlp = spec.mlp.block(
+        spec.d_ff,
+        spec.dtype,
+        use_bias=False,
+        kernel_init=nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
+        name="mlp",
+    )
+    y_BTD, stats = mlp(h_BTD, token_mask_BT, train=train)
+    return _residual(spec, train, x_BTD, y_BTD), stats
 
 
 class EncoderLayer(nn.Module):
@@ -359,13 +368,11 @@ class EncoderLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x_BTD, bias_1HTT, mask_B1TT, token_mask_BT):
-        s = self.spec
-        h_BTD = RmsNorm(s.eps, s.dtype, name="pre_attention_layer_norm")(x_BTD)
-        y_BTD = Attention(s, self.train, name="attention")(h_BTD, h_BTD, bias_1HTT, mask_B1TT)
-        x_BTD = _residual(s, self.train, x_BTD, y_BTD)
-        h_BTD = RmsNorm(s.eps, s.dtype, name="pre_mlp_layer_norm")(x_BTD)
-        y_BTD, stats = _mlp(s)(h_BTD, token_mask_BT, train=self.train)
-        return _residual(s, self.train, x_BTD, y_BTD), stats
+        s, train = self.spec, self.train
+        x_BTD = _attention_sublayer(
+            s, train, x_BTD, None, bias_1HTT, mask_B1TT, norm="pre_attention_layer_norm", name="attention"
+        )
+        return _mlp_sublayer(s, train, x_BTD, token_mask_BT)
 
 
 class DecoderLayer(nn.Module):
@@ -378,25 +385,37 @@ class DecoderLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x_BTD, encoded_BSD, self_bias_1HTS, self_mask_B1TS, cross_mask_B1TS, token_mask_BT, decode_step):
-        s = self.spec
-        h_BTD = RmsNorm(s.eps, s.dtype, name="pre_self_attention_layer_norm")(x_BTD)
-        y_BTD = Attention(s, self.train, name="self_attention")(
-            h_BTD,
-            h_BTD,
+        s, train = self.spec, self.train
+        x_BTD = _attention_sublayer(
+            s,
+            train,
+            x_BTD,
+            None,
             self_bias_1HTS,
             self_mask_B1TS,
+            norm="pre_self_attention_layer_norm",
+            name="self_attention",
             decode=self.decode,
             decode_step=decode_step,
             max_len=self.max_len,
         )
-        x_BTD = _residual(s, self.train, x_BTD, y_BTD)
-        h_BTD = RmsNorm(s.eps, s.dtype, name="pre_cross_attention_layer_norm")(x_BTD)
         # Cross-attention keys/values are recomputed from `encoded` at every decoding step (as t5x).
-        y_BTD = Attention(s, self.train, name="encoder_decoder_attention")(h_BTD, encoded_BSD, None, cross_mask_B1TS)
-        x_BTD = _residual(s, self.train, x_BTD, y_BTD)
-        h_BTD = RmsNorm(s.eps, s.dtype, name="pre_mlp_layer_norm")(x_BTD)
-        y_BTD, stats = _mlp(s)(h_BTD, token_mask_BT, train=self.train)
-        return _residual(s, self.train, x_BTD, y_BTD), stats
+        x_BTD = _attention_sublayer(
+            s,
+            train,
+            x_BTD,
+            encoded_BSD,
+            None,
+            cross_mask_B1TS,
+            norm="pre_cross_attention_layer_norm",
+            name="encoder_decoder_attention",
+        )
+        return _mlp_sublayer(s, train, x_BTD, token_mask_BT)
+
+
+def _stack_output(spec: T5Spec, train: bool, x_BTD: Array, norm: str) -> Array:
+    """The final norm of a stack, then dropout."""
+    return _dropout(spec, train, RmsNorm(spec.eps, spec.dtype, name=norm)(x_BTD))
 
 
 def _same_segment(query_segments_BT: Array, key_segments_BS: Array) -> Array:
@@ -415,21 +434,18 @@ class Encoder(nn.Module):
         mask_B1TT = jnp.broadcast_to(token_mask_BT[:, None, None, :], (x_BTD.shape[0], 1, t, t))
         if segment_ids_BT is not None:
             mask_B1TT = mask_B1TT & _same_segment(segment_ids_BT, segment_ids_BT)
-        x_BTD = nn.Dropout(s.dropout_rate)(x_BTD, deterministic=not train)
         x_BTD, stats = layer_stack(
             "layers",
             EncoderLayer,
             dict(spec=s, train=train),
             s.num_encoder_layers,
-            x_BTD,
+            _dropout(s, train, x_BTD),
             bias_1HTT,
             mask_B1TT,
             token_mask_BT.astype(jnp.float32),
-            scan=s.scan_layers,
-            remat_policy=s.remat_policy,
+            settings=s.stack,
         )
-        x_BTD = RmsNorm(s.eps, s.dtype, name="encoder_norm")(x_BTD)
-        return nn.Dropout(s.dropout_rate)(x_BTD, deterministic=not train), stats
+        return _stack_output(s, train, x_BTD, "encoder_norm"), stats
 
 
 class Decoder(nn.Module):
@@ -481,24 +497,21 @@ class Decoder(nn.Module):
                 raise ValueError("decode=True (KV-cache decoding) does not take packed rows (segment ids)")
             cross_mask_B1TS = cross_mask_B1TS & _same_segment(segment_ids_BT, encoder_segment_ids_BS)
         stats_mask_BT = jnp.ones((b, t), jnp.float32) if token_mask_BT is None else token_mask_BT.astype(jnp.float32)
-        y_BTD = nn.Dropout(s.dropout_rate)(y_BTD, deterministic=not train)
         y_BTD, stats = layer_stack(
             "layers",
             DecoderLayer,
             dict(spec=s, train=train, decode=decode, max_len=max_len),
             s.num_decoder_layers,
-            y_BTD,
+            _dropout(s, train, y_BTD),
             encoded_BSD,
             self_bias_1HTS,
             self_mask_B1TS,
             cross_mask_B1TS,
             stats_mask_BT,
             decode_step,
-            scan=s.scan_layers,
-            remat_policy=s.remat_policy,
+            settings=s.stack,
         )
-        y_BTD = RmsNorm(s.eps, s.dtype, name="decoder_norm")(y_BTD)
-        return nn.Dropout(s.dropout_rate)(y_BTD, deterministic=not train), stats
+        return _stack_output(s, train, y_BTD, "decoder_norm"), stats
 
 
 class T5(nn.Module):

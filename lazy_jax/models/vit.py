@@ -19,10 +19,11 @@ import jax.numpy as jnp
 import ml_collections
 
 from lazy_jax.errors import InputError
-from lazy_jax.models import checks
+from lazy_jax.models import checks, classifier
 from lazy_jax.models.attention import SelfAttention
-from lazy_jax.models.stack import layer_stack
-from lazy_jax.sparsity import MlpBlock
+from lazy_jax.models.classifier import layer_norm
+from lazy_jax.models.stack import StackSettings, layer_stack
+from lazy_jax.sparsity import MlpSettings
 
 # size: (width, num_heads, depth, d_ff)
 VIT_SIZES = {
@@ -44,15 +45,8 @@ def default_model_config(variant: str = "B/16") -> ml_collections.ConfigDict:
             **{f: ml_collections.config_dict.placeholder(int) for f in SIZE_FIELDS},  # None = the size's
             pool="cls",  # 'cls' (class token) or 'gap' (mean over patches)
             num_classes=-1,  # -1: from the dataset
-            dtype="float32",  # activations; parameters stay float32
-            activation="relu",
-            topk=0,  # Top-k per token in every MLP; 0 = dense
-            topk_impl="bisect",  # how the k-th largest is found: 'bisect' or 'lax' (jax.lax.top_k)
-            dropout_rate=0.0,
-            scan_layers=False,
-            remat_policy="none",
-            neuron_freq=False,  # per-neuron activation frequency [F] per layer
-            count_hist_bins=0,  # histogram of per-token nonzero counts; 0 = off
+            **checks.COMMON_DEFAULTS,
+            **checks.STACK_DEFAULTS,
         )
     )
 
@@ -69,21 +63,16 @@ class ViTSpec:
     d_ff: int
     pool: str
     dtype: Any
-    activation: str
-    topk: int
-    topk_impl: str
-    dropout_rate: float
-    scan_layers: bool
-    remat_policy: str
-    neuron_freq: bool
-    count_hist_bins: int
+    dropout_rate: float  # embeddings, attention and the residual branches; the MLPs have none
+    mlp: MlpSettings
+    stack: StackSettings
 
 
 def vit_spec(config_model, *, num_classes: int | None = None, vocab_size: int | None = None) -> ViTSpec:
     """config.model of a ViT and the data's number of classes -> its spec; checks every model value."""
     del vocab_size  # a classifier has no vocabulary
     preset, patch = checks.variant(config_model, VIT_SIZES)
-    sizes = {f: checks.size_override(config_model, f, v) for f, v in zip(SIZE_FIELDS, preset)}
+    sizes = checks.sizes(config_model, SIZE_FIELDS, preset)
     if sizes["width"] % sizes["num_heads"]:
         raise InputError(
             f"model.num_heads={sizes['num_heads']} is not allowed: it must divide the width {sizes['width']} "
@@ -94,17 +83,10 @@ def vit_spec(config_model, *, num_classes: int | None = None, vocab_size: int | 
         patch=patch,
         **sizes,
         pool=checks.one_of(config_model, "pool", ("cls", "gap")),
-        **checks.mlp_fields(config_model, {"d_ff": sizes["d_ff"]}),
-        **checks.stack_fields(config_model),
-    )
-
-
-def _layer_norm(dtype, name):
-    return nn.LayerNorm(
-        dtype=dtype,
-        name=name,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+        dtype=checks.dtype(config_model),
+        dropout_rate=checks.dropout_rate(config_model),
+        mlp=checks.mlp_settings(config_model, {"d_ff": sizes["d_ff"]}, dropout_after_activation=False),
+        stack=checks.stack_settings(config_model),
     )
 
 
@@ -119,21 +101,12 @@ class EncoderLayer(nn.Module):
         s = self.spec
         y_BTD = SelfAttention(
             s.num_heads, dtype=s.dtype, dropout_rate=s.dropout_rate, deterministic=not self.train, name="attention"
-        )(_layer_norm(s.dtype, "ln_attention")(x_BTD))
+        )(layer_norm(s.dtype, "ln_attention")(x_BTD))
         x_BTD = x_BTD + nn.Dropout(s.dropout_rate)(y_BTD, deterministic=not self.train)
         x_BTD = nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
-        # The ViT's only dropout is on the residual branches and in attention, none after the activation.
-        y_BTD, stats = MlpBlock(
-            d_ff=s.d_ff,
-            activation=s.activation,
-            topk=s.topk,
-            topk_impl=s.topk_impl,
-            use_bias=True,
-            neuron_freq=s.neuron_freq,
-            count_hist_bins=s.count_hist_bins,
-            dtype=s.dtype,
-            name="mlp",
-        )(_layer_norm(s.dtype, "ln_mlp")(x_BTD), mask_BT, train=self.train)
+        y_BTD, stats = s.mlp.block(s.d_ff, s.dtype, name="mlp")(
+            layer_norm(s.dtype, "ln_mlp")(x_BTD), mask_BT, train=self.train
+        )
         x_BTD = x_BTD + nn.Dropout(s.dropout_rate)(y_BTD, deterministic=not self.train)
         return nn.with_logical_constraint(x_BTD, ("batch", "length", "embed")), stats
 
@@ -146,19 +119,8 @@ class ViT(nn.Module):
     @nn.compact
     def __call__(self, batch, *, train: bool = False):
         s = self.spec
-        image = batch["image"].astype(s.dtype)  # [B, height, width, channels]
-        n = image.shape[0]
-        patches = nn.Conv(
-            s.width,
-            (s.patch, s.patch),
-            strides=(s.patch, s.patch),
-            padding="VALID",
-            dtype=s.dtype,
-            kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None, None, None, "embed")),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-            name="embedding",
-        )(image)  # [B, height / patch, width / patch, D]
-        x_BTD = patches.reshape(n, -1, s.width)
+        x_BTD = classifier.patch_embedding(batch["image"], s.width, s.patch, s.dtype, name="embedding")
+        n = x_BTD.shape[0]
         if s.pool == "cls":
             cls_11D = self.param(
                 "cls", nn.with_logical_partitioning(nn.initializers.zeros, (None, None, "embed")), (1, 1, s.width)
@@ -173,25 +135,10 @@ class ViT(nn.Module):
         x_BTD = nn.Dropout(s.dropout_rate)(x_BTD, deterministic=not train)
         x_BTD = nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
 
-        example_mask_B = batch.get("mask", jnp.ones((n,), jnp.float32))
-        mask_BT = jnp.broadcast_to(example_mask_B[:, None], x_BTD.shape[:2])
+        mask_BT = jnp.broadcast_to(classifier.example_mask(batch, n)[:, None], x_BTD.shape[:2])
         x_BTD, stats = layer_stack(
-            "encoderblock",
-            EncoderLayer,
-            dict(spec=s, train=train),
-            s.depth,
-            x_BTD,
-            mask_BT,
-            scan=s.scan_layers,
-            remat_policy=s.remat_policy,
+            "encoderblock", EncoderLayer, dict(spec=s, train=train), s.depth, x_BTD, mask_BT, settings=s.stack
         )
-        x_BTD = _layer_norm(s.dtype, "encoder_norm")(x_BTD)
+        x_BTD = layer_norm(s.dtype, "encoder_norm")(x_BTD)
         x_BD = x_BTD[:, 0] if s.pool == "cls" else jnp.mean(x_BTD, axis=1)
-        logits_BC = nn.Dense(
-            s.num_classes,
-            dtype=s.dtype,
-            name="head",
-            kernel_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed", "classes")),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("classes",)),
-        )(x_BD)
-        return logits_BC.astype(jnp.float32), {"encoder": stats}
+        return classifier.head(x_BD, s.num_classes, s.dtype), {"encoder": stats}
