@@ -158,7 +158,7 @@ def test_report_rows_of_a_run(tmp_path):
     header, body = flops.report_rows(tmp_path)
     assert header[7] == "nonzero (eval step 6)"  # the eval row, not the later-written train row
     (row,) = body
-    # ViT-Mu/4 on 16 x 16 x 1 digits: 16 patches + class token, 128 wide, d_ff 512, 6 layers, 10 classes.
+    # ViT-Mu/4 on 16 x 16 x 1 images: 16 patches + class token, 128 wide, d_ff 512, 6 layers, 10 classes.
     d, f, t = 128, 512, 17
     attention = 6 * (8 * d * d + 4 * t * d)
     mlp = 6 * 2 * d * f
