@@ -399,8 +399,16 @@ def main(argv: list[str]) -> None:
 
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments: {argv[1:]}")
+    workdir, sweep_dir = flags.FLAGS.workdir, flags.FLAGS.compare
+    if (workdir is None) == (sweep_dir is None):
+        raise SystemExit("error: give one of --workdir=RUN_DIR (a run's report) and --compare=SWEEP_DIR (a sweep's)")
     try:
-        path = write_report(flags.FLAGS.workdir)
+        if sweep_dir is not None:
+            from lazy_jax import compare
+
+            path = compare.write_compare(sweep_dir)
+        else:
+            path = write_report(workdir)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     print(path)
@@ -411,6 +419,8 @@ if __name__ == "__main__":
     # can import this module.
     from absl import app, flags
 
-    flags.DEFINE_string("workdir", None, f"Training workdir holding {METRICS}.")
-    flags.mark_flag_as_required("workdir")
+    flags.DEFINE_string("workdir", None, f"Training workdir holding {METRICS}: writes its report/.")
+    flags.DEFINE_string(
+        "compare", None, "A sweep's workdir (python -m lazy_jax.sweep): writes compare/ with its runs side by side."
+    )
     app.run(main)

@@ -1,0 +1,26 @@
+"""T5 MLP width: the same T5 with a wider or narrower MLP (d_ff; the paper: wider MLPs are sparser).
+
+Local (default): configs/t5.py:local (128 wide, 2+2 layers, on pydocs span corruption, 500
+steps of batch 32) with d_ff 256, 512 (the local default), 1024 and 2048; about 3 to 6 minutes
+each on 2 CPU cores:
+  python -m lazy_jax.sweep --sweep=configs/sweeps/t5_width.py --workdir=runs/t5_width
+  python -m lazy_jax.report --compare runs/t5_width
+compare/final_nonzero_frac.png has one panel per stack (encoder, decoder) with each layer's
+final nonzero share against d_ff; the paper's trend is a lower share for the wider MLPs.
+
+Full (`:full`): configs/t5.py (T5-Base on C4) with d_ff 1536, 3072 (Base's), 6144 and 12288.
+
+Test (`:test`): d_ff 32 and 64 on configs/t5.py:test (32 wide, 2+2 layers, 6 steps on pydocs).
+"""
+
+from lazy_jax.config_base import parse_arg
+
+
+def get_sweep(arg=None):
+    a = parse_arg(arg, dict(test=False, full=False))
+    base, widths = "configs/t5.py:local", (256, 512, 1024, 2048)
+    if a.test:
+        base, widths = "configs/t5.py:test", (32, 64)
+    elif a.full:
+        base, widths = "configs/t5.py", (1536, 3072, 6144, 12288)
+    return base, {f"dff{f}": {"model.d_ff": f} for f in widths}

@@ -1,0 +1,27 @@
+"""Depth: the same ViT with more or fewer layers (the paper: deeper Transformers are sparser).
+
+Local (default): configs/vit.py:local (ViT-Mu/7, 128 wide, d_ff 512, on mnist5k, 600 steps of
+batch 64) with 2, 4, 6 (the local default), 8 and 12 layers; about 1 minute per 6 layers on 2
+CPU cores:
+  python -m lazy_jax.sweep --sweep=configs/sweeps/vit_depth.py --workdir=runs/vit_depth
+  python -m lazy_jax.report --compare runs/vit_depth
+compare/final_nonzero_frac.png puts each layer's final nonzero share against the depth and
+compare/final_per_layer.png each member's shares along its layers; the paper's trend is a lower
+share for the deeper models.
+
+Full (`:full`): configs/vit.py (ViT-B/16 on ImageNet-21k) with 6, 12 (B/16's), 18 and 24 layers.
+
+Test (`:test`): two tiny members on configs/vit.py:test (6 steps on digits), 1 and 2 layers.
+"""
+
+from lazy_jax.config_base import parse_arg
+
+
+def get_sweep(arg=None):
+    a = parse_arg(arg, dict(test=False, full=False))
+    if a.test:
+        tiny = {"model.width": 32, "model.num_heads": 2, "model.d_ff": 64}
+        return "configs/vit.py:test", {f"depth{n}": {**tiny, "model.depth": n} for n in (1, 2)}
+    if a.full:
+        return "configs/vit.py", {f"depth{n}": {"model.depth": n} for n in (6, 12, 18, 24)}
+    return "configs/vit.py:local", {f"depth{n}": {"model.depth": n} for n in (2, 4, 6, 8, 12)}
