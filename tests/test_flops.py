@@ -38,6 +38,10 @@ def test_vit_b16_at_224_matches_a_hand_count():
     assert part.rest == pytest.approx((patch_projection + head) / t)
     # 17.56 GMACs per image, as published for ViT-B/16 at 224 (17.6 GMACs).
     assert flops.per_example((part,)) == pytest.approx(35_127_656_448)
+    # The README's example: at the paper's 6.3% nonzero in every layer, W_out could skip 30%, both 60%.
+    skip = flops.skippable((part,), {m.metric: 0.063 for m in part.mlp_layers})["vit"]
+    assert skip.second == pytest.approx(0.937 * part.mlp_second / part.total) and round(skip.second, 2) == 0.30
+    assert round(skip.both, 2) == 0.60
     assert [m.metric for m in part.mlp_layers][::11] == [
         "nonzero_frac/encoder/layer_00",
         "nonzero_frac/encoder/layer_11",
