@@ -12,11 +12,12 @@ other subdirectory holding a metrics.jsonl) and writes DIR/compare/:
                          stack's mean (line) against the varied quantity, one panel per stack;
   final_per_layer.png    each member's final nonzero share along its layers, one panel per stack.
 
-The varied quantity: the config key the members' overrides vary, when every varied key holds a
-number (several keys varying together are named together); else the parameter count (from
-parameters.txt) when it differs between members; else the members by name. "Final" is the
-last eval row (the last train row for a run without eval rows). Rows are read with
-lazy_jax.workdir and ordered with lazy_jax.report (a re-logged step: the last row wins).
+The varied quantity: the config key the members' overrides vary, when it holds a number (several
+keys varying with the same values, as T5's encoder and decoder depths, are named together); else
+the parameter count (from parameters.txt: model size) when it differs between members; else the
+members by name. "Final" is the last eval row (the last train row for a run without eval rows).
+Rows are read with lazy_jax.workdir and ordered with lazy_jax.report (a re-logged step: the
+last row wins).
 """
 
 from __future__ import annotations
@@ -125,11 +126,9 @@ def varied_axis(members: list[Member]) -> Axis:
         for k in dict.fromkeys(k for o in overrides for k in o)
         if len({json.dumps(o.get(k), sort_keys=True, default=str) for o in overrides}) > 1
     ]
-    if keys and all(_is_number(o.get(k)) for o in overrides for k in keys):
-        first = [o[keys[0]] for o in overrides]
-        same = [k for k in keys if [o[k] for o in overrides] == first]
-        label = " = ".join(same) if len(same) == len(keys) else f"{keys[0]} (with {', '.join(keys[1:])})"
-        return Axis(label, first, log=all(v > 0 for v in first))
+    values = [[o.get(k) for o in overrides] for k in keys]
+    if keys and all(v == values[0] for v in values) and all(_is_number(v) for v in values[0]):
+        return Axis(" = ".join(keys), values[0], log=all(v > 0 for v in values[0]))
     params = [m.params for m in members]
     if all(p is not None for p in params) and len(set(params)) > 1:
         return Axis("parameters", params, log=True)
@@ -199,17 +198,17 @@ def nonzero_frac_figure(members: list[Member], axis: Axis):
 
 
 def _share_axis(ax, percents) -> None:
-    """Log y (plain numbers) when the shares span a factor of 3 or more, as the run report; linear otherwise,
-    where a log axis would show one tick or none."""
+    """A log y axis labelled in plain numbers where the shares span a factor of 3 or more (denser labels within
+    a decade); a linear one below that, where a log axis would show one tick or none."""
     from matplotlib import ticker
 
-    from lazy_jax.report_figures import _percent_log_axis
-
     values = [v for v in percents if v > 0]
-    if values and max(values) / min(values) >= 3:
-        _percent_log_axis(ax)
-    else:
-        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    span = max(values) / min(values) if values else 1.0
+    if span >= 3:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1, 2, 3, 5, 7) if span < 10 else (1, 2, 5)))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
 
 
 def final_shares(member: Member) -> dict[str, list[tuple[int, float]]]:
@@ -296,7 +295,7 @@ def final_nonzero_frac_figure(members: list[Member], axis: Axis):
     _share_axis(axes[0], plotted)
     split = sorted({m.final_row()[0] for m in members})
     axes[0].set_ylabel("final nonzero entries (% of d_ff)")
-    fig.suptitle(f"Final activation map density per layer ({', '.join(split)}) against {axis.label}")
+    fig.suptitle(f"Final activation map density per layer ({', '.join(split)})")
     return fig
 
 

@@ -301,6 +301,31 @@ def test_compare_writes_figures_and_the_table_from_the_rows(trained):
         np.testing.assert_allclose(line.get_ydata(), [y for _, y in expected_points[start : start + 2]])
 
 
+@pytest.mark.parametrize(
+    "overrides, params, expected",
+    [
+        ([{"model.d_ff": 256}, {"model.d_ff": 64}], [2, 1], ("model.d_ff", [256, 64], True)),
+        (  # T5's depths move together: one axis named by both keys
+            [{"model.num_encoder_layers": n, "model.num_decoder_layers": n} for n in (1, 2)],
+            [1, 2],
+            ("model.num_encoder_layers = model.num_decoder_layers", [1, 2], True),
+        ),
+        ([{"model.topk": 0}, {"model.topk": 8}], [1, 1], ("model.topk", [0, 8], False)),  # 0: categories
+        (  # width and d_ff apart: model size
+            [{"model.width": 32, "model.d_ff": 64}, {"model.width": 64, "model.d_ff": 256}],
+            [18, 69],
+            ("parameters", [18, 69], True),
+        ),
+        ([{"model.variant": "Mu/7"}, {"model.variant": "S/7"}], [1, 21], ("parameters", [1, 21], True)),
+        ([{}, {"data.random_labels": True}], [5, 5], ("member", ["m0", "m1"], False)),
+    ],
+)
+def test_varied_axis(overrides, params, expected):
+    members = [compare.Member(f"m{i}", Path("."), o, [], None, p) for i, (o, p) in enumerate(zip(overrides, params))]
+    axis = compare.varied_axis(members)
+    assert (axis.label, axis.values, axis.log) == expected
+
+
 def test_compare_names_members_that_have_not_run_and_other_runs(trained, tmp_path):
     workdir, _, _ = trained
     copy = tmp_path / "copy"
