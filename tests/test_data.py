@@ -149,8 +149,14 @@ class _TinyCifar10(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
         for i in range(n):
             buffer = io.BytesIO()
-            PIL.Image.fromarray(np.full((32, 32, 3), 10 * i, np.uint8)).save(buffer, "PNG")
+            PIL.Image.fromarray(_tiny_cifar10_image(i % 10)).save(buffer, "PNG")
             yield i, {"id": f"train_{i}", "image": buffer.getvalue(), "label": i % 10}
+
+
+def _tiny_cifar10_image(label):
+    """The (lossless PNG) image of every _TinyCifar10 example with this label: random pixels, so a
+    resize that is not PIL's bilinear one (nearest, strided, transposed, per-image mean) shows."""
+    return np.random.default_rng(label).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
 
 
 def test_real_dataset_name_in_standard_layout(tmp_path):
@@ -163,11 +169,18 @@ def test_real_dataset_name_in_standard_layout(tmp_path):
     assert spec == dict(image_shape=(16, 16, 3), num_classes=10, num_train=20, num_eval=5)
     batch = next(vision.train_batches(config, global_batch_size=4, start_step=0))
     assert batch["image"].shape == (4, 16, 16, 3)
-    # Constant images survive the resize; label i % 10 goes with pixel value 10 * i.
-    pixel = np.round((batch["image"][:, 0, 0, 0] + 1) * 255 / 2)
-    np.testing.assert_array_equal(pixel % 100, 10 * batch["label"])
     eval_batch = next(vision.eval_batches(config, global_batch_size=8))
     np.testing.assert_array_equal(eval_batch["mask"], [1] * 5 + [0] * 3)
+    # Every image is PIL's bilinear resize of its RGB original (the label says which), scaled to [-1, 1].
+    import PIL.Image
+
+    rows = [(batch["image"][r], batch["label"][r]) for r in range(4)]
+    rows += [(eval_batch["image"][r], eval_batch["label"][r]) for r in range(5)]
+    for image, label in rows:
+        original = PIL.Image.fromarray(_tiny_cifar10_image(label), "RGB")
+        want = np.asarray(original.resize((16, 16), PIL.Image.BILINEAR), np.float32) / 127.5 - 1.0
+        np.testing.assert_allclose(image, want, atol=1e-6, err_msg=f"label {label}")
+    assert np.std(batch["image"]) > 0.1  # not constant
     # Same name via $TFDS_DATA_DIR when no data_dir is given.
     os.environ["TFDS_DATA_DIR"] = str(tmp_path)
     try:
