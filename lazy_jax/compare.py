@@ -40,6 +40,7 @@ from lazy_jax.workdir import METRICS, read_metrics
 logger = logging.getLogger(__name__)
 
 _CORRUPT_RE = re.compile(r"^eval_corrupt/(?P<name>[^/]+)/mean/accuracy$")
+_STACK_ORDER = {"encoder": 0, "decoder": 1, "token_mlp": 2, "channel_mlp": 3}
 _LAYER_RE = re.compile(r"^nonzero_frac/(?P<stack>[^/]+)/layer_(?P<layer>\d+)$")
 
 
@@ -254,7 +255,8 @@ def _stack_panels(members: list[Member]):
     from matplotlib.figure import Figure
 
     shares = [final_shares(m) for m in members]
-    stacks = sorted({s for sh in shares for s in sh})
+    # T5's encoder before its decoder, the Mixer's token MLP before its channel MLP; others by name.
+    stacks = sorted({s for sh in shares for s in sh}, key=lambda s: (_STACK_ORDER.get(s, len(_STACK_ORDER)), s))
     if not stacks:
         return None
     fig = Figure(figsize=(5.5 * len(stacks), 4.2), layout="constrained")

@@ -354,6 +354,8 @@ def run_flops(workdir: str | Path, rows: Sequence[Mapping[str, Any]]) -> RunFlop
 
 def format_flops(value: float) -> str:
     """1.234e9 -> '1.23 G', 3.5e4 -> '35.0 k' (FLOPs, three significant digits)."""
+    if value == 0:
+        return "0"
     for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(value) >= factor:
             return f"{value / factor:#.3g}".rstrip(".") + f" {prefix}"

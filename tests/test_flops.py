@@ -177,12 +177,13 @@ def test_report_rows_of_a_run(tmp_path):
         f"{100 * zero * 2 * d * f / total:.1f}%",
         f"{100 * zero * 4 * d * f / total:.1f}%",
     ]
-    assert [flops.format_flops(v) for v in (35_127_656_448, 34_995.2, 175_000, 950, 2.5)] == [
+    assert [flops.format_flops(v) for v in (35_127_656_448, 34_995.2, 175_000, 950, 2.5, 0.0)] == [
         "35.1 G",
         "35.0 k",
         "175 k",
         "950",
         "2.50",
+        "0",
     ]
 
 
