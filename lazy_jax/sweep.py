@@ -17,8 +17,8 @@ after the other in this process, in the file's order:
   other resumes from its workdir's checkpoint (or starts);
 - `--only=NAME` trains that member alone;
 - `--config.key=value` (parsed as `lazy_jax.main` parses them, on the base config) applies to
-  every member after its own overrides; it may not set a key a member sets (the members would
-  no longer differ in it);
+  every member after its own overrides; it may not set a key the members vary (they would no
+  longer differ in it), and overrides one they all set alike;
 - every member's config is built and checked (keys, values, data, model) before the first run:
   a member setting a key the base config lacks is refused naming the member and the key, and
   nothing is written;
@@ -111,14 +111,15 @@ def member_configs(sweep: Sweep, extra: Mapping[str, Any] | None = None) -> dict
     from lazy_jax.config_base import load_config
 
     extra = dict(extra or {})
+    for key in extra:
+        values = {name: o.get(key, "(the base's)") for name, o in sweep.members.items()}
+        if len({json.dumps(v, sort_keys=True, default=str) for v in values.values()}) > 1:
+            raise InputError(
+                f"--config.{key} is not allowed: the members of {sweep.spec} vary it ({values}); "
+                "extra overrides apply to every member alike"
+            )
     configs = {}
     for name, overrides in sweep.members.items():
-        clash = sorted(set(overrides) & set(extra))
-        if clash:
-            raise InputError(
-                f"--config.{clash[0]} is set by member {name!r} of {sweep.spec} ({clash[0]}={overrides[clash[0]]!r}): "
-                "extra overrides apply to every member and may not set what the members vary"
-            )
         config = load_config(sweep.base)
         for key, value in overrides.items():
             _set(config, key, value, f"member {name!r} of {sweep.spec}", sweep.base)

@@ -89,7 +89,12 @@ def write_sweep(tmp_path: Path, members: dict, base: str = "configs/vit.py:test"
         ({"a": {"model.d_ff": 64}, "b": {"modle.d_ff": 1}}, {}, None, r"member 'b' .* sets 'modle.d_ff'"),
         ({"a": {"model.d_ff": "wide"}}, {}, None, r"member 'a' .* sets model.d_ff='wide', which .* refuses"),
         ({"a": {"model.d_ff": 0}, "b": {}}, {}, None, r"member 'a': model.d_ff=0 is not allowed"),
-        ({"a": {"model.d_ff": 64}}, {"model.d_ff": 32}, None, r"--config.model.d_ff is set by member 'a'"),
+        (
+            {"a": {"model.d_ff": 64}, "b": {}},
+            {"model.d_ff": 32},
+            None,
+            r"--config.model.d_ff is not allowed: the members of .* vary it \(\{'a': 64, 'b': \"\(the base's\)\"\}\)",
+        ),
         ({"a": {}}, {"model.nope": 1}, None, r"--config.model.nope sets 'model.nope'"),
         ({"a": {}, "b": {}}, {}, "c", r"--only='c' is not a member of .*; allowed: \['a', 'b'\]"),
         ({"compare": {}}, {}, None, r"member name 'compare' is not allowed"),
@@ -109,6 +114,13 @@ def test_bad_sweeps_are_refused_before_any_run(tmp_path, monkeypatch, digits_dir
             train=lambda c, w: trained.append(w),
         )
     assert not trained and not workdir.exists()
+
+
+def test_extra_overrides_apply_to_every_member_after_its_own(monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
+    # model.width=32 is set alike by both members; the extra wins. d_ff stays each member's.
+    configs = sweep.member_configs(sweep.load_sweep(WIDTH_SWEEP), {"model.width": 64, "total_steps": 4})
+    assert [(c.model.width, c.model.d_ff, c.total_steps) for c in configs.values()] == [(64, 64, 4), (64, 128, 4)]
 
 
 def test_a_member_that_trained_keeps_its_overrides(tmp_path, monkeypatch, digits_dir):
@@ -405,5 +417,5 @@ def test_sweep_cli_refuses_bad_input_with_one_line(trained, digits_dir):
         timeout=120,
     )
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].startswith("error: --config.model.d_ff is set by member 'dff64'")
+    assert done.stderr.strip().splitlines()[-1].startswith("error: --config.model.d_ff is not allowed: the members")
     assert (workdir / "sweep.json").read_bytes() == before

@@ -1,8 +1,9 @@
 """T5 depth: the same T5 with more or fewer encoder and decoder layers (the paper: deeper is sparser).
 
 Local (default): configs/t5.py:local (128 wide, d_ff 512, on pydocs span corruption, 500 steps
-of batch 32) with 1+1, 2+2 (the local default) and 4+4 layers; about 2, 3.5 and 7 minutes on 2
-CPU cores:
+of batch 32) with 1+1, 2+2 (the local default) and 4+4 layers; estimated (the local run's ~3
+minutes, README, scaled by forward FLOPs; not measured) about 2, 3 and 5.5 minutes on 2 idle CPU
+cores:
   python -m lazy_jax.sweep --sweep=configs/sweeps/t5_depth.py --workdir=runs/t5_depth
   python -m lazy_jax.report --compare runs/t5_depth
 compare/final_nonzero_frac.png has one panel per stack (encoder, decoder) with each layer's

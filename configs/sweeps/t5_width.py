@@ -1,8 +1,9 @@
 """T5 MLP width: the same T5 with a wider or narrower MLP (d_ff; the paper: wider MLPs are sparser).
 
 Local (default): configs/t5.py:local (128 wide, 2+2 layers, on pydocs span corruption, 500
-steps of batch 32) with d_ff 256, 512 (the local default), 1024 and 2048; about 3 to 6 minutes
-each on 2 CPU cores:
+steps of batch 32) with d_ff 256, 512 (the local default), 1024 and 2048; estimated (the local
+run's ~3 minutes, README, scaled by forward FLOPs; not measured) 2.5 to 7 minutes each on 2 idle
+CPU cores:
   python -m lazy_jax.sweep --sweep=configs/sweeps/t5_width.py --workdir=runs/t5_width
   python -m lazy_jax.report --compare runs/t5_width
 compare/final_nonzero_frac.png has one panel per stack (encoder, decoder) with each layer's

@@ -1,8 +1,8 @@
 """Depth: the same ViT with more or fewer layers (the paper: deeper Transformers are sparser).
 
 Local (default): configs/vit.py:local (ViT-Mu/7, 128 wide, d_ff 512, on mnist5k, 600 steps of
-batch 64) with 2, 4, 6 (the local default), 8 and 12 layers; about 1 minute per 6 layers on 2
-CPU cores:
+batch 64) with 2, 4, 6 (the local default), 8 and 12 layers; estimated (the local run's ~1
+minute scaled by depth, not measured) about 5 minutes in all on 2 idle CPU cores:
   python -m lazy_jax.sweep --sweep=configs/sweeps/vit_depth.py --workdir=runs/vit_depth
   python -m lazy_jax.report --compare runs/vit_depth
 compare/final_nonzero_frac.png puts each layer's final nonzero share against the depth and

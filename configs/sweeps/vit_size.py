@@ -1,9 +1,9 @@
 """Model size: ReLU ViTs of growing size on the same data (the paper: larger Transformers are sparser).
 
 Local (default): configs/vit.py:local (mnist5k, 600 steps of batch 64) at ViT-Mu/7 (128 wide, 6
-layers, 1.2M parameters), Ti/7 (192 wide, 12 layers, 5.4M) and S/7 (384 wide, 12 layers, 21M);
-on 2 CPU cores about 1, 4 and 15 minutes (the Mu/7 run trains at ~10 steps/s, the others
-slower by their FLOPs):
+layers, 1.2M parameters), Ti/7 (192 wide, 12 layers, 5.4M) and S/7 (384 wide, 12 layers, 21M).
+Estimated time on 2 idle CPU cores (not measured: the Mu/7 run's ~1 minute, README, scaled by
+forward FLOPs, 41M, 184M and 728M per image): about 1, 5 and 18 minutes.
   python -m lazy_jax.sweep --sweep=configs/sweeps/vit_size.py --workdir=runs/vit_size
   python -m lazy_jax.report --compare runs/vit_size
 compare/final_nonzero_frac.png puts each layer's final nonzero share against the parameter

@@ -1,8 +1,8 @@
 """MLP width: the same ViT with a wider or narrower MLP (d_ff; the paper: wider MLPs are sparser).
 
 Local (default): configs/vit.py:local (ViT-Mu/7, 128 wide, 6 layers, on mnist5k, 600 steps of
-batch 64) with d_ff 128, 256, 512 (the local default), 1024 and 2048; a few minutes each on 2
-CPU cores:
+batch 64) with d_ff 128, 256, 512 (the local default), 1024 and 2048; estimated (the local run's
+~1 minute scaled by forward FLOPs, not measured) 0.5 to 3 minutes each on 2 idle CPU cores:
   python -m lazy_jax.sweep --sweep=configs/sweeps/vit_width.py --workdir=runs/vit_width
   python -m lazy_jax.report --compare runs/vit_width
 compare/final_nonzero_frac.png puts each layer's final nonzero share against d_ff; the paper's
