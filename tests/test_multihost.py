@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,25 @@ def run_cluster(env, workdir, total_steps, num_processes):
     return outs
 
 
+def wait_for_output(proc, text, timeout=TIMEOUT):
+    """Reads proc's stdout lines until one contains `text`. A blocking readline has no timeout of
+    its own, so a timer kills the child after `timeout` s; its stdout then ends and the test fails."""
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if text in line:
+                return lines
+    finally:
+        timer.cancel()
+    proc.wait(timeout=TIMEOUT)  # its stdout ended: it exited, or the timer killed it
+    raise AssertionError(
+        f"no {text!r} from the process (exit {proc.returncode}, after {timeout} s a kill): {''.join(lines)}"
+    )
+
+
 @pytest.fixture(scope="module")
 def single(env, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("single")
@@ -139,7 +159,6 @@ def test_two_processes_match_one_and_resume_from_a_shared_checkpoint(env, single
 def test_sigterm_to_one_process_stops_both_at_the_same_step(env, tmp_path):
     """Preemption of one host: all processes agree on the stop step, save together and exit 0."""
     import signal
-    import time
 
     port = free_port()
     procs = []
@@ -162,13 +181,9 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(env, tmp_path):
             )
         )
     try:
-        deadline = time.time() + TIMEOUT
-        line = ""
-        while "step 3/" not in line and time.time() < deadline:  # process 0 reports every step
-            line = procs[0].stdout.readline()
-            # Process 0 prints step 3 before the processes agree on stopping at step 3, so the
-            # agreed step is 3 or later.
-            assert line or procs[0].poll() is None, "process 0 ended early"
+        # Process 0 reports every step, and prints step 3 before the processes agree on stopping
+        # at step 3, so the agreed step is 3 or later.
+        wait_for_output(procs[0], "step 3/")
         procs[1].send_signal(signal.SIGTERM)
         outs = [p.communicate(timeout=TIMEOUT) for p in procs]
     finally:
