@@ -134,6 +134,56 @@ def activation_stats(
     return stats
 
 
+UNION_SEED = 0x0A10  # the random pooling groups are the same in every run
+
+
+def union_active_frac(
+    a_BTF: Array, mask_BT: Array | None, sizes: tuple[int, ...], *, consecutive: bool = False, seed: int = UNION_SEED
+) -> tuple[Array, Array]:
+    """Share of neurons active on at least one of n pooled tokens, for each n of `sizes`, on the device.
+
+    Pooled tokens are groups of n valid tokens (padding never counts): with `consecutive`, windows
+    [k*n, (k+1)*n) of each sequence's valid tokens in order; else windows of one random order of
+    all the batch's valid tokens (fixed by `seed`). Larger groups are unions of smaller ones, so
+    with every group full the curve rises with n; at n = 1 it is `activation_stats`' nonzero_frac,
+    to the bit (both divide the same integer count). Its growth says how many W_out rows a batch
+    of n tokens still skips.
+
+    Returns (union_S, groups_S): the mean share over the full groups of each size and their number
+    (the weight for combining batches; 0 where fewer than n valid tokens exist, and then union 0).
+    """
+    if a_BTF.ndim != 3:
+        raise InputError(f"union_active_frac takes an activation map [B, T, F], got shape {a_BTF.shape}")
+    b, t, d_ff = a_BTF.shape
+    available = t if consecutive else b * t
+    for n in sizes:
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= available:
+            where = f"a sequence of {t} tokens" if consecutive else f"a batch of {b} x {t} tokens"
+            raise InputError(f"union size n={n!r} is not allowed: use an integer 1 <= n <= {available} ({where})")
+    valid_BT = jnp.ones((b, t), bool) if mask_BT is None else mask_BT > 0
+    on_BTF = a_BTF > 0
+    if consecutive:
+        # Each row's valid tokens first, in order (a stable sort), so windows never span padding.
+        order_BT = jnp.argsort(~valid_BT, axis=1, stable=True)
+    else:
+        on_BTF, valid_BT = on_BTF.reshape(1, b * t, d_ff), valid_BT.reshape(1, b * t)
+        score_BT = jax.random.uniform(jax.random.key(seed), valid_BT.shape)
+        order_BT = jnp.argsort(jnp.where(valid_BT, score_BT, 2.0), axis=1)  # padding last
+    on_BTF = jnp.take_along_axis(on_BTF, order_BT[..., None], axis=1)
+    count_B1 = jnp.sum(valid_BT, axis=1, keepdims=True)
+    union, groups = [], []
+    for n in sizes:
+        g = on_BTF.shape[1] // n
+        pooled_BGF = jnp.any(on_BTF[:, : g * n].reshape(on_BTF.shape[0], g, n, d_ff), axis=2)
+        full_BG = (jnp.arange(1, g + 1) * n)[None, :] <= count_B1
+        active = jnp.sum(jnp.where(full_BG, jnp.sum(pooled_BGF, axis=-1, dtype=jnp.int32), 0))
+        num = jnp.sum(full_BG).astype(jnp.float32)
+        # As activation_stats: an f32 integer count over (groups * d_ff).
+        union.append(active.astype(jnp.float32) / (jnp.maximum(num, 1.0) * d_ff))
+        groups.append(num)
+    return jnp.stack(union), jnp.stack(groups)
+
+
 class MlpBlock(nn.Module):
     """Dense -> activation -> optional Top-k -> Dense; returns (y, statistics).
 
