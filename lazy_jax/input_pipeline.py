@@ -37,11 +37,15 @@ class DataSpec:
         """The data's sizes as keyword arguments of `models.get_model`.
 
         Classes: the dataset's; the model registry checks an explicit config value against it.
-        Vocabulary: -1 in the config = the tokenizer's ids padded to a multiple of 128; an
-        explicit value must hold every id of the tokenizer.
+        Images: image_shape (H, W, C) of example_batch['image'], against which the patch models
+        check their patch. Vocabulary: -1 in the config = the tokenizer's ids padded to a
+        multiple of 128; an explicit value must hold every id of the tokenizer.
         """
         if self.num_classes is not None:
-            return {"num_classes": self.num_classes}
+            sizes = {"num_classes": self.num_classes}
+            if "image" in self.example_batch:
+                sizes["image_shape"] = tuple(int(d) for d in np.shape(self.example_batch["image"])[1:])
+            return sizes
         if self.vocab_size is None:
             return {}
         vocab = config_model.get("vocab_size", -1)

@@ -12,7 +12,9 @@ Sizes that come from the data (classes of a dataset, ids of a tokenizer) are arg
 never written back into the config: `config.model.num_classes` / `vocab_size` of -1 mean
 "the data's" (the argument, which must then be given); any other value is used as given and
 must be >= the argument when that is given. Each model reads the size it has (the classifiers
-num_classes, T5 vocab_size) and ignores the other.
+num_classes, T5 vocab_size) and ignores the other. `image_shape` (H, W, C) of the data's images,
+when given, is checked by the patch models (ViT, Mixer: the patch must tile the image) and not
+passed to the others.
 
 Shape letters, the suffixes of tensor names here and in `lazy_jax.sparsity` (`x_BTD` is
 [batch, length, d_model]; a digit is a literal size, e.g. `cls_11D`, or `w_3DHK` for q, k, v):
@@ -51,6 +53,10 @@ MODELS: dict[str, tuple[Callable, type[nn.Module]]] = {
 }
 
 
+# The models whose spec builder takes the data's image shape (the patch must tile the image).
+_TAKE_IMAGE_SHAPE = ("vit", "mixer")
+
+
 def _entry(config_model) -> tuple[Callable, type[nn.Module]]:
     name = config_model["name"]
     if name not in MODELS:
@@ -58,13 +64,28 @@ def _entry(config_model) -> tuple[Callable, type[nn.Module]]:
     return MODELS[name]
 
 
-def model_spec(config_model, *, num_classes: int | None = None, vocab_size: int | None = None):
+def model_spec(
+    config_model,
+    *,
+    num_classes: int | None = None,
+    vocab_size: int | None = None,
+    image_shape: tuple[int, int, int] | None = None,
+):
     """The checked, frozen spec of the model named by config_model.name, with the data's sizes."""
     build, _ = _entry(config_model)
-    return build(config_model, num_classes=num_classes, vocab_size=vocab_size)
+    sizes = {"num_classes": num_classes, "vocab_size": vocab_size}
+    if config_model["name"] in _TAKE_IMAGE_SHAPE:
+        sizes["image_shape"] = image_shape
+    return build(config_model, **sizes)
 
 
-def get_model(config_model, *, num_classes: int | None = None, vocab_size: int | None = None) -> nn.Module:
+def get_model(
+    config_model,
+    *,
+    num_classes: int | None = None,
+    vocab_size: int | None = None,
+    image_shape: tuple[int, int, int] | None = None,
+) -> nn.Module:
     """The Linen module named by config_model.name, built from its spec (see `model_spec`)."""
-    build, module_cls = _entry(config_model)
-    return module_cls(build(config_model, num_classes=num_classes, vocab_size=vocab_size))
+    _, module_cls = _entry(config_model)
+    return module_cls(model_spec(config_model, num_classes=num_classes, vocab_size=vocab_size, image_shape=image_shape))

@@ -149,3 +149,36 @@ def variant(config, sizes: dict) -> tuple[tuple, int]:
             f"{list(sizes)} and a positive integer patch, e.g. '{list(sizes)[-3]}/16'"
         )
     return sizes[size], int(patch)
+
+
+def patch_fits(config, patch: int, image_shape: tuple[int, ...] | None) -> None:
+    """The patch of model.variant must tile the data's images [H, W, C] (None: not checked).
+
+    A patch larger than the image gives no patch at all (a model of the class token alone, or a
+    Mixer over zero tokens), and one that does not divide the image drops its last rows and
+    columns (the strided conv is 'VALID'): both train without error, so both are refused here.
+    """
+    if image_shape is None:
+        return
+    if len(image_shape) != 3 or not all(is_int(d) and d > 0 for d in image_shape):
+        raise InputError(
+            f"image_shape={image_shape!r} is not allowed: use (height, width, channels), positive integers"
+        )
+    height, width, _ = image_shape
+    if patch <= height and patch <= width and height % patch == 0 and width % patch == 0:
+        return
+    variant = str(config["variant"])
+    if patch > min(height, width):
+        problem = "larger than the image, so there would be no patch at all"
+    else:
+        problem = (
+            f"not a divisor of the image's sides, so the last {height % patch} rows and {width % patch} columns "
+            "of every image would be dropped"
+        )
+    divisors = [p for p in range(1, min(height, width) + 1) if height % p == 0 and width % p == 0]
+    example = f"{variant.partition('/')[0]}/{max(d for d in divisors if d <= patch)}"
+    raise InputError(
+        f"model.variant={variant!r} has patch {patch}, {problem}: the data's images are {height}x{width} "
+        f"(data.image_size, or the dataset's own size). Use a patch in {divisors} (e.g. variant {example!r}), "
+        f"or resize the images with data.image_size set to a multiple of {patch}"
+    )

@@ -2,8 +2,8 @@
 
 Variant strings `<size>/<patch>` with sizes Mu (CPU-sized), S, B, L, e.g. `B/16`;
 config.model.width, depth, tokens_mlp_dim and channels_mlp_dim override the size's (None = the
-size's). `mixer_spec(config.model, num_classes=...)` checks the config and gives the
-`MixerSpec` that `Mixer` takes. In the token-mixing MLP a "token" of the activation map is one
+size's). `mixer_spec(config.model, num_classes=..., image_shape=...)` checks the config (the
+patch must tile the data's images) and gives the `MixerSpec` that `Mixer` takes. In the token-mixing MLP a "token" of the activation map is one
 channel's row across patches, so its statistics count rows of [B, D, F] (F = tokens_mlp_dim).
 """
 
@@ -59,10 +59,17 @@ class MixerSpec:
     stack: StackSettings
 
 
-def mixer_spec(config_model, *, num_classes: int | None = None, vocab_size: int | None = None) -> MixerSpec:
+def mixer_spec(
+    config_model,
+    *,
+    num_classes: int | None = None,
+    vocab_size: int | None = None,
+    image_shape: tuple[int, int, int] | None = None,
+) -> MixerSpec:
     """config.model of a Mixer and the data's number of classes -> its spec; checks every model value."""
     del vocab_size  # a classifier has no vocabulary
     preset, patch = checks.variant(config_model, MIXER_SIZES)
+    checks.patch_fits(config_model, patch, image_shape)
     sizes = checks.sizes(config_model, SIZE_FIELDS, preset)
     widths = {f: sizes[f] for f in ("tokens_mlp_dim", "channels_mlp_dim")}  # Top-k applies to both MLPs
     return MixerSpec(

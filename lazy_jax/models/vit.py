@@ -3,9 +3,10 @@
 Variant strings `<size>/<patch>`: sizes Ti, S, B, L, H (widths/heads/depths/d_ff below) and Mu,
 a 128-wide 6-layer model for CPU runs; e.g. `B/16`, `S/4`, `Mu/4`. config.model.width,
 num_heads, depth and d_ff override the size's (None = the size's), e.g. `--config.model.d_ff=1024`.
-`vit_spec(config.model, num_classes=...)` checks the config and gives the `ViTSpec` that `ViT`
-takes. `apply(variables, batch, train=...)` takes {'image' [B, height, width, channels],
-optional 'mask' [B]} and returns (logits [B, C] f32, {'encoder': per-layer statistics}).
+`vit_spec(config.model, num_classes=..., image_shape=...)` checks the config (the patch must tile
+the data's images) and gives the `ViTSpec` that `ViT` takes. `apply(variables, batch, train=...)`
+takes {'image' [B, height, width, channels], optional 'mask' [B]} and returns (logits [B, C] f32,
+{'encoder': per-layer statistics}).
 Statistics count every token, the class token included; padded examples (mask 0) never count.
 """
 
@@ -68,10 +69,17 @@ class ViTSpec:
     stack: StackSettings
 
 
-def vit_spec(config_model, *, num_classes: int | None = None, vocab_size: int | None = None) -> ViTSpec:
+def vit_spec(
+    config_model,
+    *,
+    num_classes: int | None = None,
+    vocab_size: int | None = None,
+    image_shape: tuple[int, int, int] | None = None,
+) -> ViTSpec:
     """config.model of a ViT and the data's number of classes -> its spec; checks every model value."""
     del vocab_size  # a classifier has no vocabulary
     preset, patch = checks.variant(config_model, VIT_SIZES)
+    checks.patch_fits(config_model, patch, image_shape)
     sizes = checks.sizes(config_model, SIZE_FIELDS, preset)
     if sizes["width"] % sizes["num_heads"]:
         raise InputError(
