@@ -1,20 +1,30 @@
 """Orbax checkpoints of the train state plus a JSON sidecar (step, data position, model shapes).
 
 Saves are asynchronous and atomic (orbax writes to a temporary directory and renames it), the
-newest `keep` are kept. Restore checks the stored parameter shapes against the model being
-built before reading any array, and falls back to an older checkpoint if the newest is
-unreadable (a warning names it; no complete checkpoint is deleted). Temporary directories
+newest `keep` are kept.
+
+Restore compares what the checkpoint holds with what the config builds before reading any array:
+the parameter shapes (sidecar) and the whole state tree, optimizer state included (orbax's stored
+metadata); a difference is refused (`ModelMismatchError`) with nothing in the workdir touched.
+A checkpoint that cannot be read is skipped for the previous one; once one restores, the
+unreadable newer ones are moved (never deleted) to a directory beside the checkpoints, outside
+orbax's view, so they can be inspected and their steps saved again. If checkpoints exist but
+none restores, nothing is moved and `NoReadableCheckpointError` says so. Temporary directories
 of saves that a kill cut off are removed when the next run opens the workdir.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
 
 from lazy_jax.errors import InputError
 
@@ -28,9 +38,93 @@ class ModelMismatchError(InputError):
     pass
 
 
+class NoReadableCheckpointError(InputError):
+    pass
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def state_tree(tree: Any) -> dict[str, str]:
+    """{path: 'float32[128, 512]'} of every leaf of an orbax-serialised tree ('empty' for an empty
+    node, e.g. optax's EmptyState: it changes the structure as much as a leaf does)."""
+    out: dict[str, str] = {}
+
+    def walk(node, path):
+        if hasattr(node, "shape") and hasattr(node, "dtype"):
+            out[path] = f"{np.dtype(node.dtype).name}{list(node.shape)}"
+        elif isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(v, f"{path}/{k}" if path else str(k))
+        elif isinstance(node, (list, tuple)) and len(node):
+            for i, v in enumerate(node):
+                walk(v, f"{path}/{i}" if path else str(i))
+        elif node is None or isinstance(node, (dict, list, tuple)):
+            out[path] = "empty"
+        else:
+            out[path] = type(node).__name__
+
+    walk(tree, "")
+    return out
+
+
+def _tree_diff(stored: dict[str, str], built: dict[str, str], limit: int = 3) -> str:
+    only_stored = [k for k in stored if k not in built]
+    only_built = [k for k in built if k not in stored]
+    differ = [k for k in stored if k in built and stored[k] != built[k]]
+
+    def some(keys, fmt):
+        more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+        return ", ".join(fmt(k) for k in keys[:limit]) + more
+
+    parts = []
+    if differ:
+        parts.append("differ: " + some(differ, lambda k: f"{k} checkpoint {stored[k]} vs config {built[k]}"))
+    if only_stored:
+        parts.append("only in the checkpoint: " + some(only_stored, lambda k: f"{k} {stored[k]}"))
+    if only_built:
+        parts.append("only in the config's state: " + some(only_built, lambda k: f"{k} {built[k]}"))
+    return "; ".join(parts)
+
+
+def _opt_fields(tree: dict[str, str]) -> list[str]:
+    """The optimizer's per-parameter state names: the first non-index part of each opt_state path."""
+    fields = set()
+    for path in tree:
+        parts = path.split("/")
+        if parts[0] == "opt_state":
+            fields.add(next((p for p in parts[1:] if not p.isdigit()), "empty"))
+    return sorted(fields - {"empty"})
+
+
+def _config_diff(stored: dict | None, built: dict | None) -> str:
+    if not stored or not built:
+        return ""
+    keys = [k for k in sorted(set(stored) | set(built)) if stored.get(k) != built.get(k)]
+    return ", ".join(f"{k}: checkpoint {stored.get(k)!r} vs config {built.get(k)!r}" for k in keys)
+
+
+def _agree(ok: bool) -> bool:
+    """Whether every process got `ok` (restoring is collective: all take the same checkpoint)."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.all(multihost_utils.process_allgather(np.array(ok))))
+
+
 class Checkpointer:
-    def __init__(self, directory: str | Path, *, keep: int = 3, async_save: bool = True):
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        keep: int = 3,
+        async_save: bool = True,
+        unreadable_dir: str | Path | None = None,
+    ):
         self.directory = Path(directory).absolute()
+        # Outside `directory`, so orbax neither lists nor cleans up what is moved there.
+        self.unreadable_dir = Path(unreadable_dir).absolute() if unreadable_dir else None
         # cleanup_tmp_directories: process 0 (the one holding the workdir lock) removes the
         # temporary directories of saves cut off by a kill; they were never complete checkpoints.
         options = ocp.CheckpointManagerOptions(
@@ -41,42 +135,140 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
+    # -- saving ------------------------------------------------------------------------------
     def save(self, step: int, state: Any, meta: dict) -> None:
         self.manager.save(
             step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True
         )
 
+    # -- restoring ---------------------------------------------------------------------------
     def read_meta(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
-    def restore_latest(self, abstract_state: Any, expected_shapes: dict[str, list[int]]):
-        """Returns (state, meta) of the newest readable checkpoint, or (None, None) if there is none."""
+    def read_state_tree(self, step: int) -> dict[str, str]:
+        """The stored state's tree (paths, dtypes, shapes) from orbax's metadata; reads no array."""
+        handler = ocp.StandardCheckpointHandler()
+        try:
+            return state_tree(handler.metadata(epath.Path(self.directory / str(step) / "state")).tree)
+        finally:
+            handler.close()
+
+    def restore_latest(
+        self,
+        abstract_state: Any,
+        expected_shapes: dict[str, list[int]],
+        *,
+        optimizer: dict | None = None,
+        check_meta: Callable[[int, dict], None] | None = None,
+    ):
+        """Returns (state, meta) of the newest readable checkpoint, or (None, None) if there is none.
+
+        Raises ModelMismatchError if it holds another state than `abstract_state` (a parameter
+        shape, or the optimizer state of another `optimizer` config), whatever `check_meta(step,
+        meta)` raises, and NoReadableCheckpointError if checkpoints exist but none can be read.
+        """
+        unreadable: list[tuple[int, str]] = []
+        built = state_tree(ocp.tree.serialize_tree(abstract_state, keep_empty_nodes=True))
         for step in reversed(self.all_steps()):
             try:
-                meta = self.read_meta(step)
-            except Exception as e:  # unreadable sidecar: treat the checkpoint as corrupted
-                logging.warning("checkpoint %s/%d is unreadable (%s); trying the previous one", self.directory, step, e)
-                continue
-            stored = meta.get("param_shapes", {})
-            if stored != expected_shapes:
-                keys = sorted(set(stored) | set(expected_shapes))
-                diff = [k for k in keys if stored.get(k) != expected_shapes.get(k)][:4]
-                detail = ", ".join(f"{k}: checkpoint {stored.get(k)} vs model {expected_shapes.get(k)}" for k in diff)
-                raise ModelMismatchError(
-                    f"the checkpoint at {self.directory}/{step} belongs to a model of another shape ({detail}); "
-                    f"use a new --workdir for this model, or the config that wrote it (model={meta.get('model')})"
+                meta, stored = self.read_meta(step), self.read_state_tree(step)
+                ok = True
+            except Exception as e:
+                ok, why = False, _one_line(e)
+            if not _agree(ok):
+                unreadable.append((step, why if not ok else "unreadable on another process"))
+                logging.warning(
+                    "checkpoint %s/%d is unreadable (%s); trying the previous one", self.directory, step, why
                 )
+                continue
+            self._check_state(step, meta, stored, built, expected_shapes, optimizer)
+            if check_meta is not None:
+                check_meta(step, meta)
             try:
                 restored = self.manager.restore(
                     step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
                 )
-            except Exception as e:
+                ok = True
+            except Exception as e:  # e.g. a truncated array file
+                ok, why = False, _one_line(e)
+            if not _agree(ok):
+                unreadable.append((step, why if not ok else "unreadable on another process"))
                 logging.warning(
-                    "checkpoint %s/%d could not be restored (%s); trying the previous one", self.directory, step, e
+                    "checkpoint %s/%d could not be restored (%s); trying the previous one", self.directory, step, why
                 )
                 continue
+            self._move_aside([s for s, _ in unreadable], step)
             return restored["state"], meta
+        if unreadable:
+            detail = "; ".join(f"step {s}: {why}" for s, why in unreadable[:3])
+            raise NoReadableCheckpointError(
+                f"none of the checkpoints in {self.directory} can be restored ({detail}); nothing was moved or "
+                "deleted. Check the storage and rerun, or pass --start_afresh to move the checkpoints and "
+                "metrics aside and start at step 0"
+            )
         return None, None
+
+    def _check_state(self, step, meta, stored, built, expected_shapes, optimizer) -> None:
+        where = f"the checkpoint at {self.directory}/{step}"
+        remedy = "use a new --workdir, or pass --start_afresh to move this run's checkpoints and metrics aside"
+        stored_shapes = meta.get("param_shapes", {})
+        if stored_shapes != expected_shapes:
+            keys = sorted(set(stored_shapes) | set(expected_shapes))
+            diff = [k for k in keys if stored_shapes.get(k) != expected_shapes.get(k)][:4]
+            detail = ", ".join(
+                f"{k}: checkpoint {stored_shapes.get(k)} vs model {expected_shapes.get(k)}" for k in diff
+            )
+            raise ModelMismatchError(
+                f"{where} belongs to a model of another shape ({detail}); "
+                f"resume with the config that wrote it (model={meta.get('model')}), or {remedy}"
+            )
+        if stored == built:
+            return
+        differing = (set(stored) ^ set(built)) | {k for k in stored if k in built and stored[k] != built[k]}
+        parts = sorted({k.split("/")[0] for k in differing})
+        names = {"opt_state": "optimizer state", "params": "parameters", "step": "step counter"}
+        what = " and ".join(names.get(p, p) for p in parts)
+        stored_opt, built_opt = meta.get("optimizer") or {}, optimizer or {}
+        detail = ""
+        if "opt_state" in parts:
+            # What each optimizer keeps per parameter, e.g. adamw's (count, mu, nu).
+            def kinds(opt, tree):
+                owner = f"{opt['name']}'s " if opt.get("name") else ""
+                return f"{owner}({', '.join(_opt_fields(tree))})"
+
+            detail = f": the checkpoint has {kinds(stored_opt, stored)}, the config builds {kinds(built_opt, built)}"
+            opt = _config_diff(stored_opt, built_opt)
+            if opt:
+                detail += f" (optimizer config {opt})"
+        raise ModelMismatchError(
+            f"{where} holds another {what} than the config builds{detail}; first differing paths: "
+            f"{_tree_diff(stored, built)}; resume with the config that wrote it, or {remedy}; nothing in the "
+            "workdir was changed"
+        )
+
+    def _move_aside(self, steps: list[int], restored: int) -> None:
+        """Moves unreadable checkpoints newer than the restored one out of orbax's view (process 0)."""
+        if not steps:
+            return
+        if jax.process_index() == 0:
+            target_dir = self.unreadable_dir or self.directory.with_name(self.directory.name + ".unreadable")
+            target_dir.mkdir(parents=True, exist_ok=True)
+            for step in steps:
+                src, dst = self.directory / str(step), target_dir / str(step)
+                n = 1
+                while dst.exists():  # a step moved aside before keeps its place
+                    dst, n = target_dir / f"{step}.{n}", n + 1
+                src.rename(dst)
+                logging.warning(
+                    "moved the unreadable checkpoint %s to %s (kept for inspection); resuming from %s/%d",
+                    src,
+                    dst,
+                    self.directory,
+                    restored,
+                )
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("lazy_jax_checkpoints_moved_aside")
+        self.manager.reload()
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

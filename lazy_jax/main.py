@@ -1,7 +1,8 @@
 """Entry point: python -m lazy_jax.main --config=configs/<model>.py[:arg] --workdir=DIR [--config.k=v]
 
-Resumes from DIR's newest checkpoint if there is one. Multi-host: --multihost lets
-jax.distributed.initialize() find the coordinator (TPU VMs, SLURM); a local cluster passes
+Resumes from DIR's newest checkpoint if there is one; --start_afresh moves DIR's checkpoints and
+metrics aside (into DIR/set_aside/<time>/, nothing is deleted) and starts at step 0. Multi-host:
+--multihost lets jax.distributed.initialize() find the coordinator (TPU VMs, SLURM); a local cluster passes
 --coordinator_address, --num_processes and --process_id.
 """
 
@@ -23,6 +24,12 @@ flags.DEFINE_bool("multihost", False, "call jax.distributed.initialize() with au
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a cluster without auto-detection")
 flags.DEFINE_integer("num_processes", None, "number of processes in the cluster")
 flags.DEFINE_integer("process_id", None, "this process's index in the cluster")
+flags.DEFINE_bool(
+    "start_afresh",
+    False,
+    "move the workdir's checkpoints, metrics and other files of an earlier run into set_aside/<time>/ "
+    "(nothing is deleted) and start at step 0",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -45,7 +52,9 @@ def main(argv):
 
     try:
         initialize_distributed()
-        train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        # The keyword only when the flag is given: a plain run is train_and_evaluate(config, workdir).
+        afresh = {"start_afresh": True} if FLAGS.start_afresh else {}
+        train_and_evaluate(FLAGS.config, FLAGS.workdir, **afresh)
     # lazy_jax's own input errors (and a run stopped by a NaN) print as one line, exit 2; anything
     # else, a shape error while tracing say, keeps its traceback.
     except (InputError, FloatingPointError) as e:

@@ -1,10 +1,12 @@
 """train_and_evaluate: data -> jitted step -> metrics -> writer, with checkpoints and resume.
 
 The run resumes from the workdir's newest readable checkpoint at its exact step (the data
-position is the step: batches are a pure function of (seed, step)). Metrics are fetched from
-the device only on logged steps; a NaN/Inf there, or before a checkpoint, stops the run and
-keeps the last good checkpoint. SIGTERM (preemption) saves a checkpoint and exits cleanly (with
-several processes, at the next logged step, which all of them agree on).
+position is the step: batches are a pure function of (seed, step)); a checkpoint the config
+cannot continue (another model or optimizer state, an infinite-data stream of another batch
+size) is refused before the workdir is touched. Metrics are fetched from the device only on
+logged steps; a NaN/Inf there, or before a checkpoint, stops the run and keeps the last good
+checkpoint. SIGTERM (preemption) saves a checkpoint and exits cleanly (with several processes,
+at the next logged step, which all of them agree on).
 """
 
 from __future__ import annotations
@@ -105,8 +107,12 @@ def _fmt_eta(seconds: float) -> str:
     )
 
 
-def train_and_evaluate(config, workdir: str | Path) -> dict:
-    """Trains `config` in `workdir`; returns the last logged train and eval metrics."""
+def train_and_evaluate(config, workdir: str | Path, *, start_afresh: bool = False) -> dict:
+    """Trains `config` in `workdir`; returns the last logged train and eval metrics.
+
+    start_afresh: move the workdir's checkpoints, metrics and the rest of an earlier run's files
+    into `set_aside/<time>/` (nothing is deleted) and start at step 0.
+    """
     workdir = Path(workdir)
     # Every check of the config, the data and the model before the workdir is touched.
     validate_config(config)
@@ -115,7 +121,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     input_pipeline.check_run_length(config)
     is_writer = jax.process_index() == 0
     with WorkdirLock(workdir) if is_writer else contextlib.nullcontext():
-        return _train(config, data, workdir, is_writer)
+        return _train(config, data, workdir, is_writer, start_afresh)
 
 
 def resolved_config(config, model_sizes: dict):
@@ -126,18 +132,76 @@ def resolved_config(config, model_sizes: dict):
     return resolved
 
 
-def _train(config, data: input_pipeline.DataSpec, workdir: Path, is_writer: bool) -> dict:
+def set_aside(workdir: Path) -> Path | None:
+    """Moves an earlier run's files (wd.RUN_OUTPUTS) into workdir/set_aside/<time>/; returns that
+    folder, or None if there was nothing to move. Nothing is deleted."""
+    names = [name for name in wd.RUN_OUTPUTS if (workdir / name).exists()]
+    if not names:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest, n = workdir / wd.SET_ASIDE_DIR / stamp, 1
+    while dest.exists():
+        dest, n = workdir / wd.SET_ASIDE_DIR / f"{stamp}-{n}", n + 1
+    dest.mkdir(parents=True)
+    for name in names:
+        (workdir / name).rename(dest / name)
+    print(f"start_afresh: moved {', '.join(names)} to {dest}", flush=True)
+    return dest
+
+
+def _resume_meta(config) -> dict:
+    """What a checkpoint records of the data stream: infinite data is read once, at position
+    step x batch size in the order of (seed, shuffle_seed), so a resume must keep all three."""
+    out = {"batch_size": config.batch_size, "seed": config.seed}
+    if config.task == "classification":
+        out.update(shuffle_seed=config.data.shuffle_seed, infinite_data=bool(config.data.get("infinite", False)))
+    return out
+
+
+def _check_resume(config, directory: Path, step: int, meta: dict) -> None:
+    if not (config.task == "classification" and config.data.get("infinite", False)):
+        return
+    now = _resume_meta(config)
+    for key in ("batch_size", "seed", "shuffle_seed"):
+        if key in meta and meta[key] != now[key]:
+            name = f"data.{key}" if key == "shuffle_seed" else key
+            raise InputError(
+                f"the checkpoint at {directory}/{step} is of a run with {name}={meta[key]}, and this config has "
+                f"{name}={now[key]}: with infinite data (data.infinite=True) the stream position is step x batch "
+                f"size in the order of seed and data.shuffle_seed, so resuming would see examples again; resume "
+                f"with {name}={meta[key]}, or use a new --workdir (or --start_afresh)"
+            )
+
+
+def _train(config, data: input_pipeline.DataSpec, workdir: Path, is_writer: bool, start_afresh: bool) -> dict:
     pi, pc = jax.process_index(), jax.process_count()
     exp = Experiment(config, data)
     shd.check_batch_size(config.batch_size, exp.mesh, "batch_size")
     shd.check_batch_size(config.eval_batch_size, exp.mesh, "eval_batch_size")
     resolved = resolved_config(config, exp.model_sizes)
 
+    if start_afresh:
+        if is_writer:
+            set_aside(workdir)
+        if pc > 1:
+            multihost_utils.sync_global_devices("lazy_jax_start_afresh")
     ckpt = Checkpointer(
-        workdir / wd.CHECKPOINTS_DIR, keep=config.keep_checkpoints, async_save=config.async_checkpointing
+        workdir / wd.CHECKPOINTS_DIR,
+        keep=config.keep_checkpoints,
+        async_save=config.async_checkpointing,
+        unreadable_dir=workdir / wd.UNREADABLE_CHECKPOINTS_DIR,
     )
     shapes = param_shapes(exp.abstract_state.params)
-    state, meta = ckpt.restore_latest(exp.abstract_state, shapes)
+    try:
+        state, meta = ckpt.restore_latest(
+            exp.abstract_state,
+            shapes,
+            optimizer=resolved.optimizer.to_dict(),
+            check_meta=lambda step, meta: _check_resume(config, ckpt.directory, step, meta),
+        )
+    except BaseException:
+        ckpt.close()
+        raise
     if state is None:
         state = exp.init_state(config.seed)
         logging.info("initialised a new model")
@@ -173,7 +237,14 @@ def _train(config, data: input_pipeline.DataSpec, workdir: Path, is_writer: bool
         ckpt.save(
             step,
             state,
-            {"step": step, "data_position": step, "param_shapes": shapes, "model": resolved.model.to_dict()},
+            {
+                "step": step,
+                "data_position": step,
+                "param_shapes": shapes,
+                "model": resolved.model.to_dict(),
+                "optimizer": resolved.optimizer.to_dict(),
+                **_resume_meta(config),
+            },
         )
 
     stop = {"signal": None}

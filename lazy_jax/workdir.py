@@ -7,6 +7,8 @@
     stats/<split>_<step>.npz  vector statistics of a logged step (step zero-padded to 8 digits)
     tb/                     TensorBoard events
     checkpoints/            orbax checkpoints
+    checkpoints.unreadable/ checkpoints a resume could not read, moved out of orbax's view (never deleted)
+    set_aside/<time>/       what --start_afresh moved out of the way (RUN_OUTPUTS of the earlier run)
     report/                 report.md and its figures (python -m lazy_jax.report)
     .lock                   held by the running trainer's process 0
 
@@ -32,8 +34,22 @@ PARAMETERS = "parameters.txt"
 STATS_DIR = "stats"
 TB_DIR = "tb"
 CHECKPOINTS_DIR = "checkpoints"
+UNREADABLE_CHECKPOINTS_DIR = "checkpoints.unreadable"
+SET_ASIDE_DIR = "set_aside"
 REPORT_DIR = "report"
 LOCK = ".lock"
+# What a run writes into its workdir (all but the lock): --start_afresh moves these aside.
+RUN_OUTPUTS = (
+    CHECKPOINTS_DIR,
+    UNREADABLE_CHECKPOINTS_DIR,
+    METRICS,
+    DROPPED_METRICS,
+    CONFIG,
+    PARAMETERS,
+    STATS_DIR,
+    TB_DIR,
+    REPORT_DIR,
+)
 
 _STATS_NAME_RE = re.compile(r"^(?P<split>.+)_(?P<step>\d+)\.npz$")
 

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import pytest
 
-from lazy_jax.workdir import DROPPED_METRICS, read_metrics, read_rows
+from lazy_jax.workdir import DROPPED_METRICS, UNREADABLE_CHECKPOINTS_DIR, read_metrics, read_rows
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 180  # seconds; a hang fails the test instead of blocking the suite
@@ -68,10 +68,10 @@ def main_argv(env, workdir, **overrides):
     ] + [f"--config.{k}={v}" for k, v in cfg.items()]
 
 
-def run_main(env, workdir, *, python_code=None, extra_env=None, **overrides):
+def run_main(env, workdir, *, python_code=None, extra_env=None, extra_args=(), **overrides):
     head = ["-c", python_code] if python_code else ["-m", "lazy_jax.main"]
     return subprocess.run(
-        [sys.executable, *head, *main_argv(env, workdir, **overrides)],
+        [sys.executable, *head, *main_argv(env, workdir, **overrides), *extra_args],
         cwd=REPO,
         env={**env["environ"], **(extra_env or {})},
         capture_output=True,
@@ -253,7 +253,10 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_previous(env, reference, 
     assert out.returncode == 0, out.stderr
     assert f"{newest}" in out.stderr and "trying the previous one" in out.stderr
     assert "resuming at step 6 of 10" in out.stdout
-    assert 8 in complete_steps(workdir) and 10 in complete_steps(workdir)
+    moved = workdir / UNREADABLE_CHECKPOINTS_DIR / "8"
+    assert f"moved the unreadable checkpoint {newest} to {moved}" in out.stderr
+    assert moved.is_dir() and sorted(p.name for p in moved.iterdir())  # kept, not deleted
+    assert complete_steps(workdir) == [6, 9, 10]  # saving at 9 and 10 went on past the moved step
     keys = [(r["step"], r["split"]) for r in read_metrics(workdir)]
     assert len(keys) == len(set(keys))
     assert [k for k in keys if k[0] <= 8] == [(r["step"], r["split"]) for r in read_metrics(reference)]
@@ -292,6 +295,27 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(running):
     assert match, stdout
     assert complete_steps(workdir) == [int(match[1])]
     assert not [p for p in (workdir / "checkpoints").iterdir() if "tmp" in p.name]
+
+
+def test_unreadable_checkpoints_refuse_until_start_afresh(env, reference, tmp_path):
+    workdir = tmp_path / "w"
+    shutil.copytree(reference, workdir)
+    for step in (3, 6, 8):
+        meta = workdir / "checkpoints" / str(step) / "meta" / "metadata"
+        meta.write_text(meta.read_text()[:10])
+    out = run_main(env, workdir)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: none of the checkpoints in {workdir / 'checkpoints'} can be restored"), last
+    assert "--start_afresh" in last
+    assert complete_steps(workdir) == [3, 6, 8]
+    out = run_main(env, workdir, extra_args=["--start_afresh"])
+    assert out.returncode == 0, out.stderr
+    assert "starting at step 0 of 8" in out.stdout
+    (aside,) = (workdir / "set_aside").iterdir()
+    assert sorted(p.name for p in (aside / "checkpoints").iterdir()) == ["3", "6", "8"]
+    assert_same_rows(read_metrics(reference), read_metrics(workdir))
 
 
 def test_infinite_data_that_runs_out_is_refused_before_training(env, tmp_path):
