@@ -63,7 +63,8 @@ case "$cmd" in
     "$venv/bin/ruff" check --quiet . && "$venv/bin/ruff" format --check --quiet . \
       || { echo "error: ruff found lint or format errors (fix with: .venv/bin/ruff check --fix . && .venv/bin/ruff format .)" >&2; exit 1; }
     # The T5 parity test compares with transformers' PyTorch T5, which runs in its own
-    # Python 3.11 environment with a CPU torch (.venv-hf, made once, ~1-2 minutes).
+    # Python 3.11 environment with a CPU torch (.venv-hf, made once, ~1-2 minutes). Without a
+    # Python 3.11 it warns and the parity tests skip; with CI set (.ci/run) it fails the run.
     "$venv/bin/python" tests/hf_reference.py --setup
     # Two workers, each test file on one worker (module fixtures are made once): the compile-bound
     # CPU suite takes ~2/3 of the time it takes serially on 2 cores.

@@ -8,11 +8,17 @@ transformers) that this file creates and caches. Two roles:
   .venv-hf/bin/python tests/hf_reference.py --out DIR
       # build small random T5ForConditionalGeneration models (T5 v1.0 ReLU, tied embeddings),
       # write per case DIR/<case>.npz (state dict, inputs, encoder states, logits, bucket tables),
-      # DIR/<case>_safetensors/ (save_pretrained) and DIR/<case>_bin/ (pytorch_model.bin).
+      # DIR/<case>_safetensors/ (save_pretrained), DIR/<case>_bin/ (pytorch_model.bin) and
+      # DIR/<case>_bin_sharded/ (two .bin shards and pytorch_model.bin.index.json).
+  .venv-hf/bin/python tests/hf_reference.py --torch-load FILE --torch-load-kwargs JSON --out NPZ
+      # torch.load(FILE, **kwargs) -> NPZ: `torch_load` runs it for the test process, which has no
+      # torch, so that lazy_jax's own .bin reader is tested with the real torch.load.
 
 Environment variables: LAZY_JAX_HF_PYTHON = a Python that already has torch + transformers
 (skips the virtualenv); LAZY_JAX_HF_BASE_PYTHON = the Python 3.11 to build .venv-hf from;
-LAZY_JAX_HF_PIP_ARGS = extra pip arguments (e.g. an index with CPU torch wheels).
+LAZY_JAX_HF_PIP_ARGS = extra pip arguments (e.g. an index with CPU torch wheels); CI (set to
+true by CI, and by .ci/run): the reference is required, so no Python 3.11 to build it from fails
+`--setup` and the parity tests instead of skipping them.
 This file imports only the standard library at the top: the test process imports it too.
 """
 
@@ -39,7 +45,14 @@ BASE_VERSION = (3, 11)
 
 
 class HfEnvUnavailable(RuntimeError):
-    """No base Python to build the reference environment from (the parity test skips, saying so)."""
+    """No base Python to build the reference environment from (the parity test skips, saying so,
+    unless `reference_required()`)."""
+
+
+def reference_required() -> bool:
+    """On CI (CI=true, as CI services set it) the PyTorch reference must run: a green run must
+    include the parity check, so a missing reference environment is an error there, not a skip."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
 def _python_version(python: str) -> tuple[int, int] | None:
@@ -131,6 +144,32 @@ def run_reference(out_dir: str, timeout: float = 600) -> None:
             f"HF reference failed ({python}; if its environment is broken, delete {VENV} "
             f"to rebuild it):\n{proc.stdout}\n{proc.stderr}"
         )
+
+
+def torch_load(path: str, **kwargs):
+    """`torch.load(path, **kwargs)` run in the HF environment -> {name: float32 numpy array}.
+
+    The parity test installs this as `torch.load` in its own process (which has no torch) to test
+    lazy_jax's .bin reader with the real torch.load and the arguments that reader passes."""
+    import numpy as np
+
+    python = ensure_hf_python(log=lambda msg: print(msg, file=sys.stderr))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "state.npz")
+        argv = [python, os.path.abspath(__file__), "--torch-load", path, "--torch-load-kwargs", json.dumps(kwargs)]
+        proc = subprocess.run([*argv, "--out", out], capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"torch.load({path!r}, **{kwargs}) failed in {python}:\n{proc.stdout}\n{proc.stderr}")
+        with np.load(out) as z:
+            return {k: z[k] for k in z.files}
+
+
+def write_torch_load(path: str, kwargs_json: str, out: str) -> None:
+    import numpy as np
+    import torch
+
+    state = torch.load(path, **json.loads(kwargs_json))
+    np.savez(out, **{k: v.detach().float().numpy() for k, v in state.items()})
 
 
 # ----------------------------------------------------------------------------- the reference
@@ -249,6 +288,18 @@ def write_reference(out_dir: str) -> None:
         os.makedirs(bin_dir, exist_ok=True)
         config.to_json_file(os.path.join(bin_dir, "config.json"))
         torch.save(model.state_dict(), os.path.join(bin_dir, "pytorch_model.bin"))
+        # The same weights in two shards with an index, as save_pretrained writes large models.
+        sharded_dir = os.path.join(out_dir, f"{name}_bin_sharded")
+        os.makedirs(sharded_dir, exist_ok=True)
+        config.to_json_file(os.path.join(sharded_dir, "config.json"))
+        names = list(model.state_dict())
+        weight_map = {}
+        for i, part in enumerate((names[: len(names) // 2], names[len(names) // 2 :])):
+            shard = f"pytorch_model-{i + 1:05d}-of-00002.bin"
+            torch.save({k: model.state_dict()[k] for k in part}, os.path.join(sharded_dir, shard))
+            weight_map.update(dict.fromkeys(part, shard))
+        with open(os.path.join(sharded_dir, "pytorch_model.bin.index.json"), "w") as f:
+            json.dump({"metadata": {}, "weight_map": weight_map}, f)
 
 
 def main() -> None:
@@ -256,9 +307,24 @@ def main() -> None:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--setup", action="store_true", help="create/update .venv-hf and print its python")
     group.add_argument("--out", help="write the reference outputs into this directory (run in the HF env)")
+    parser.add_argument("--torch-load", help="with --out NPZ: write this torch file's tensors there (in the HF env)")
+    parser.add_argument("--torch-load-kwargs", default="{}", help="keyword arguments of torch.load, as JSON")
     args = parser.parse_args()
     if args.setup:
-        print(ensure_hf_python(log=lambda msg: print(msg, file=sys.stderr)))
+        try:
+            python = ensure_hf_python(log=lambda msg: print(msg, file=sys.stderr))
+        except HfEnvUnavailable as e:
+            if reference_required():
+                print(
+                    f"error: CI is set, so the T5 parity tests must run, but their PyTorch reference cannot: {e}",
+                    file=sys.stderr,
+                )
+                sys.exit(1)
+            print(f"warning: the T5 parity tests will be skipped: {e}", file=sys.stderr)
+            return
+        print(python)
+    elif args.torch_load:
+        write_torch_load(args.torch_load, args.torch_load_kwargs, args.out)
     else:
         write_reference(args.out)
 

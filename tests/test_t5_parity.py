@@ -9,6 +9,8 @@ maximum relative distance) and their outputs, which our converted model must mat
 import importlib.util
 import json
 import os
+import sys
+import types
 
 import jax
 import numpy as np
@@ -34,14 +36,21 @@ _spec.loader.exec_module(hf_reference)
 TOLERANCE = 1e-4  # max abs difference of f32 encoder states and logits
 
 
-@pytest.fixture(scope="module")
-def reference_dir(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("hf_reference"))
+def make_reference(out):
+    """The reference outputs in `out`; with no Python 3.11 to build its environment from, the
+    parity tests skip, except on CI (`hf_reference.reference_required()`), where they fail."""
     try:
         hf_reference.run_reference(out)
     except hf_reference.HfEnvUnavailable as e:
+        if hf_reference.reference_required():
+            pytest.fail(f"CI is set, so the PyTorch reference is required, but it is unavailable: {e}")
         pytest.skip(f"PyTorch reference unavailable: {e}")
     return out
+
+
+@pytest.fixture(scope="module")
+def reference_dir(tmp_path_factory):
+    return make_reference(str(tmp_path_factory.mktemp("hf_reference")))
 
 
 def load_case(reference_dir, case):
@@ -104,14 +113,62 @@ def test_directory_and_scan_loading(reference_dir):
     assert aux["encoder"]["nonzero_frac"].shape == (3,) and aux["decoder"]["nonzero_frac"].shape == (2,)
 
 
-def test_torch_bin(reference_dir):
-    bin_dir = os.path.join(reference_dir, "short_distance_bin")
-    if importlib.util.find_spec("torch") is None:
-        with pytest.raises(ImportError, match="needs torch"):
-            load_hf_t5(bin_dir)
-    else:
-        _, state, hf_config = load_case(reference_dir, "short_distance")
-        jax.tree.map(np.testing.assert_array_equal, load_hf_t5(bin_dir)[1], load_hf_t5(state, hf_config)[1])
+def test_torch_bin_without_torch_is_a_clear_error(reference_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` fails, installed or not
+    with pytest.raises(ImportError, match="needs torch"):
+        load_hf_t5(os.path.join(reference_dir, "short_distance_bin"))
+
+
+@pytest.mark.parametrize("layout", ["bin", "bin_sharded"])
+def test_torch_bin_loads_through_torch(reference_dir, monkeypatch, layout):
+    """pytorch_model.bin (one file, or shards with an index) read by load_hf_t5's own .bin path.
+
+    This process has no torch, so `torch` is a stand-in whose `load` runs the real torch.load, with
+    the arguments lazy_jax passes, in the reference environment (`hf_reference.torch_load`)."""
+    calls = []
+
+    def load(path, **kwargs):
+        calls.append((os.path.basename(path), kwargs))
+        return hf_reference.torch_load(path, **kwargs)
+
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(load=load))
+    z, state, hf_config = load_case(reference_dir, "short_distance")
+    config, from_bin = load_hf_t5(os.path.join(reference_dir, f"short_distance_{layout}"))
+    files = ["pytorch_model.bin"] if layout == "bin" else [f"pytorch_model-0000{i}-of-00002.bin" for i in (1, 2)]
+    assert calls == [(f, {"map_location": "cpu", "weights_only": True}) for f in files]  # no arbitrary unpickling
+    jax.tree.map(np.testing.assert_array_equal, from_bin, load_hf_t5(state, hf_config)[1])
+    logits, _ = jax.jit(lambda p, b: get_model(config).apply({"params": p}, b))(from_bin, batch_of(z))
+    assert np.abs(np.asarray(logits) - z["logits"]).max() < TOLERANCE
+
+
+def test_missing_reference_fails_on_ci_and_skips_elsewhere(monkeypatch, tmp_path, capsys):
+    """No Python 3.11 for .venv-hf: `--setup` (launch/local.sh test) and the parity fixture fail when
+    CI is set, and only then; elsewhere they warn and skip."""
+
+    def no_base_python():
+        raise hf_reference.HfEnvUnavailable("no python3.11 found (test)")
+
+    monkeypatch.setattr(hf_reference, "find_base_python", no_base_python)
+    monkeypatch.setattr(hf_reference, "VENV", str(tmp_path / "no-venv-hf"))
+    monkeypatch.delenv("LAZY_JAX_HF_PYTHON", raising=False)
+    monkeypatch.setattr(sys, "argv", ["hf_reference.py", "--setup"])
+    for ci in ("true", "1"):
+        monkeypatch.setenv("CI", ci)
+        with pytest.raises(SystemExit) as e:
+            hf_reference.main()
+        assert e.value.code == 1
+        assert "error: CI is set" in capsys.readouterr().err
+        with pytest.raises(pytest.fail.Exception, match="CI is set"):
+            make_reference(str(tmp_path / "out"))
+    for ci in (None, "", "false"):
+        if ci is None:
+            monkeypatch.delenv("CI", raising=False)
+        else:
+            monkeypatch.setenv("CI", ci)
+        hf_reference.main()  # returns: exit 0
+        assert "warning: the T5 parity tests will be skipped" in capsys.readouterr().err
+        with pytest.raises(pytest.skip.Exception, match="unavailable"):
+            make_reference(str(tmp_path / "out"))
 
 
 # ----------------------------------------------------------------------------- conversion errors
