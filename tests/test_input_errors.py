@@ -1,9 +1,13 @@
 """Bad inputs from a user trial that misbehaved (trained on nonsense, crashed deep inside a library,
 or waited silently): each is refused with one clear line naming the value and what is allowed."""
 
+import fcntl
+import logging
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +119,136 @@ def test_invalid_mlp_width_names_the_width_not_topk(spec, key, d_ff):
     c.model.topk = 8
     with pytest.raises(InputError, match=rf"^model.{key}={d_ff} is not allowed: use a positive integer"):
         model_spec(c.model, num_classes=10, vocab_size=4224)
+
+
+# -- 4: data.image_size ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, -8])
+def test_nonpositive_image_size_is_refused_by_name(digits_dir, tmp_path, size):
+    from lazy_jax.data import vision
+
+    c = tiny_config(digits_dir)
+    c.data.image_size = size
+    with pytest.raises(InputError, match=rf"^data.image_size={size} is not allowed: use a positive integer"):
+        vision.dataset_spec(c.data)
+    with pytest.raises(InputError, match=rf"data.image_size={size} is not allowed"):
+        train_and_evaluate(c, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+# -- 6: a truncated array_record file -------------------------------------------------------------
+
+
+@pytest.fixture
+def truncated_digits(digits_dir, tmp_path):
+    """A copy of the prepared digits whose train file lost its second half (a copy cut short)."""
+    data_dir = tmp_path / "tfds"
+    shutil.copytree(Path(digits_dir) / "digits", data_dir / "digits")
+    (train_file,) = (data_dir / "digits").glob("*/digits-train.array_record-*")
+    os.truncate(train_file, train_file.stat().st_size // 2)
+    return str(data_dir)
+
+
+def test_truncated_array_record_names_dataset_split_and_how_to_prepare(truncated_digits, tmp_path):
+    from lazy_jax.data import vision
+
+    c = tiny_config(truncated_digits)
+    with pytest.raises(InputError) as err:
+        next(iter(vision.train_batches(c.data, global_batch_size=16, start_step=0)))
+    msg = str(err.value)
+    assert msg.startswith("Dataset 'digits' split 'train' cannot be read from")
+    assert "truncated, corrupt or missing" in msg
+    assert f"python -m lazy_jax.data.prepare --dataset=digits --data_dir={truncated_digits}" in msg
+    assert os.path.join(truncated_digits, "digits", "1.0.0") in msg  # the directory to delete
+    assert "\n" not in msg
+
+
+def test_truncated_array_record_is_one_line_from_main(truncated_digits, tmp_path):
+    out = run_module(
+        "lazy_jax.main",
+        "--config=configs/vit.py:test",
+        f"--workdir={tmp_path / 'run'}",
+        f"--config.data.data_dir={truncated_digits}",
+    )
+    assert_one_line_error(out, "Dataset 'digits' split 'train' cannot be read", "--dataset=digits")
+
+
+# -- 10: temporary directories of killed preparations ---------------------------------------------
+
+
+def _age(path: Path, seconds: float) -> None:
+    """Sets the mtime of `path` and everything under it `seconds` back."""
+    then = time.time() - seconds
+    for p in [path, *path.rglob("*")]:
+        os.utime(p, (then, then), follow_symlinks=False)
+
+
+def _abandoned(data_dir: Path, name: str, suffix: str, *, lock: bool, age: float) -> Path:
+    d = data_dir / f".{name}-incomplete-{suffix}"
+    (d / name / "1.0.0").mkdir(parents=True)
+    (d / name / "1.0.0" / f"{name}-train.array_record-00000-of-00001").write_bytes(b"half")
+    if lock:
+        (d / ".preparing.lock").touch()
+    _age(d, age)
+    return d
+
+
+def test_prepare_removes_the_directories_of_killed_preparations_only(tmp_path, caplog):
+    from lazy_jax.data import offline
+
+    data_dir = tmp_path / "tfds"
+    data_dir.mkdir()
+    killed = _abandoned(data_dir, "digits", "k1ll3d_", lock=True, age=60)  # lock file, nobody holds it
+    old = _abandoned(data_dir, "digits", "0ld", lock=False, age=2 * offline.STALE_AFTER_S)  # before the lock
+    live = _abandoned(data_dir, "digits", "l1ve", lock=True, age=60)
+    fresh = _abandoned(data_dir, "digits", "fr3sh", lock=False, age=0)  # may be a preparer starting now
+    other = _abandoned(data_dir, "mnist5k", "k1ll3d", lock=True, age=60)  # another dataset's
+    not_ours = [data_dir / "digits-incomplete-x", data_dir / ".digits-incomplete-", data_dir / ".digits-incomplete-a.b"]
+    for d in not_ours:
+        d.mkdir()
+        _age(d, 2 * offline.STALE_AFTER_S)
+    (data_dir / ".digits-incomplete-file").write_text("a file, not a directory")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("x")
+    (data_dir / ".digits-incomplete-link").symlink_to(outside)
+    holder = os.open(live / ".preparing.lock", os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a live preparer's lock
+    try:
+        with caplog.at_level(logging.WARNING):
+            assert offline.prepare("digits", str(data_dir))
+    finally:
+        os.close(holder)
+    assert not killed.exists() and not old.exists()
+    assert live.is_dir() and fresh.is_dir() and other.is_dir() and all(d.is_dir() for d in not_ours)
+    assert (data_dir / ".digits-incomplete-file").is_file() and (outside / "keep").is_file()
+    assert f"Removing {killed}" in caplog.text and f"Removing {old}" in caplog.text
+    assert offline.is_prepared("digits", str(data_dir))
+    # The new preparation left no temporary directory of its own.
+    left = sorted(p.name for p in data_dir.iterdir() if p.name.startswith(".digits-incomplete-"))
+    assert left == sorted(
+        [
+            live.name,
+            fresh.name,
+            ".digits-incomplete-",
+            ".digits-incomplete-a.b",
+            ".digits-incomplete-file",
+            ".digits-incomplete-link",
+        ]
+    )
+
+
+def test_prepare_pydocs_removes_a_killed_pydocs_preparation(tmp_path):
+    """Even when pydocs is prepared already (the preparation is then skipped)."""
+    from lazy_jax.data import text_corpus
+
+    data_dir = tmp_path / "tfds"
+    version = Path(text_corpus.version_dir("pydocs", str(data_dir)))
+    version.mkdir(parents=True)
+    for f in ("dataset_info.json", text_corpus.SPM_FILENAME):
+        (version / f).write_text("{}")  # looks prepared: nothing is built
+    killed = _abandoned(data_dir, "pydocs", "abc123", lock=True, age=60)
+    kjv = _abandoned(data_dir, "pydocs_kjv", "abc123", lock=True, age=60)  # another name, left alone
+    assert text_corpus.prepare_pydocs(str(data_dir)) is False
+    assert not killed.exists() and kjv.is_dir()

@@ -23,17 +23,26 @@ permuted with numpy's PCG64 generator, and the class's share of the test set
 Preparation writes into a temporary directory inside the data dir and renames
 the finished version directory into place, so a crash never leaves a half
 dataset where the reader looks; concurrent preparers are harmless (the loser of
-the rename discards its copy).
+the rename discards its copy). A preparer holds a lock on a file in its
+temporary directory (`.<name>-incomplete-XXXXXXXX/.preparing.lock`) while it
+works, so the next preparation of the dataset removes the directories of
+killed preparers (whose lock is free) and never a live one's. A directory
+without a lock file is removed once nothing in it has changed for
+STALE_AFTER_S.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import gzip
 import io
 import logging
 import os
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +52,12 @@ import tensorflow_datasets as tfds
 from lazy_jax.errors import InputError
 
 SPLIT_SEED = 20230101
+# The lock a preparer holds in its temporary directory, and how long a directory without one
+# (left by a version of this code before the lock, or killed before taking it) must be unchanged
+# before the next preparation removes it.
+_LOCK_FILE = ".preparing.lock"
+STALE_AFTER_S = 3600
+_LOCK_GRACE_S = 10  # a lock file younger than this may not be locked yet by its preparer
 
 
 def stratified_test_mask(labels: np.ndarray, test_size: int, seed: int) -> np.ndarray:
@@ -187,9 +202,68 @@ def prepare(name: str, data_dir: str) -> bool:
     """
     if name not in OFFLINE_DATASETS:
         raise InputError(f"Unknown offline dataset {name!r}; allowed: {sorted(OFFLINE_DATASETS)}.")
+    remove_abandoned_builds(name, data_dir)
     if is_prepared(name, data_dir):
         return False
     return build_atomically(name, OFFLINE_DATASETS[name], data_dir, version_dir(name, data_dir))
+
+
+def _incomplete_prefix(name: str) -> str:
+    return f".{name}-incomplete-"
+
+
+def _last_change(path: str) -> float:
+    """The newest mtime of `path` and everything under it."""
+    newest = os.lstat(path).st_mtime
+    for root, dirs, files in os.walk(path):
+        for entry in dirs + files:
+            try:
+                newest = max(newest, os.lstat(os.path.join(root, entry)).st_mtime)
+            except FileNotFoundError:
+                pass
+    return newest
+
+
+def _is_abandoned(path: str) -> bool:
+    """True if no live preparer works in `path`: its lock is free, or it has none and is stale."""
+    try:
+        fd = os.open(os.path.join(path, _LOCK_FILE), os.O_RDWR)
+    except FileNotFoundError:
+        return time.time() - _last_change(path) > STALE_AFTER_S
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False  # a live preparer holds it
+        return time.time() - _last_change(path) > STALE_AFTER_S  # no locks on this file system
+    else:
+        # Free: its preparer is gone, unless it made the file a moment ago and is about to lock it.
+        return time.time() - os.fstat(fd).st_mtime > _LOCK_GRACE_S
+    finally:
+        os.close(fd)  # releases the lock if it was taken
+
+
+def remove_abandoned_builds(name: str, data_dir: str) -> list[str]:
+    """Removes `.<name>-incomplete-*` directories of `data_dir` that no live preparer works in.
+
+    These are the temporary directories of preparations that were killed; nothing else (no
+    other name, no file, no symbolic link) is touched. Returns the paths removed.
+    """
+    pattern = re.compile(re.escape(_incomplete_prefix(name)) + r"[A-Za-z0-9_]+")
+    try:
+        entries = os.listdir(data_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    removed = []
+    for entry in sorted(entries):
+        path = os.path.join(data_dir, entry)
+        if not pattern.fullmatch(entry) or os.path.islink(path) or not os.path.isdir(path):
+            continue
+        if _is_abandoned(path):
+            logging.warning("Removing %s, left by a preparation of %r that did not finish", path, name)
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def build_atomically(
@@ -202,8 +276,13 @@ def build_atomically(
     process won the race to prepare it.
     """
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=f".{name}-incomplete-", dir=data_dir)
+    tmp_dir = tempfile.mkdtemp(prefix=_incomplete_prefix(name), dir=data_dir)
+    lock_fd = os.open(os.path.join(tmp_dir, _LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
     try:
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held until os.close: see the module doc
+        except OSError:
+            pass  # a file system without locks: the directory is then judged by its age
         logging.info("Preparing offline dataset %r in %s", name, data_dir)
         builder = builder_cls(data_dir=tmp_dir, file_format="array_record")
         # Small datasets: tfds' progress bars would only clutter logs. (A global
@@ -221,4 +300,5 @@ def build_atomically(
             return False
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+        os.close(lock_fd)
     return True

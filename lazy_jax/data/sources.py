@@ -154,6 +154,58 @@ def split_size(builder: tfds.core.DatasetBuilder, name: str, split: str) -> int:
     return _check_split(builder, name, split)
 
 
+def _prepare_again(name: str, dataset_dir: str) -> str:
+    """How to replace the files of a prepared dataset (`name` as the config gives it)."""
+    base, _ = _split_name(name)
+    data_dir = os.path.dirname(dataset_dir)
+    for _ in base.split("/"):
+        data_dir = os.path.dirname(data_dir)
+    from lazy_jax.data import text_corpus  # pylint: disable=g-import-not-at-top  (it imports this module)
+
+    if base in offline.OFFLINE_DATASETS or base in text_corpus.OFFLINE_TEXT_DATASETS:
+        return (
+            f"prepare it again: delete {dataset_dir!r} and run `python -m lazy_jax.data.prepare --dataset={base} "
+            f"--data_dir={data_dir}` (or start the run again, which prepares it on first use)"
+        )
+    return f"build it again (`tfds build {base} --file_format=array_record`) and put it in place of {dataset_dir!r}"
+
+
+class CheckedSource(Sequence):
+    """A tfds data source of one split whose read errors name the dataset, the split and the remedy.
+
+    array_record raises a bare RuntimeError ("Corrupted Riegeli/records file", "open() failed",
+    "ArrayRecord file should be at least 64KB big") deep in its reader when a file is truncated,
+    corrupt or missing, e.g. after a copy that did not finish; this turns it into an InputError.
+    """
+
+    def __init__(self, source, name: str, split: str, dataset_dir: str):
+        self._source, self._name, self._split, self._dir = source, name, split, dataset_dir
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index):
+        return self._read(lambda: self._source[index])
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        return self._read(lambda: self._source.__getitems__(indices))
+
+    def _read(self, read):
+        try:
+            return read()
+        except (RuntimeError, OSError) as e:
+            raise InputError(
+                f"Dataset {self._name!r} split {self._split!r} cannot be read from {self._dir!r} "
+                f"({type(e).__name__}: {' '.join(str(e).split())}): its array_record files are truncated, corrupt "
+                f"or missing; {_prepare_again(self._name, self._dir)}"
+            ) from e
+
+
+def open_split(builder: tfds.core.DatasetBuilder, name: str, split: str) -> CheckedSource:
+    """The random-access source of `split` of a prepared dataset, read errors named (see CheckedSource)."""
+    return CheckedSource(builder.as_data_source(split=split), name, split, os.fspath(builder.data_dir))
+
+
 def load_source(name: str, split: str, data_dir: str | None = None) -> Sequence[dict[str, Any]]:
     """Random-access source of decoded examples (dicts of NumPy values).
 
@@ -166,7 +218,8 @@ def load_source(name: str, split: str, data_dir: str | None = None) -> Sequence[
 
     Raises:
       ValueError: unknown / unprepared dataset, missing or empty split, or a
-        dataset stored in a format without random access (tfrecord).
+        dataset stored in a format without random access (tfrecord); reads
+        raise InputError when its files are truncated or corrupt.
     """
     builder = load_builder(name, data_dir)
     _check_split(builder, name, split)
@@ -177,4 +230,4 @@ def load_source(name: str, split: str, data_dir: str | None = None) -> Sequence[
             f"{file_format.value}; random access needs array_record. Rebuild it "
             f"with `tfds build {name} --file_format=array_record`."
         )
-    return builder.as_data_source(split=split)
+    return open_split(builder, name, split)

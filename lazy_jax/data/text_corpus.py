@@ -97,6 +97,7 @@ def prepare_pydocs(data_dir: str | None = None, add_bible_kjv: bool = False) -> 
     """
     name = "pydocs_kjv" if add_bible_kjv else "pydocs"
     data_dir = sources.resolve_data_dir(data_dir)
+    offline.remove_abandoned_builds(name, data_dir)  # temporary directories of killed preparations
     if _is_prepared(name, data_dir):
         return False
     if add_bible_kjv:
@@ -150,5 +151,5 @@ def as_str(value) -> str:
 def corpus_word_count(config_data: ml_collections.ConfigDict, split: str) -> int:
     """Whitespace-separated words of a split (for reports and tests)."""
     builder = tfds.builder_from_directory(prepared_dataset_dir(config_data))
-    source = builder.as_data_source(split=split)
+    source = sources.open_split(builder, dataset_name(config_data), split)
     return sum(len(as_str(source[i][TEXT_FEATURE]).split()) for i in range(len(source)))

@@ -155,7 +155,7 @@ class DocumentReader:
                 f"dataset {name!r} has no {TEXT_FEATURE!r} feature; it has {sorted(builder.info.features)}"
             )
         self.key = (dataset_dir, split, tokenizer.path)  # What the tokens depend on.
-        self._source = builder.as_data_source(split=split)
+        self._source = sources.open_split(builder, name, split)
         self._tokenizer = tokenizer
         self._all = None
         if self.num_documents <= CACHE_MAX_DOCUMENTS:

@@ -10,8 +10,8 @@ float32 images in [-1, 1] -> dict {'image': [b, H, W, C], 'label': [b]}.
   train_split    tfds split to train on ('train'; slices like 'train[:90%]' ok).
   eval_split     tfds split to evaluate on ('test').
   data_dir       tfds data dir; None = $TFDS_DATA_DIR, else ~/tensorflow_datasets.
-  image_size     None = native size; int S = resize (PIL bilinear, aspect ratio
-                 not kept) to S x S. Needed for variable-size datasets.
+  image_size     None = native size; int S > 0 = resize (PIL bilinear, aspect
+                 ratio not kept) to S x S. Needed for variable-size datasets.
   infinite       False; True = "infinite data": no example is ever seen twice;
                  the step that would start a second pass raises ValueError
                  (`check_infinite_data` raises it before training).
@@ -86,6 +86,15 @@ def _keys(builder) -> tuple[str, str]:
     return "image", "label"
 
 
+def check_image_size(image_size) -> None:
+    """config.data.image_size is None (the dataset's own size) or a positive integer."""
+    if image_size is not None and (not isinstance(image_size, int) or isinstance(image_size, bool) or image_size <= 0):
+        raise InputError(
+            f"data.image_size={image_size!r} is not allowed: use a positive integer S (images are resized to "
+            "S x S), or None for the dataset's own size"
+        )
+
+
 def _image_shape(builder, name: str, image_size: int | None) -> tuple[int, int, int]:
     image_key, _ = _keys(builder)
     shape = tuple(builder.info.features[image_key].shape)
@@ -118,6 +127,7 @@ class _SplitReader:
     """uint8 images and int labels of one split, by example index."""
 
     def __init__(self, name: str, split: str, data_dir: str | None, image_size: int | None):
+        check_image_size(image_size)
         builder = sources.load_builder(name, data_dir)
         self.num_examples = sources.split_size(builder, name, split)
         self.image_shape = _image_shape(builder, name, image_size)
@@ -279,6 +289,7 @@ def dataset_spec(config_data: ml_collections.ConfigDict) -> dict[str, Any]:
     Returns:
       dict(image_shape=(H, W, C), num_classes=int, num_train=int, num_eval=int).
     """
+    check_image_size(config_data.image_size)
     builder = sources.load_builder(config_data.name, config_data.data_dir)
     return dict(
         image_shape=_image_shape(builder, config_data.name, config_data.image_size),
