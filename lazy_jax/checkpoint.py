@@ -6,11 +6,12 @@ newest `keep` are kept.
 Restore compares what the checkpoint holds with what the config builds before reading any array:
 the parameter shapes (sidecar) and the whole state tree, optimizer state included (orbax's stored
 metadata); a difference is refused (`ModelMismatchError`) with nothing in the workdir touched.
-A checkpoint that cannot be read is skipped for the previous one; once one restores, the
-unreadable newer ones are moved (never deleted) to a directory beside the checkpoints, outside
-orbax's view, so they can be inspected and their steps saved again. If checkpoints exist but
-none restores, nothing is moved and `NoReadableCheckpointError` says so. Temporary directories
-of saves that a kill cut off are removed when the next run opens the workdir.
+A checkpoint that cannot be read is skipped for the previous one; restoring only reads. The
+trainer then moves the unreadable newer ones (`move_unreadable_aside`, never deleting them) to a
+directory beside the checkpoints, outside orbax's view, so they can be inspected and their steps
+saved again. If checkpoints exist but none restores, `NoReadableCheckpointError` says so.
+Temporary directories of saves that a kill cut off are removed when the next run opens the
+workdir.
 """
 
 from __future__ import annotations
@@ -131,6 +132,8 @@ class Checkpointer:
             max_to_keep=keep, enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        self._unreadable: list[int] = []  # skipped by the last restore_latest, newer than the step it restored
+        self._restored: int | None = None
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -166,6 +169,8 @@ class Checkpointer:
         Raises ModelMismatchError if it holds another state than `abstract_state` (a parameter
         shape, or the optimizer state of another `optimizer` config), whatever `check_meta(step,
         meta)` raises, and NoReadableCheckpointError if checkpoints exist but none can be read.
+        Reads only: the unreadable steps newer than the restored one are left for
+        `move_unreadable_aside`.
         """
         unreadable: list[tuple[int, str]] = []
         built = state_tree(ocp.tree.serialize_tree(abstract_state, keep_empty_nodes=True))
@@ -197,7 +202,7 @@ class Checkpointer:
                     "checkpoint %s/%d could not be restored (%s); trying the previous one", self.directory, step, why
                 )
                 continue
-            self._move_aside([s for s, _ in unreadable], step)
+            self._unreadable, self._restored = [s for s, _ in unreadable], step
             return restored["state"], meta
         if unreadable:
             detail = "; ".join(f"step {s}: {why}" for s, why in unreadable[:3])
@@ -246,8 +251,11 @@ class Checkpointer:
             "workdir was changed"
         )
 
-    def _move_aside(self, steps: list[int], restored: int) -> None:
-        """Moves unreadable checkpoints newer than the restored one out of orbax's view (process 0)."""
+    def move_unreadable_aside(self) -> None:
+        """Moves the unreadable checkpoints `restore_latest` skipped out of orbax's view (process 0),
+        so their steps can be saved again; all processes call it."""
+        steps, restored = self._unreadable, self._restored
+        self._unreadable = []
         if not steps:
             return
         if jax.process_index() == 0:

@@ -199,6 +199,7 @@ def _train(config, data: input_pipeline.DataSpec, workdir: Path, is_writer: bool
             optimizer=resolved.optimizer.to_dict(),
             check_meta=lambda step, meta: _check_resume(config, ckpt.directory, step, meta),
         )
+        ckpt.move_unreadable_aside()
     except BaseException:
         ckpt.close()
         raise
