@@ -2,7 +2,8 @@
 
     python -m lazy_jax.report --workdir=DIR
 
-writes DIR/report/report.md with the run's config summary, the final loss/accuracy, the
+writes DIR/report/report.md with the run's config summary (of its latest start, with the keys a
+restart changed: config_history.jsonl), the final loss/accuracy, the
 first/last nonzero_frac table (per stack and layer, in percent) and these figures:
   nonzero_frac_<split>.png  nonzero_frac per layer against step (one panel per stack);
   loss.png                  loss (and accuracy) against step, one line per split;
@@ -39,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from lazy_jax.errors import InputError
-from lazy_jax.workdir import CONFIG, METRICS, REPORT_DIR, STATS_DIR, read_metrics, stats_files
+from lazy_jax.workdir import CONFIG, CONFIG_HISTORY, METRICS, REPORT_DIR, STATS_DIR, read_metrics, stats_files
 
 NONZERO_PREFIX = "nonzero_frac/"
 
@@ -207,6 +208,66 @@ def read_config(workdir: str | Path) -> dict[str, Any] | None:
     return config
 
 
+def read_config_history(workdir: str | Path) -> list[dict[str, Any]]:
+    """Rows of config_history.jsonl ({"step", "config", ...}, one per (re)start); malformed lines
+    are skipped with a warning, a missing file gives []."""
+    path = Path(workdir) / CONFIG_HISTORY
+    if not path.is_file():
+        return []
+    rows, bad = [], []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict) and isinstance(row.get("config"), dict) and "step" in row:
+            rows.append(row)
+        else:
+            bad.append(line_no)
+    if bad:
+        logger.warning("%s: skipped malformed line(s) %s", path, ", ".join(map(str, bad[:20])))
+    return rows
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in config.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_changes(history: list[dict[str, Any]]) -> list[tuple[int, list[tuple[str, Any, Any]]]]:
+    """(step, [(dotted key, old, new), ...]) for each restart whose config differs from the one before."""
+    changes = []
+    for before, after in zip(history, history[1:]):
+        a, b = _flatten(before["config"]), _flatten(after["config"])
+        diff = [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        if diff:
+            changes.append((int(after["step"]), diff))
+    return changes
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = json.dumps(value) if value is not None else "(none)"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def format_config_changes(history: list[dict[str, Any]], max_keys: int = 8) -> list[str]:
+    """Markdown lines: one bullet per restart that changed the config, its keys as old -> new."""
+    lines = []
+    for step, diff in config_changes(history):
+        items = [f"`{k}` {_short(old)} -> {_short(new)}" for k, old, new in diff[:max_keys]]
+        more = f" (+{len(diff) - max_keys} more)" if len(diff) > max_keys else ""
+        lines.append(f"- restart at step {step}: " + ", ".join(items) + more)
+    return lines
+
+
 # ----------------------------------------------------------------------------- stats files
 
 
@@ -287,6 +348,10 @@ def write_report(workdir: str | Path) -> Path:
             md += [f"{CONFIG} names none of: model, {', '.join(_SUMMARY_KEYS)}.", ""]
     else:
         md += [f"No {CONFIG} in the workdir.", ""]
+    changed = format_config_changes(read_config_history(workdir))
+    if changed:
+        md += [f"The summary is of the latest start; config changes at restarts ({CONFIG_HISTORY}):", ""]
+        md += changed + [""]
 
     # Final loss / accuracy.
     md += ["## Final metrics", ""]

@@ -3,7 +3,8 @@
 The run resumes from the workdir's newest readable checkpoint at its exact step (the data
 position is the step: batches are a pure function of (seed, step)); a checkpoint the config
 cannot continue (another model or optimizer state, an infinite-data stream of another batch
-size) is refused before the workdir is touched. Metrics are fetched from the device only on
+size) is refused before the workdir is touched. Each (re)start's config is kept
+(config_history.jsonl; config.json is the latest). Metrics are fetched from the device only on
 logged steps; a NaN/Inf there, or before a checkpoint, stops the run and keeps the last good
 checkpoint. SIGTERM (preemption) saves a checkpoint and exits cleanly (with several processes,
 at the next logged step, which all of them agree on).
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import math
 import os
@@ -173,6 +175,17 @@ def _check_resume(config, directory: Path, step: int, meta: dict) -> None:
             )
 
 
+def _write_config(workdir: Path, resolved, start: int) -> None:
+    """config.json is the latest (re)start's config; config_history.jsonl keeps every one."""
+    text = resolved.to_json_best_effort(indent=2)
+    tmp = workdir / (wd.CONFIG + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, workdir / wd.CONFIG)
+    row = {"step": start, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "config": json.loads(text)}
+    with open(workdir / wd.CONFIG_HISTORY, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
 def _train(config, data: input_pipeline.DataSpec, workdir: Path, is_writer: bool, start_afresh: bool) -> dict:
     pi, pc = jax.process_index(), jax.process_count()
     exp = Experiment(config, data)
@@ -215,9 +228,7 @@ def _train(config, data: input_pipeline.DataSpec, workdir: Path, is_writer: bool
             f"mesh {dict(exp.mesh.shape)}; {sum(np.prod(s) for s in shapes.values()):,} parameters",
             flush=True,
         )
-        cfg_path = workdir / wd.CONFIG
-        if not cfg_path.exists():
-            cfg_path.write_text(resolved.to_json_best_effort(indent=2))
+        _write_config(workdir, resolved, start)
         if not start:
             overview = parameter_overview.get_parameter_overview(exp.abstract_state.params, include_stats=False)
             print(overview, flush=True)

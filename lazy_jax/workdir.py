@@ -2,7 +2,8 @@
 
     metrics.jsonl           one JSON row per logged (step, split): {"step", "split", metric: value, ...}
     metrics.dropped.jsonl   rows a resumed run moved out of metrics.jsonl (logged after its checkpoint)
-    config.json             the run's config (ConfigDict.to_json_best_effort)
+    config.json             the config of the latest (re)start (ConfigDict.to_json_best_effort)
+    config_history.jsonl    one row per (re)start: {"step": the step it started at, "time", "config": {...}}
     parameters.txt          the model's parameter overview (shapes and counts)
     stats/<split>_<step>.npz  vector statistics of a logged step (step zero-padded to 8 digits)
     tb/                     TensorBoard events
@@ -30,6 +31,7 @@ from lazy_jax.errors import InputError
 METRICS = "metrics.jsonl"
 DROPPED_METRICS = "metrics.dropped.jsonl"
 CONFIG = "config.json"
+CONFIG_HISTORY = "config_history.jsonl"
 PARAMETERS = "parameters.txt"
 STATS_DIR = "stats"
 TB_DIR = "tb"
@@ -45,6 +47,7 @@ RUN_OUTPUTS = (
     METRICS,
     DROPPED_METRICS,
     CONFIG,
+    CONFIG_HISTORY,
     PARAMETERS,
     STATS_DIR,
     TB_DIR,

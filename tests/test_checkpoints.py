@@ -1,6 +1,6 @@
 """Resuming a workdir: what a checkpoint may be continued with, what happens to unreadable ones,
-and the data stream of infinite-data runs. In-process on configs/vit.py:test (ViT-Mu/4 on
-digits, 6 steps, checkpoints at 3 and 6)."""
+the config of every restart, and the data stream of infinite-data runs. In-process on
+configs/vit.py:test (ViT-Mu/4 on digits, 6 steps, checkpoints at 3 and 6)."""
 
 import json
 import logging
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from lazy_jax import report
 from lazy_jax import workdir as wd
 from lazy_jax.checkpoint import ModelMismatchError
 from lazy_jax.config_base import load_config
@@ -139,6 +140,23 @@ def test_no_readable_checkpoint_is_refused_until_start_afresh(digits_dir, copy_o
     assert (aside / wd.METRICS).read_text() == metrics
     assert complete_steps(copy_of) == [3, 6]
     assert keys(copy_of)[0] == (1, "train") and len(keys(copy_of)) == len(set(keys(copy_of)))
+
+
+# -- 2: the config of every (re)start ------------------------------------------------------------
+
+
+def test_config_of_every_restart_is_kept_and_reported(digits_dir, tmp_path):
+    train_and_evaluate(tiny_config(digits_dir, total_steps=3), tmp_path)
+    train_and_evaluate(tiny_config(digits_dir, total_steps=6, **{"optimizer.learning_rate": 1e-3}), tmp_path)
+    latest = json.loads((tmp_path / wd.CONFIG).read_text())
+    assert latest["optimizer"]["learning_rate"] == 1e-3 and latest["total_steps"] == 6  # describes the run now
+    history = [json.loads(line) for line in (tmp_path / wd.CONFIG_HISTORY).read_text().splitlines()]
+    assert [h["step"] for h in history] == [0, 3]
+    assert [h["config"]["optimizer"]["learning_rate"] for h in history] == [3e-3, 1e-3]
+    md = report.write_report(tmp_path).read_text()
+    assert "**learning_rate**: 0.001" in md  # the summary is of the latest start
+    line = next(x for x in md.splitlines() if x.startswith("- restart at step 3:"))
+    assert "`optimizer.learning_rate` 0.003 -> 0.001" in line and "`total_steps` 3 -> 6" in line
 
 
 # -- 3: infinite data ------------------------------------------------------------------------------
