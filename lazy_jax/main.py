@@ -60,6 +60,11 @@ def main(argv):
     except (InputError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        # Ctrl-C outside the training loop (loading, compiling, the final summary), which handles
+        # its own: there is no state to save.
+        print("interrupted outside the training loop: no checkpoint was written by it", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

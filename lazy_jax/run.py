@@ -6,8 +6,9 @@ cannot continue (another model or optimizer state, an infinite-data stream of an
 size) is refused before the workdir is touched. Each (re)start's config is kept
 (config_history.jsonl; config.json is the latest). Metrics are fetched from the device only on
 logged steps; a NaN/Inf there, or before a checkpoint, stops the run and keeps the last good
-checkpoint. SIGTERM (preemption) saves a checkpoint and exits cleanly (with several processes,
-at the next logged step, which all of them agree on).
+checkpoint. SIGTERM (preemption) and SIGINT (Ctrl-C) save a checkpoint and exit cleanly, also
+from inside an eval (with several processes, at the next logged step or every few eval batches,
+which all of them agree on); a second Ctrl-C exits at once.
 """
 
 from __future__ import annotations
@@ -186,6 +187,11 @@ def _write_config(workdir: Path, resolved, start: int) -> None:
         f.write(json.dumps(row) + "\n")
 
 
+# With several processes every eval batch would wait for an allgather of the stop flag; every
+# few batches keeps the eval pipelined and still stops within seconds.
+EVAL_STOP_CHECK_EVERY = 4
+
+
 def _train(config, data: input_pipeline.DataSpec, workdir: Path, is_writer: bool, start_afresh: bool) -> dict:
     pi, pc = jax.process_index(), jax.process_count()
     exp = Experiment(config, data)
@@ -236,7 +242,7 @@ def _train(config, data: input_pipeline.DataSpec, workdir: Path, is_writer: bool
 
     params_finite = jax.jit(_all_finite, out_shardings=shd.replicated(exp.mesh))
 
-    def save(step):
+    def save(step, eval_pending=False):
         _check_finite(step, last_train or {})
         # The metrics of step s come from the parameters before its update: an update that
         # overflows leaves finite metrics but non-finite parameters, which must not be saved.
@@ -256,13 +262,54 @@ def _train(config, data: input_pipeline.DataSpec, workdir: Path, is_writer: bool
                 "model": resolved.model.to_dict(),
                 "optimizer": resolved.optimizer.to_dict(),
                 **_resume_meta(config),
+                # The eval of this step was cut off by a stop signal: the resumed run does it first.
+                "eval_pending": eval_pending,
             },
         )
 
     stop = {"signal": None}
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
+
+    def on_signal(signum, frame):
+        if signum == signal.SIGINT:
+            # The first Ctrl-C stops with a checkpoint; a second one must end the run at once.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if stop["signal"] is None:
+            stop["signal"] = signum
+
+    eval_batches_seen = [0]
+
+    def eval_should_stop() -> bool:
+        eval_batches_seen[0] += 1
+        return _agreed_stop(stop["signal"] is not None, eval_batches_seen[0] % EVAL_STOP_CHECK_EVERY == 0)
+
+    def run_eval(step) -> bool:
+        """Evaluates at `step` and logs it; False if a stop signal cut the eval off (nothing logged)."""
+        nonlocal last_eval
+        result = exp.evaluate(state.params, input_pipeline.eval_batches(config, pi, pc), should_stop=eval_should_stop)
+        if result is None:
+            return False
+        last_eval = result
+        writer.write(step, "eval", last_eval)
+        if is_writer:
+            print(
+                f"eval  {step} | loss {last_eval['loss']:.4f} | acc {last_eval['accuracy']:.3f} | "
+                f"nonzero {100 * last_eval['nonzero_frac/mean']:.2f}%",
+                flush=True,
+            )
+        return True
+
+    def why_stopped() -> str:
+        if stop["signal"] is not None:
+            return f"received signal {stop['signal']}"
+        return "another process received a stop signal"
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     last_train, last_eval = None, None
     try:
+        if meta is not None and meta.get("eval_pending") and not run_eval(start):
+            if is_writer:
+                print(f"{why_stopped()}: the checkpoint at step {start} is kept; exiting", flush=True)
+            return {"train": None, "eval": None, "preempted_at": start}
         batches = input_pipeline.train_batches(config, start, pi, pc)
         t_last, s_last = time.time(), start
         with jax.set_mesh(exp.mesh):
@@ -290,35 +337,27 @@ def _train(config, data: input_pipeline.DataSpec, workdir: Path, is_writer: bool
                             f"{metrics['steps_per_sec']:.2f} steps/s | ETA {eta}",
                             flush=True,
                         )
+                eval_cut = False
                 if step % config.eval_every_steps == 0 or step in (1, config.total_steps):
-                    last_eval = exp.evaluate(state.params, input_pipeline.eval_batches(config, pi, pc))
-                    writer.write(step, "eval", last_eval)
-                    if is_writer:
-                        print(
-                            f"eval  {step} | loss {last_eval['loss']:.4f} | acc {last_eval['accuracy']:.3f} | "
-                            f"nonzero {100 * last_eval['nonzero_frac/mean']:.2f}%",
-                            flush=True,
-                        )
-                preempted = _agreed_stop(stop["signal"] is not None, step % config.log_every_steps == 0)
+                    eval_cut = not run_eval(step)  # all processes agreed inside the eval
+                preempted = eval_cut or _agreed_stop(stop["signal"] is not None, step % config.log_every_steps == 0)
                 if step % config.checkpoint_every_steps == 0 or step == config.total_steps or preempted:
                     last_train = jax.device_get(metrics)
-                    save(step)
+                    save(step, eval_pending=eval_cut)
                 if preempted:
                     ckpt.wait()
                     if is_writer:
-                        why = (
-                            f"received signal {stop['signal']}"
-                            if stop["signal"] is not None
-                            else "another process received a stop signal"
-                        )
-                        print(f"{why}: saved a checkpoint at step {step}; exiting", flush=True)
+                        print(f"{why_stopped()}: saved a checkpoint at step {step}; exiting", flush=True)
                     return {"train": last_train, "eval": last_eval, "preempted_at": step}
     finally:
         # Also on an error: let an in-flight asynchronous save of an earlier (checked) step
         # commit, instead of leaving a temporary directory behind at exit.
-        ckpt.close()
-        signal.signal(signal.SIGTERM, previous)
-        writer.close()
+        try:
+            ckpt.close()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            writer.close()
     if is_writer:
         print_summary(workdir)
     return {"train": last_train, "eval": last_eval}

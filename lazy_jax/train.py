@@ -10,6 +10,7 @@ in docs/design.md (`sparsity.stats_to_metrics`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -170,11 +171,18 @@ class Experiment:
             }
         return {"task": sums, "stats": weighted}
 
-    def evaluate(self, params, local_batches) -> dict:
-        """Runs eval_step over an iterable of host-local batches; returns finalized metrics."""
+    def evaluate(self, params, local_batches, should_stop: Callable[[], bool] | None = None) -> dict | None:
+        """Runs eval_step over an iterable of host-local batches; returns finalized metrics.
+
+        `should_stop()` is asked before every batch: a preemption must not wait for a long eval.
+        If it says True the eval stops there and returns None (a partial eval is no metric). With
+        several processes it must answer the same on all of them (the eval step is collective).
+        """
         total = None
         with jax.set_mesh(self.mesh):
             for local in local_batches:
+                if should_stop is not None and should_stop():
+                    return None
                 out = self.eval_step(params, shd.global_batch(local, self.mesh))
                 total = out if total is None else jax.tree.map(jnp.add, total, out)
         if total is None:

@@ -1,6 +1,8 @@
-"""Faults a long run meets: kills, preemption, NaN, corrupted checkpoints, a busy workdir, data
-that runs out. Each runs `python -m lazy_jax.main` in a subprocess on the tiny ViT-Mu/4 / digits
-config (one CPU device; a module-wide XLA compilation cache keeps the reruns fast).
+"""Faults a long run meets: kills, preemption (SIGTERM, Ctrl-C, during an eval), NaN, corrupted
+checkpoints, a busy workdir, data that runs out. Most run `python -m lazy_jax.main`
+in a subprocess on the tiny ViT-Mu/4 / digits config (one CPU device; a module-wide XLA
+compilation cache keeps the reruns fast); a child's output is read by threads, so no read of it
+blocks without a timeout.
 
 Kill during an asynchronous save: the child is the real entry point with one test-only patch,
 installed by `_KILL_AT_COMMIT` below (nothing in lazy_jax): orbax's atomic-rename commit of the
@@ -9,11 +11,13 @@ rename that would make it complete; the checkpoint stays a temporary directory.
 """
 
 import os
+import queue
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -38,6 +42,17 @@ async def finalize(self):
         os.kill(os.getpid(), signal.SIGKILL)
     return await _finalize(self)
 atomicity.AtomicRenameTemporaryPath.finalize = finalize
+runpy.run_module('lazy_jax.main', run_name='__main__', alter_sys=True)
+"""
+
+# Every checkpoint save prints SAVING and then hangs, so a test can signal a run that is saving.
+_HANG_IN_SAVE = """
+import runpy, sys, time
+from lazy_jax import checkpoint
+def save(self, *args, **kwargs):
+    print('SAVING', flush=True)
+    time.sleep(600)
+checkpoint.Checkpointer.save = save
 runpy.run_module('lazy_jax.main', run_name='__main__', alter_sys=True)
 """
 
@@ -80,29 +95,78 @@ def run_main(env, workdir, *, python_code=None, extra_env=None, extra_args=(), *
     )
 
 
-def start_main(env, workdir, **overrides):
-    return subprocess.Popen(
-        [sys.executable, "-m", "lazy_jax.main", *main_argv(env, workdir, **overrides)],
-        cwd=REPO,
-        env=env["environ"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+class Child:
+    """A running `lazy_jax.main`; threads read its stdout and stderr, so every wait has a timeout."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc, self.pid = proc, proc.pid
+        self.out, self.err, self.lines = [], [], queue.Queue()
+        self.readers = [
+            threading.Thread(target=self._read, args=(proc.stdout, self.out, self.lines), daemon=True),
+            threading.Thread(target=self._read, args=(proc.stderr, self.err, None), daemon=True),
+        ]
+        for t in self.readers:
+            t.start()
+
+    @staticmethod
+    def _read(stream, sink, lines):
+        for line in stream:
+            sink.append(line)
+            if lines is not None:
+                lines.put(line)
+        if lines is not None:
+            lines.put(None)  # end of output
+
+    def send_signal(self, signum):
+        self.proc.send_signal(signum)
+
+    def poll(self):
+        return self.proc.poll()
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait(timeout=TIMEOUT)
+
+    def wait_for_line(self, prefix, timeout=TIMEOUT):
+        """Waits until the child prints a line starting with `prefix`; kills it and fails if it does not."""
+        deadline = time.time() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(deadline - time.time(), 0.01))
+            except queue.Empty:
+                line = None
+            if line is not None and line.startswith(prefix):
+                return
+            if line is None:
+                self.kill()
+                raise AssertionError(
+                    f"no line starting with {prefix!r}; stdout: {''.join(self.out)}; stderr: {''.join(self.err)}"
+                )
+
+    def finish(self, timeout=TIMEOUT):
+        """(returncode, stdout, stderr) once the child exits; kills it and fails after `timeout` s."""
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"still running after {timeout} s; stderr: {''.join(self.err)}") from None
+        for t in self.readers:
+            t.join(timeout=TIMEOUT)
+        return self.proc.returncode, "".join(self.out), "".join(self.err)
+
+
+def start_main(env, workdir, *, python_code=None, **overrides) -> Child:
+    head = ["-c", python_code] if python_code else ["-m", "lazy_jax.main"]
+    return Child(
+        subprocess.Popen(
+            [sys.executable, *head, *main_argv(env, workdir, **overrides)],
+            cwd=REPO,
+            env=env["environ"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     )
-
-
-def wait_for_line(proc, prefix, timeout=TIMEOUT):
-    """Reads the child's stdout until a line starts with `prefix`; returns the lines read."""
-    lines, deadline = [], time.time() + timeout
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if line.startswith(prefix):
-            return lines
-    proc.kill()
-    raise AssertionError(f"no line starting with {prefix!r}; stdout: {''.join(lines)}; stderr: {proc.stderr.read()}")
 
 
 def complete_steps(workdir):
@@ -131,9 +195,9 @@ def reference(env, tmp_path_factory):
 
 def test_sigkill_during_training_resumes_from_last_complete_checkpoint(env, reference, tmp_path):
     proc = start_main(env, tmp_path)
-    wait_for_line(proc, "step 5/")  # not later: the run must still be short of its last step when killed
+    proc.wait_for_line("step 5/")  # not later: the run must still be short of its last step when killed
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=TIMEOUT)
+    proc.finish()
     # Saves are asynchronous: on a busy machine the save of step 3 may still be in flight.
     restored = max(complete_steps(tmp_path), default=0)
     assert restored in (0, 3)
@@ -269,11 +333,10 @@ def running(env, tmp_path_factory):
     # Far more steps than the tests take (~60 steps/s here): it must still be running when signalled.
     never = 10**7
     proc = start_main(env, workdir, total_steps=never, checkpoint_every_steps=never, eval_every_steps=never)
-    wait_for_line(proc, "step 2/")
+    proc.wait_for_line("step 2/")
     yield proc, workdir
     if proc.poll() is None:
         proc.kill()
-        proc.wait(timeout=TIMEOUT)
 
 
 def test_second_run_on_the_same_workdir_refuses(env, running):
@@ -285,16 +348,89 @@ def test_second_run_on_the_same_workdir_refuses(env, running):
     assert first.poll() is None  # the first run was not disturbed
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_zero(running):
-    proc, workdir = running
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=TIMEOUT)
-    assert proc.returncode == 0, stderr
+def assert_stopped_with_a_checkpoint(proc, workdir, signum):
+    returncode, stdout, stderr = proc.finish()
+    assert returncode == 0, stderr
+    assert "Traceback" not in stderr
     last = stdout.strip().splitlines()[-1]
-    match = re.fullmatch(r"received signal 15: saved a checkpoint at step (\d+); exiting", last)
+    match = re.fullmatch(rf"received signal {signum}: saved a checkpoint at step (\d+); exiting", last)
     assert match, stdout
     assert complete_steps(workdir) == [int(match[1])]
     assert not [p for p in (workdir / "checkpoints").iterdir() if "tmp" in p.name]
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_zero(running):
+    proc, workdir = running
+    proc.send_signal(signal.SIGTERM)
+    assert_stopped_with_a_checkpoint(proc, workdir, signal.SIGTERM)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_zero(env, tmp_path):
+    never = 10**7
+    proc = start_main(env, tmp_path, total_steps=never, checkpoint_every_steps=never, eval_every_steps=never)
+    proc.wait_for_line("step 2/")
+    proc.send_signal(signal.SIGINT)
+    assert_stopped_with_a_checkpoint(proc, tmp_path, signal.SIGINT)
+
+
+def test_second_ctrl_c_exits_at_once(env, tmp_path):
+    """The first Ctrl-C starts the checkpoint save (here one that would hang for minutes); the
+    second ends the process at once."""
+    never = 10**7
+    proc = start_main(
+        env,
+        tmp_path,
+        python_code=_HANG_IN_SAVE,
+        total_steps=never,
+        checkpoint_every_steps=never,
+        eval_every_steps=never,
+    )
+    proc.wait_for_line("step 2/")
+    proc.send_signal(signal.SIGINT)
+    proc.wait_for_line("SAVING")  # the first Ctrl-C was taken as a stop with a checkpoint
+    t0 = time.time()
+    proc.send_signal(signal.SIGINT)
+    returncode, _, stderr = proc.finish(timeout=30)
+    assert time.time() - t0 < 10
+    assert returncode == -signal.SIGINT, stderr
+    assert "Traceback" not in stderr
+
+
+def test_sigterm_during_a_long_eval_stops_between_eval_batches(digits_dir, tmp_path, monkeypatch):
+    """SIGTERM while the eval of step 3 runs: the eval stops before its next batch (it does not run
+    to its end), logs no eval row, and the run saves a checkpoint at step 3 and returns. The rerun
+    does that eval first, so metrics.jsonl ends up as an uninterrupted run's."""
+    from lazy_jax import input_pipeline
+    from lazy_jax.config_base import load_config
+    from lazy_jax.run import train_and_evaluate
+
+    def config():
+        c = load_config("configs/vit.py:test")
+        c.data.data_dir = digits_dir
+        c.eval_batch_size = 16  # more eval batches
+        return c
+
+    train_and_evaluate(config(), tmp_path / "full")
+    real, calls = input_pipeline.eval_batches, []
+
+    def long_eval(config, *args):
+        calls.append(0)
+        for i, batch in enumerate(real(config, *args)):
+            if len(calls) == 2:  # the eval of step 3 (step 1 has the first)
+                if i == 1:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                assert i < 3, "the eval went on after SIGTERM"
+            yield batch
+
+    monkeypatch.setattr(input_pipeline, "eval_batches", long_eval)
+    out = train_and_evaluate(config(), tmp_path / "resumed")
+    assert out["preempted_at"] == 3
+    rows = read_metrics(tmp_path / "resumed")
+    assert (3, "eval") not in [(r["step"], r["split"]) for r in rows]  # a cut-off eval is no metric
+    assert complete_steps(tmp_path / "resumed") == [3]
+    monkeypatch.setattr(input_pipeline, "eval_batches", real)
+    train_and_evaluate(config(), tmp_path / "resumed")
+    assert_same_rows(read_metrics(tmp_path / "full"), read_metrics(tmp_path / "resumed"))
 
 
 def test_unreadable_checkpoints_refuse_until_start_afresh(env, reference, tmp_path):
