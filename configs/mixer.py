@@ -32,7 +32,7 @@ def get_config(arg=None):
     else:
         c.model = default_model_config(a.variant or "B/16")
         c.data = vision_data_config(a.dataset or "imagenet21k", image_size=224)
-        c.data.eval_split = "validation"
+        c.data.eval_split = "validation" if c.data.name in ("imagenet21k", "imagenet2012") else "test"
         c.batch_size, c.eval_batch_size = 4096, 4096
         c.total_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 300_000, 100, 5000, 5000
         c.optimizer.update(learning_rate=1e-3, weight_decay=0.03, warmup_steps=10_000)

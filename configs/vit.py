@@ -20,7 +20,7 @@ d_ff 512, 4 heads, 17 tokens incl. class token) on mnist5k (4000 train / 1000 te
 It should reach ~95% test accuracy while the nonzero share of every layer falls from about half
 at initialisation; the README ("The default run") has the per-layer table we measured.
 
-Test (`configs/vit.py:test`): ViT-Mu/4 on the offline `digits` (16x16), batch 16, 6 steps, eval
+Test (`configs/vit.py:test`): ViT-Mu/4 on the offline `digits` (8x8), batch 16, 6 steps, eval
 and checkpoint every 3, synchronous checkpoints: seconds on a CPU; tests set data.data_dir.
 """
 

@@ -78,8 +78,8 @@ T5_SIZES = {
     "small": (512, 8, 6, 6, 2048, 64),
     "base": (768, 12, 12, 12, 3072, 64),
     "large": (1024, 16, 24, 24, 4096, 64),
-    "3B": (1024, 32, 24, 24, 16384, 64),
-    "11B": (1024, 128, 24, 24, 65536, 64),
+    "3B": (1024, 32, 24, 24, 16384, 128),  # d_kv 128 (heads x d_kv = 4096 != d_model), as released
+    "11B": (1024, 128, 24, 24, 65536, 128),
 }
 DIM_FIELDS = ("d_model", "num_heads", "num_encoder_layers", "num_decoder_layers", "d_ff", "d_kv")
 MASK_LOGIT = -1e10  # finite, so a row with no valid key gives a uniform softmax, not NaN
