@@ -80,11 +80,13 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     """The rows of a metrics JSONL file (metrics.jsonl or metrics.dropped.jsonl) in file order.
 
     Skips blank lines, and lines that are not a JSON object with `step` and `split` with a
-    warning naming their line numbers: a killed run can leave a truncated last line.
+    warning naming their line numbers: a killed run can leave a truncated last line. A row whose
+    step is not an integer >= 0 or whose split is not a string (a hand-edited "step": "ten" or
+    3.5) is skipped too, with a warning naming its line and value.
     Raises FileNotFoundError if the file does not exist.
     """
     path = Path(path)
-    rows, bad_lines = [], []
+    rows, bad_lines, bad_values = [], [], []
     with path.open("r", encoding="utf-8", errors="replace") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
@@ -97,6 +99,13 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
             if not isinstance(row, dict) or "step" not in row or "split" not in row:
                 bad_lines.append(line_no)
                 continue
+            step, split = row["step"], row["split"]
+            if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+                bad_values.append(f"line {line_no}: step={step!r}")
+                continue
+            if not isinstance(split, str):
+                bad_values.append(f"line {line_no}: split={split!r}")
+                continue
             rows.append(row)
     if bad_lines:
         logger.warning(
@@ -104,6 +113,13 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
             path,
             len(bad_lines),
             ", ".join(map(str, bad_lines[:20])) + (" ..." if len(bad_lines) > 20 else ""),
+        )
+    if bad_values:
+        logger.warning(
+            "%s: skipped %d row(s) whose step is not an integer >= 0 or whose split is not a string: %s",
+            path,
+            len(bad_values),
+            "; ".join(bad_values[:20]) + (" ..." if len(bad_values) > 20 else ""),
         )
     return rows
 

@@ -2,6 +2,7 @@
 or waited silently): each is refused with one clear line naming the value and what is allowed."""
 
 import fcntl
+import json
 import logging
 import os
 import shutil
@@ -172,6 +173,31 @@ def test_truncated_array_record_is_one_line_from_main(truncated_digits, tmp_path
         f"--config.data.data_dir={truncated_digits}",
     )
     assert_one_line_error(out, "Dataset 'digits' split 'train' cannot be read", "--dataset=digits")
+
+
+# -- 7: metrics rows with a step that is no step --------------------------------------------------
+
+
+def test_rows_with_non_integer_steps_are_skipped_with_a_warning(tmp_path, caplog):
+    from lazy_jax import report
+    from lazy_jax.workdir import read_metrics
+
+    good = [{"step": s, "split": "train", "loss": 1.0 / s, "nonzero_frac/encoder/layer_00": 0.5} for s in (1, 2, 3)]
+    bad = [
+        {"step": "ten", "split": "train", "loss": 0.1},
+        {"step": 3.5, "split": "train", "loss": 0.1},
+        {"step": True, "split": "train", "loss": 0.1},
+        {"step": -1, "split": "train", "loss": 0.1},
+        {"step": 4, "split": 7, "loss": 0.1},
+    ]
+    lines = [json.dumps(good[0]), *map(json.dumps, bad), json.dumps(good[1]), json.dumps(good[2])]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    with caplog.at_level(logging.WARNING):
+        rows = read_metrics(tmp_path)
+    assert rows == good
+    for line_no, what in ((2, "step='ten'"), (3, "step=3.5"), (4, "step=True"), (5, "step=-1"), (6, "split=7")):
+        assert f"line {line_no}: {what}" in caplog.text
+    report.write_report(tmp_path)  # the report of such a file is written, not a crash
 
 
 # -- 10: temporary directories of killed preparations ---------------------------------------------
