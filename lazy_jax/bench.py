@@ -4,33 +4,38 @@
 
 Each mesh 'DxFxM' (data x fsdp x model) uses the first D*F*M devices; the global batch is
 per_device_batch x D x F. Seq2seq configs (T5) get uniform random tokens at the config's
-inputs/targets lengths and also report tokens/s (encoder + decoder tokens). Synthetic inputs skip the data pipeline, so this measures the jitted
-step alone: compile, 3 warm-up steps, then `--steps` timed steps. Prints a table (and JSON
-with --json) of step time and examples/s, and scaling efficiency against the first mesh.
+inputs/targets lengths and also report tokens/s (encoder + decoder tokens). Synthetic inputs
+skip the data pipeline, so this measures the jitted step alone: compile, 3 warm-up steps, then
+`--steps` timed steps. Prints a table (and JSON with --json) of step time and examples/s, and
+scaling efficiency against the first mesh. Every flag is checked before anything is compiled:
+a bad value is one line `error: ...` naming it (exit 2), as in lazy_jax.main.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 
 import jax
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
 from lazy_jax import sharding as shd
+from lazy_jax.config_checks import define_config_flag, parse_flags
 from lazy_jax.errors import InputError
 from lazy_jax.input_pipeline import DataSpec
 from lazy_jax.train import Experiment
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "config file", lock_config=True)
+define_config_flag("config", "config file, e.g. configs/vit.py")
 flags.DEFINE_string("meshes", "1x1x1", "comma-separated data x fsdp x model meshes")
 flags.DEFINE_integer("per_device_batch", 256, "examples per data-parallel device")
 flags.DEFINE_integer("steps", 20, "timed steps")
 flags.DEFINE_integer("num_classes", 1000, "classes of the synthetic labels")
 flags.DEFINE_string("json", None, "write results here")
+flags.mark_flag_as_required("config")
 
 
 T5_VOCAB_SIZE = 32128  # T5's SentencePiece ids (32100) padded to a multiple of 128
@@ -59,8 +64,45 @@ def synthetic_data(config, n: int, rng: np.random.Generator) -> DataSpec:
     raise InputError(f"bench supports tasks 'classification' and 'seq2seq', not {config.task!r}")
 
 
-def measure(config, mesh_str: str) -> dict:
-    d, f, m = (int(x) for x in mesh_str.split("x"))
+def parse_meshes(value: str, num_devices: int) -> list[tuple[int, int, int]]:
+    """--meshes 'DxFxM,...' -> [(data, fsdp, model), ...]; each a product of positive integers <= the devices."""
+    meshes = []
+    for mesh in value.split(","):
+        parts = mesh.strip().split("x")
+        if len(parts) != 3 or not all(p.isascii() and p.isdigit() and int(p) > 0 for p in parts):
+            raise InputError(
+                f"--meshes={value!r}: mesh {mesh!r} is not allowed: use DATAxFSDPxMODEL with positive integers, "
+                "e.g. 1x1x1 or 2x1x4, comma-separated"
+            )
+        d, f, m = (int(p) for p in parts)
+        if d * f * m > num_devices:
+            raise InputError(
+                f"--meshes={value!r}: mesh {mesh!r} needs {d * f * m} devices but {num_devices} are present: "
+                f"use meshes whose product is at most {num_devices}"
+            )
+        meshes.append((d, f, m))
+    return meshes
+
+
+def check_flags(num_devices: int) -> list[tuple[int, int, int]]:
+    """Every flag's value, before anything is compiled; returns the meshes."""
+    for name in ("per_device_batch", "steps", "num_classes"):
+        value = FLAGS[name].value
+        if value is None or value <= 0:
+            raise InputError(f"--{name}={value} is not allowed: use a positive integer")
+    if FLAGS.json is not None:
+        directory = os.path.dirname(os.path.abspath(FLAGS.json))
+        if os.path.isdir(FLAGS.json) or not os.path.isdir(directory):
+            raise InputError(
+                f"--json={FLAGS.json!r} is not allowed: use a file path in an existing directory "
+                "(the results are written there at the end)"
+            )
+    return parse_meshes(FLAGS.meshes, num_devices)
+
+
+def measure(config, mesh: tuple[int, int, int]) -> dict:
+    d, f, m = mesh
+    mesh_str = f"{d}x{f}x{m}"
     config = config.copy_and_resolve_references()
     config.unlock()
     config.mesh.update(data=d, fsdp=f, model=m)
@@ -98,8 +140,14 @@ def measure(config, mesh_str: str) -> dict:
 
 
 def main(argv):
-    del argv
-    results = [measure(FLAGS.config, m) for m in FLAGS.meshes.split(",")]
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        meshes = check_flags(len(jax.devices()))
+        results = [measure(FLAGS.config, m) for m in meshes]
+    except InputError as e:  # as lazy_jax.main: bad input is one line, anything else keeps its traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     base = results[0]["examples_per_s"] / results[0]["devices"]
     print(
         f"{'mesh':>8} {'devices':>7} {'batch':>6} {'step ms':>8} {'examples/s':>11} {'tokens/s':>10} {'efficiency':>10}"
@@ -116,4 +164,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -8,22 +8,26 @@ metrics aside (into DIR/set_aside/<time>/, nothing is deleted) and starts at ste
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
+from lazy_jax.config_checks import define_config_flag, parse_flags
 from lazy_jax.errors import InputError
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "config", None, "ml_collections config file, e.g. configs/vit.py:local", lock_config=True
-)
+# A missing or broken config file is one line `error: ...` (exit 2): see config_checks.parse_flags.
+define_config_flag("config", "ml_collections config file, e.g. configs/vit.py:local")
 flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics.jsonl, TensorBoard events, report/")
 flags.DEFINE_bool("multihost", False, "call jax.distributed.initialize() with auto-detection (TPU VM, SLURM)")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a cluster without auto-detection")
 flags.DEFINE_integer("num_processes", None, "number of processes in the cluster")
 flags.DEFINE_integer("process_id", None, "this process's index in the cluster")
+flags.DEFINE_integer(
+    "initialization_timeout", 300, "seconds to wait for the coordinator and every process of a multi-process run"
+)
 flags.DEFINE_bool(
     "start_afresh",
     False,
@@ -34,14 +38,53 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def initialize_distributed() -> None:
+    """jax.distributed.initialize for a multi-process run, saying first what it waits for and how long.
+
+    jax aborts the process (SIGABRT, a C++ stack trace) when the cluster does not come together
+    in time, so a watchdog thread ends it first with one line `error: ...` (exit 2).
+    """
+    if not (FLAGS.coordinator_address or FLAGS.num_processes or FLAGS.multihost):
+        return
+    timeout = FLAGS.initialization_timeout
+    if timeout is None or timeout <= 0:
+        raise InputError(f"--initialization_timeout={timeout} is not allowed: use a positive number of seconds")
+    if FLAGS.coordinator_address or FLAGS.num_processes:
+        address, n, p = FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+        if address is None or n is None or p is None:
+            raise InputError("a local cluster needs all of --coordinator_address, --num_processes and --process_id")
+        host, _, port = address.rpartition(":")
+        if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+            raise InputError(f"--coordinator_address={address!r} is not allowed: use HOST:PORT, e.g. 10.0.0.2:1234")
+        if n <= 0:
+            raise InputError(f"--num_processes={n} is not allowed: use a positive integer")
+        if not 0 <= p < n:
+            raise InputError(f"--process_id={p} is not allowed: use 0 <= process_id < --num_processes={n}")
+        who, where = f"process {p} of {n}", f"the coordinator at {address}"
+        cluster = dict(coordinator_address=address, num_processes=n, process_id=p)
+    else:
+        who, where, cluster = "this process", "the coordinator found by auto-detection (TPU VM, SLURM)", {}
+    print(f"{who}: waiting up to {timeout} s for {where} and the other processes", file=sys.stderr, flush=True)
+
+    def expire():
+        print(
+            f"error: {who}: no cluster within {timeout} s (--initialization_timeout): {where} did not answer, or "
+            "not every process joined; start all of them with the same --coordinator_address and "
+            "--num_processes (process 0 on that host), or wait longer with --initialization_timeout",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(2)  # jax's own timeout would abort the process with a C++ stack trace
+
     import jax
 
-    if FLAGS.coordinator_address or FLAGS.num_processes:
-        if FLAGS.coordinator_address is None or FLAGS.num_processes is None or FLAGS.process_id is None:
-            raise InputError("a local cluster needs all of --coordinator_address, --num_processes and --process_id")
-        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    elif FLAGS.multihost:
-        jax.distributed.initialize()
+    watchdog = threading.Timer(timeout, expire)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        # jax's own deadline a little later than the watchdog's, so the watchdog speaks first.
+        jax.distributed.initialize(**cluster, initialization_timeout=int(timeout) + 30)
+    finally:
+        watchdog.cancel()
 
 
 def main(argv):
@@ -68,4 +111,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -100,6 +101,69 @@ def test_run_with_patch_larger_than_the_images_is_refused_before_the_workdir(dig
     assert not (tmp_path / "run").exists()
 
 
+# -- 2: a missing or broken config file -----------------------------------------------------------
+
+BROKEN_CONFIGS = {
+    "syntax.py": ("def get_config(:\n    pass\n", "has a syntax error at line 1"),
+    "raises.py": ("def get_config(arg=None):\n    raise RuntimeError('boom')\n", "raised RuntimeError: boom (line 2)"),
+    "import_fails.py": ("import no_such_module_xyz\n", "failed to load: ModuleNotFoundError"),
+    "no_get_config.py": ("X = 1\n", "defines no get_config() function"),
+    "not_a_config.py": ("def get_config():\n    return 3\n", "returned int, not an ml_collections.ConfigDict"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN_CONFIGS))
+def test_broken_config_file_is_one_input_error(tmp_path, name):
+    from lazy_jax.config_checks import load_config_file
+
+    text, problem = BROKEN_CONFIGS[name]
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(InputError) as err:
+        load_config_file(str(path))
+    msg = str(err.value)
+    assert msg.startswith(f"--config={path}") and problem in msg and "\n" not in msg
+
+
+def test_missing_config_file_and_bad_argument_are_input_errors(tmp_path, monkeypatch):
+    from lazy_jax.config_checks import load_config_file
+
+    monkeypatch.chdir(REPO)
+    with pytest.raises(
+        InputError, match=r"'configs/nope.py' does not exist.*\['mixer.py', 'mlp.py', 't5.py', 'vit.py'\]"
+    ):
+        load_config_file("configs/nope.py")
+    with pytest.raises(InputError, match="is a directory"):
+        load_config_file(str(tmp_path))
+    with pytest.raises(InputError, match=r"^--config=.*vit.py:colour=red: config argument 'colour' is unknown"):
+        load_config_file(f"{REPO}/configs/vit.py:colour=red")
+    config = load_config_file(f"{REPO}/configs/vit.py:test")  # a good one loads as ml_collections would
+    assert config.model.variant == "Mu/4" and config.is_locked
+
+
+@pytest.mark.parametrize(
+    "config, fragment",
+    [
+        ("configs/nope.py", "--config=configs/nope.py: the config file 'configs/nope.py' does not exist"),
+        ("BROKEN/syntax.py", "has a syntax error at line 1: "),
+        ("BROKEN/raises.py", "get_config() of"),
+        ("configs/vit.py:colour=red", "config argument 'colour' is unknown"),
+    ],
+)
+def test_main_prints_a_broken_config_file_as_one_line(tmp_path, config, fragment):
+    for name, (text, _) in BROKEN_CONFIGS.items():
+        (tmp_path / name).write_text(text)
+    out = run_module("lazy_jax.main", f"--config={config.replace('BROKEN', str(tmp_path))}", f"--workdir={tmp_path}/w")
+    assert_one_line_error(out, fragment)
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_bench_prints_a_missing_config_file_as_one_line():
+    out = run_module("lazy_jax.bench", "--config=configs/nope.py")
+    assert_one_line_error(out, "--config=configs/nope.py: the config file 'configs/nope.py' does not exist")
+
+
 # -- 3: an invalid MLP width is named, not reported as a Top-k error ------------------------------
 
 
@@ -136,6 +200,32 @@ def test_nonpositive_image_size_is_refused_by_name(digits_dir, tmp_path, size):
     with pytest.raises(InputError, match=rf"data.image_size={size} is not allowed"):
         train_and_evaluate(c, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+# -- 5: seeds -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["seed", "data.shuffle_seed"])
+@pytest.mark.parametrize("value", [-1, 2**32, 2**40, 2**64, True])
+def test_seed_outside_32_bits_is_refused(digits_dir, key, value):
+    from lazy_jax.config_checks import validate_config
+
+    c = tiny_config(digits_dir)
+    with c.unlocked():
+        if key == "seed":
+            c.seed = value
+        else:
+            c.data.shuffle_seed = value
+    with pytest.raises(InputError, match=rf"^{key}={value!r} is not allowed: use an integer 0 <= .* < 2\*\*32"):
+        validate_config(c)
+
+
+def test_largest_seed_is_allowed(digits_dir):
+    from lazy_jax.config_checks import validate_config
+
+    c = tiny_config(digits_dir, seed=2**32 - 1)
+    c.data.shuffle_seed = 2**32 - 1
+    validate_config(c)
 
 
 # -- 6: a truncated array_record file -------------------------------------------------------------
@@ -198,6 +288,76 @@ def test_rows_with_non_integer_steps_are_skipped_with_a_warning(tmp_path, caplog
     for line_no, what in ((2, "step='ten'"), (3, "step=3.5"), (4, "step=True"), (5, "step=-1"), (6, "split=7")):
         assert f"line {line_no}: {what}" in caplog.text
     report.write_report(tmp_path)  # the report of such a file is written, not a crash
+
+
+# -- 8: bench flags -------------------------------------------------------------------------------
+
+BENCH_SMALL = ["--config=configs/vit.py:test", "--config.data.image_size=8", "--per_device_batch=1", "--steps=1"]
+
+
+@pytest.mark.parametrize(
+    "flag, fragment",
+    [
+        ("--meshes=0x1x1", "--meshes='0x1x1': mesh '0x1x1' is not allowed: use DATAxFSDPxMODEL with positive integers"),
+        ("--meshes=abc", "--meshes='abc': mesh 'abc' is not allowed"),
+        ("--meshes=-1x1x1", "--meshes='-1x1x1': mesh '-1x1x1' is not allowed"),
+        ("--meshes=1x1x1,2x2", "mesh '2x2' is not allowed"),
+        ("--meshes=4x4x1", "mesh '4x4x1' needs 16 devices but 8 are present"),
+        ("--steps=0", "--steps=0 is not allowed: use a positive integer"),
+        ("--per_device_batch=0", "--per_device_batch=0 is not allowed: use a positive integer"),
+        ("--num_classes=-3", "--num_classes=-3 is not allowed: use a positive integer"),
+        ("--json=/no/such/dir/out.json", "--json='/no/such/dir/out.json' is not allowed"),
+    ],
+)
+def test_bench_flags_are_refused_before_any_compile(flag, fragment):
+    env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    out = run_module("lazy_jax.bench", *BENCH_SMALL, flag, env=env)
+    assert_one_line_error(out, fragment)
+    assert "mesh" not in out.stdout  # no result table: nothing was measured
+
+
+# -- 9: a multi-process run waiting for its coordinator -------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_waiting_for_the_coordinator_says_so_and_gives_up_with_one_line(tmp_path):
+    port = _free_port()  # nobody listens there: no coordinator
+    start = time.monotonic()
+    out = run_module(
+        "lazy_jax.main",
+        "--config=configs/vit.py:test",
+        f"--workdir={tmp_path / 'run'}",
+        f"--coordinator_address=127.0.0.1:{port}",
+        "--num_processes=2",
+        "--process_id=1",
+        "--initialization_timeout=3",
+        timeout=120,
+        env={"JAX_PLATFORMS": "cpu"},
+    )
+    lines = out.stderr.strip().splitlines()
+    assert f"process 1 of 2: waiting up to 3 s for the coordinator at 127.0.0.1:{port}" in out.stderr
+    assert_one_line_error(out, "process 1 of 2: no cluster within 3 s (--initialization_timeout)")
+    assert "Check failure" not in out.stderr and "DEADLINE_EXCEEDED" not in out.stderr, lines
+    assert time.monotonic() - start < 60  # the 3 s, not jax's default 300
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--coordinator_address=127.0.0.1:1", "--num_processes=2", "--process_id=2"], "--process_id=2 is not allowed"),
+        (["--coordinator_address=localhost", "--num_processes=2", "--process_id=0"], "use HOST:PORT"),
+        (["--multihost", "--initialization_timeout=0"], "--initialization_timeout=0 is not allowed"),
+    ],
+)
+def test_bad_cluster_flags_are_one_line(tmp_path, args, fragment):
+    out = run_module("lazy_jax.main", "--config=configs/vit.py:test", f"--workdir={tmp_path / 'run'}", *args)
+    assert_one_line_error(out, fragment)
 
 
 # -- 10: temporary directories of killed preparations ---------------------------------------------
