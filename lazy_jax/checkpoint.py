@@ -1,7 +1,9 @@
 """Orbax checkpoints of the train state plus a JSON sidecar (step, data position, model shapes).
 
 Saves are asynchronous and atomic (orbax writes to a temporary directory and renames it), the
-newest `keep` are kept.
+newest `keep` are kept. A save that fails (a full disk) is reported by the next `check()` (the
+trainer calls it every step) as one `CheckpointSaveError`; its temporary directory is removed
+and the earlier checkpoints are kept.
 
 Restore compares what the checkpoint holds with what the config builds before reading any array:
 the parameter shapes (sidecar) and the whole state tree, optimizer state included (orbax's stored
@@ -17,6 +19,7 @@ workdir.
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,9 +46,24 @@ class NoReadableCheckpointError(InputError):
     pass
 
 
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written (e.g. the disk is full); the earlier ones are kept."""
+
+
 def _one_line(e: BaseException, limit: int = 300) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _DropOrbaxTracebacks(logging.Filter):
+    """Orbax logs each failure of a background save with a long traceback from several threads;
+    the Checkpointer raises the failure itself as one CheckpointSaveError, so those records go."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and record.levelno >= logging.ERROR and "orbax" in record.pathname)
+
+
+_ORBAX_FILTER = _DropOrbaxTracebacks()
 
 
 def state_tree(tree: Any) -> dict[str, str]:
@@ -134,15 +152,51 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
         self._unreadable: list[int] = []  # skipped by the last restore_latest, newer than the step it restored
         self._restored: int | None = None
+        self._async = async_save
+        self._pending: int | None = None  # step of an asynchronous save not yet known to have succeeded
+        logging.getLogger("absl").addFilter(_ORBAX_FILTER)
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
     # -- saving ------------------------------------------------------------------------------
     def save(self, step: int, state: Any, meta: dict) -> None:
-        self.manager.save(
-            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True
-        )
+        self._finish_pending()
+        try:
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                force=True,
+            )
+        except Exception as e:  # a synchronous save, or the blocking part of an asynchronous one
+            self._failed(step, e)
+        if self._async:
+            self._pending = step
+
+    def check(self) -> None:
+        """Raises CheckpointSaveError if the last asynchronous save has failed; never waits for one."""
+        if self._pending is not None and not self.manager.is_saving_in_progress():
+            self._finish_pending()
+
+    def _finish_pending(self) -> None:
+        if self._pending is None:
+            return
+        step, self._pending = self._pending, None
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            self._failed(step, e)
+
+    def _failed(self, step: int, e: Exception) -> None:
+        if jax.process_index() == 0:
+            for tmp in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+        kept = [s for s in self.all_steps() if s != step]
+        previous = f"the checkpoint of step {kept[-1]} is kept" if kept else "no earlier checkpoint exists"
+        raise CheckpointSaveError(
+            f"saving the checkpoint of step {step} failed: {_one_line(e)}; its temporary directory was removed and "
+            f"{previous} in {self.directory}; free space there (or fix the storage) and rerun to resume"
+        ) from e
 
     # -- restoring ---------------------------------------------------------------------------
     def read_meta(self, step: int) -> dict:
@@ -279,12 +333,16 @@ class Checkpointer:
         self.manager.reload()
 
     def wait(self) -> None:
+        self._finish_pending()
         self.manager.wait_until_finished()
 
     def close(self) -> None:
         """Waits for pending saves and releases the manager; a second call does nothing."""
         if self.manager is None:
             return
-        self.manager.wait_until_finished()
-        self.manager.close()
-        self.manager = None
+        try:
+            self._finish_pending()
+        finally:
+            manager, self.manager = self.manager, None
+            manager.close()
+            logging.getLogger("absl").removeFilter(_ORBAX_FILTER)

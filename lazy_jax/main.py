@@ -91,6 +91,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
+    from lazy_jax.checkpoint import CheckpointSaveError
     from lazy_jax.run import train_and_evaluate
 
     try:
@@ -98,9 +99,10 @@ def main(argv):
         # The keyword only when the flag is given: a plain run is train_and_evaluate(config, workdir).
         afresh = {"start_afresh": True} if FLAGS.start_afresh else {}
         train_and_evaluate(FLAGS.config, FLAGS.workdir, **afresh)
-    # lazy_jax's own input errors (and a run stopped by a NaN) print as one line, exit 2; anything
-    # else, a shape error while tracing say, keeps its traceback.
-    except (InputError, FloatingPointError) as e:
+    # lazy_jax's own input errors, a run stopped by a NaN and a checkpoint that could not be
+    # written (a full disk) print as one line, exit 2; anything else, a shape error while tracing
+    # say, keeps its traceback.
+    except (InputError, FloatingPointError, CheckpointSaveError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

@@ -8,7 +8,8 @@ size) is refused before the workdir is touched. Each (re)start's config is kept
 logged steps; a NaN/Inf there, or before a checkpoint, stops the run and keeps the last good
 checkpoint. SIGTERM (preemption) and SIGINT (Ctrl-C) save a checkpoint and exit cleanly, also
 from inside an eval (with several processes, at the next logged step or every few eval batches,
-which all of them agree on); a second Ctrl-C exits at once.
+which all of them agree on); a second Ctrl-C exits at once. A checkpoint save that fails (a
+full disk) stops the run at the first step after it failed.
 """
 
 from __future__ import annotations
@@ -316,6 +317,8 @@ def _train(config, data: input_pipeline.DataSpec, workdir: Path, is_writer: bool
             for step in range(start + 1, config.total_steps + 1):
                 batch = shd.global_batch(next(batches), exp.mesh)
                 state, metrics = exp.train_step(state, batch)
+                # A failed asynchronous save (a full disk) is reported now, not at the next save.
+                ckpt.check()
                 if step % config.log_every_steps == 0 or step == 1 or step == config.total_steps:
                     metrics = jax.device_get(metrics)
                     _check_finite(step, metrics)

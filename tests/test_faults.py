@@ -1,5 +1,5 @@
 """Faults a long run meets: kills, preemption (SIGTERM, Ctrl-C, during an eval), NaN, corrupted
-checkpoints, a busy workdir, data that runs out. Most run `python -m lazy_jax.main`
+checkpoints, a full disk, a busy workdir, data that runs out. Most run `python -m lazy_jax.main`
 in a subprocess on the tiny ViT-Mu/4 / digits config (one CPU device; a module-wide XLA
 compilation cache keeps the reruns fast); a child's output is read by threads, so no read of it
 blocks without a timeout.
@@ -7,9 +7,12 @@ blocks without a timeout.
 Kill during an asynchronous save: the child is the real entry point with one test-only patch,
 installed by `_KILL_AT_COMMIT` below (nothing in lazy_jax): orbax's atomic-rename commit of the
 chosen step SIGKILLs the process after every file of that checkpoint is written, before the
-rename that would make it complete; the checkpoint stays a temporary directory.
+rename that would make it complete; the checkpoint stays a temporary directory. A full disk is
+the same kind of patch (`_DISK_FULL_AT_SAVE`): orbax's array writer raises ENOSPC for the
+chosen step, in its background save thread as a real full disk would.
 """
 
+import json
 import os
 import queue
 import re
@@ -42,6 +45,18 @@ async def finalize(self):
         os.kill(os.getpid(), signal.SIGKILL)
     return await _finalize(self)
 atomicity.AtomicRenameTemporaryPath.finalize = finalize
+runpy.run_module('lazy_jax.main', run_name='__main__', alter_sys=True)
+"""
+
+_DISK_FULL_AT_SAVE = """
+import errno, json, os, runpy
+from orbax.checkpoint._src.serialization import serialization
+_write = serialization.async_serialize_from_host
+async def write(rslices, spec, **kwargs):
+    if '/' + os.environ['DISK_FULL_AT_SAVE_OF_STEP'] + '.orbax-checkpoint-tmp' in json.dumps(spec):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return await _write(rslices, spec, **kwargs)
+serialization.async_serialize_from_host = write
 runpy.run_module('lazy_jax.main', run_name='__main__', alter_sys=True)
 """
 
@@ -431,6 +446,33 @@ def test_sigterm_during_a_long_eval_stops_between_eval_batches(digits_dir, tmp_p
     monkeypatch.setattr(input_pipeline, "eval_batches", real)
     train_and_evaluate(config(), tmp_path / "resumed")
     assert_same_rows(read_metrics(tmp_path / "full"), read_metrics(tmp_path / "resumed"))
+
+
+def test_disk_full_during_an_async_save_is_one_error_line_at_the_next_step(env, tmp_path):
+    """ENOSPC while the asynchronous save of step 20 writes its arrays (checkpoints every 10 steps):
+    the run stops at the first step after the background save failed, with one line, long before
+    the next save (30) would have noticed; the temporary directory goes, the checkpoint of step 10
+    stays."""
+    out = run_main(
+        env,
+        tmp_path,
+        python_code=_DISK_FULL_AT_SAVE,
+        extra_env={"DISK_FULL_AT_SAVE_OF_STEP": "20"},
+        total_steps=60,
+        checkpoint_every_steps=10,
+        eval_every_steps=100,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: saving the checkpoint of step 20 failed: [Errno 28] No space left on device"), last
+    assert len(out.stderr.strip().splitlines()) < 10, out.stderr  # no pages of orbax tracebacks
+    assert complete_steps(tmp_path) == [10]
+    assert not [p.name for p in (tmp_path / "checkpoints").iterdir() if "tmp" in p.name]
+    last_step = max(r["step"] for r in read_metrics(tmp_path))
+    assert last_step < 30, f"reported at step {last_step}, not before the next save (30)"
+    meta = json.loads((tmp_path / "checkpoints" / "10" / "meta" / "metadata").read_text())
+    assert meta["step"] == 10  # the kept checkpoint is whole
 
 
 def test_unreadable_checkpoints_refuse_until_start_afresh(env, reference, tmp_path):
