@@ -92,7 +92,10 @@ class Experiment:
         data_sizes = data.model_sizes(config.model)
         self.model = get_model(config.model, **data_sizes)
         # What the model was built with where the config says -1 (= the data's), for config.json.
-        self.model_sizes = {k: v if config.model.get(k, -1) == -1 else config.model[k] for k, v in data_sizes.items()}
+        # Only sizes that are config keys (num_classes, vocab_size); the image shape is the data's alone.
+        self.model_sizes = {
+            k: v if config.model[k] == -1 else config.model[k] for k, v in data_sizes.items() if k in config.model
+        }
         self.tx, self.schedule = make_optimizer(config.optimizer, config.total_steps)
         self._example = {k: jnp.asarray(v[:1]) for k, v in data.example_batch.items()}
 
