@@ -28,17 +28,21 @@ matplotlib is imported only to draw the figures. File names come from lazy_jax.w
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
 import re
+import shutil
+import tempfile
 import zipfile
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from etils import epath
 
+from lazy_jax import workdir as wd
 from lazy_jax.errors import InputError
 from lazy_jax.workdir import CONFIG, CONFIG_HISTORY, METRICS, REPORT_DIR, STATS_DIR, read_metrics, stats_files
 
@@ -191,12 +195,12 @@ def config_summary(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if v is not None and not isinstance(v, (dict, list))}
 
 
-def read_config(workdir: str | Path) -> dict[str, Any] | None:
-    path = Path(workdir) / CONFIG
+def read_config(workdir: wd.PathLike) -> dict[str, Any] | None:
+    path = epath.Path(workdir) / CONFIG
     if not path.is_file():
         return None
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        config = json.loads(path.read_bytes().decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         logger.warning("%s is not valid JSON (%s); the report leaves the config out", path, e)
         return None
@@ -208,14 +212,14 @@ def read_config(workdir: str | Path) -> dict[str, Any] | None:
     return config
 
 
-def read_config_history(workdir: str | Path) -> list[dict[str, Any]]:
+def read_config_history(workdir: wd.PathLike) -> list[dict[str, Any]]:
     """Rows of config_history.jsonl ({"step", "config", ...}, one per (re)start); malformed lines
     are skipped with a warning, a missing file gives []."""
-    path = Path(workdir) / CONFIG_HISTORY
+    path = epath.Path(workdir) / CONFIG_HISTORY
     if not path.is_file():
         return []
     rows, bad = [], []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+    for line_no, line in enumerate(wd.read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -271,12 +275,12 @@ def format_config_changes(history: list[dict[str, Any]], max_keys: int = 8) -> l
 # ----------------------------------------------------------------------------- stats files
 
 
-def latest_stats(workdir: str | Path) -> dict[str, tuple[int, Path, dict[str, np.ndarray]]]:
+def latest_stats(workdir: wd.PathLike) -> dict[str, tuple[int, epath.Path, dict[str, np.ndarray]]]:
     """{split: (step, path, arrays)} of the last readable `stats/<split>_<step>.npz` of each split.
 
     An unreadable file is skipped with a warning naming it, and the split's previous one is tried.
     """
-    by_split: dict[str, list[tuple[int, Path]]] = {}
+    by_split: dict[str, list[tuple[int, epath.Path]]] = {}
     for split, step, path in stats_files(workdir):
         by_split.setdefault(split, []).append((step, path))
     latest = {}
@@ -290,8 +294,8 @@ def latest_stats(workdir: str | Path) -> dict[str, tuple[int, Path, dict[str, np
     return latest
 
 
-def load_stats(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path) as data:
+def load_stats(path: wd.PathLike) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(epath.Path(path).read_bytes())) as data:  # local or gs://
         return {k: np.asarray(data[k]) for k in data.files}
 
 
@@ -322,18 +326,33 @@ def _safe_name(split: str) -> str:
     return re.sub(r"[^\w.-]", "_", split)
 
 
-def write_report(workdir: str | Path) -> Path:
+def write_report(workdir: wd.PathLike) -> epath.Path:
     """Writes `<workdir>/report/` (report.md and PNG figures); returns the path of report.md.
 
-    Raises ValueError naming the path if metrics.jsonl is missing or holds no valid rows.
+    The workdir may be gs://: the report is drawn in a local temporary directory (matplotlib
+    writes local files) and copied into the workdir's report/.
+    Raises InputError naming the path if metrics.jsonl is missing or holds no valid rows.
     """
+    workdir = wd.workdir_path(workdir)
+    if not wd.is_remote(workdir):
+        return _write_report(workdir, workdir / REPORT_DIR)
+    local = tempfile.mkdtemp(prefix="lazy_jax_report_")
+    try:
+        _write_report(workdir, epath.Path(local))
+        for path in sorted(epath.Path(local).iterdir()):
+            wd.replace_bytes(workdir / REPORT_DIR / path.name, path.read_bytes())
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+    return workdir / REPORT_DIR / "report.md"
+
+
+def _write_report(workdir: epath.Path, out_dir: epath.Path) -> epath.Path:
+    """write_report, with the report written into `out_dir` (a local directory)."""
     from lazy_jax import report_figures  # matplotlib only when drawing
 
-    workdir = Path(workdir)
     rows = read_metrics(workdir)
     if not rows:
         raise InputError(f"{workdir / METRICS} holds no metric rows (no line is a JSON object with 'step' and 'split')")
-    out_dir = workdir / REPORT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     splits = splits_of(rows)
     rows_by_split = {s: split_rows(rows, s) for s in splits}

@@ -16,7 +16,10 @@ Names: `name`, `name:1.2.0`, `name/config`, `name/config:1.2.0`. Without a
 version the highest prepared version is used.
 
 Data dir: the `data_dir` argument, else $TFDS_DATA_DIR, else
-~/tensorflow_datasets (the tfds default).
+~/tensorflow_datasets (the tfds default). It may be gs://BUCKET/PATH: it is listed through
+etils.epath (gcsfs) and the array_record files are read by array_record's own GCS client (both
+use the machine's Google application default credentials). Offline datasets are prepared on a
+local disk only: for a gs:// data dir, prepare them locally and copy them there.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import tensorflow_datasets as tfds
+from etils import epath
 
+from lazy_jax import workdir as wd
 from lazy_jax.data import offline
 from lazy_jax.errors import InputError
 
@@ -35,12 +40,18 @@ _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 
 
 def resolve_data_dir(data_dir: str | None = None) -> str:
-    """Returns the data dir to use: argument, $TFDS_DATA_DIR, or tfds default."""
+    """Returns the data dir to use: argument, $TFDS_DATA_DIR, or tfds default (`~` expanded).
+
+    A URI other than gs://BUCKET/... is refused (InputError naming it and where it came from).
+    """
     if data_dir:
-        return os.path.expanduser(os.fspath(data_dir))
-    if os.environ.get("TFDS_DATA_DIR"):
-        return os.path.expanduser(os.environ["TFDS_DATA_DIR"])
-    return os.path.expanduser(os.path.join("~", "tensorflow_datasets"))
+        text, source = os.fspath(data_dir), "data_dir (config.data.data_dir)"
+    elif os.environ.get("TFDS_DATA_DIR"):
+        text, source = os.environ["TFDS_DATA_DIR"], "$TFDS_DATA_DIR"
+    else:
+        return os.path.expanduser(os.path.join("~", "tensorflow_datasets"))
+    wd.location_path(text, source)  # refuses other schemes and gs:// without a bucket
+    return text if wd.is_remote(text) else os.path.expanduser(text)
 
 
 def _split_name(name: str) -> tuple[str, str | None]:
@@ -57,33 +68,33 @@ def _version_key(version: str) -> tuple[int, ...]:
     return tuple(int(v) for v in version.split("."))
 
 
-def _prepared_versions(dataset_dir: str) -> list[str]:
-    """Versions under dataset_dir that hold a finished dataset_info.json."""
-    if not os.path.isdir(dataset_dir):
+def _subdirs(directory: epath.Path) -> list[str]:
+    """Names of the directories in `directory` (local or gs://); [] if it is not a directory."""
+    if not directory.is_dir():
         return []
+    return sorted(p.name for p in directory.iterdir() if p.is_dir())
+
+
+def _prepared_versions(dataset_dir: str) -> list[str]:
+    """Versions under dataset_dir (local or gs://) that hold a finished dataset_info.json."""
+    directory = epath.Path(dataset_dir)
     return sorted(
-        (
-            v
-            for v in os.listdir(dataset_dir)
-            if _VERSION_RE.match(v) and os.path.isfile(os.path.join(dataset_dir, v, "dataset_info.json"))
-        ),
+        (v for v in _subdirs(directory) if _VERSION_RE.match(v) and (directory / v / "dataset_info.json").is_file()),
         key=_version_key,
     )
 
 
 def available_datasets(data_dir: str) -> list[str]:
-    """Names ('name' or 'name/config') of prepared datasets in data_dir."""
+    """Names ('name' or 'name/config') of prepared datasets in data_dir (local or gs://)."""
     found = []
-    if not os.path.isdir(data_dir):
-        return found
-    for name in sorted(os.listdir(data_dir)):
-        name_dir = os.path.join(data_dir, name)
-        if not os.path.isdir(name_dir) or name.startswith((".", "downloads")):
+    for name in _subdirs(epath.Path(data_dir)):
+        if name.startswith((".", "downloads")):
             continue
-        if _prepared_versions(name_dir):
+        name_dir = epath.Path(data_dir) / name
+        if _prepared_versions(os.fspath(name_dir)):
             found.append(name)
-        for config in sorted(os.listdir(name_dir)):
-            if not _VERSION_RE.match(config) and _prepared_versions(os.path.join(name_dir, config)):
+        for config in _subdirs(name_dir):
+            if not _VERSION_RE.match(config) and _prepared_versions(os.fspath(name_dir / config)):
                 found.append(f"{name}/{config}")
     return found
 
@@ -114,9 +125,22 @@ def dataset_dir(name: str, data_dir: str | None = None) -> str:
     """
     data_dir = resolve_data_dir(data_dir)
     base, version = _split_name(name)
-    if base in offline.OFFLINE_DATASETS and version in (None, str(offline.OFFLINE_DATASETS[base].VERSION)):
-        offline.prepare(base, data_dir)
+    # A data dir that is a file, or under one, is named before anything reads or prepares in it.
+    wd.check_writable_dir(data_dir, "data dir", writable=False)
     searched = os.path.join(data_dir, *base.split("/"))
+    if base in offline.OFFLINE_DATASETS and version in (None, str(offline.OFFLINE_DATASETS[base].VERSION)):
+        prepared = str(offline.OFFLINE_DATASETS[base].VERSION) in _prepared_versions(searched)
+        if wd.is_remote(data_dir) and not prepared:
+            raise InputError(
+                f"Dataset {base!r} is not prepared in the data dir {data_dir!r}, and offline datasets are "
+                f"prepared on a local disk only: run `python -m lazy_jax.data.prepare --dataset={base} "
+                f"--data_dir=DIR` and copy DIR/{base} to {searched!r} (`gcloud storage cp -r DIR/{base} "
+                f"{data_dir}/`)"
+            )
+        if not wd.is_remote(data_dir):
+            if not prepared:  # preparing writes into the data dir: a read-only one is named here
+                wd.check_writable_dir(data_dir, "data dir", writable=True)
+            offline.prepare(base, data_dir)
     versions = _prepared_versions(searched)
     if version is not None:
         versions = [v for v in versions if v == version]
