@@ -141,9 +141,17 @@ class Checkpointer:
         async_save: bool = True,
         unreadable_dir: str | Path | None = None,
     ):
-        self.directory = Path(directory).absolute()
+        self.directory = (
+            epath.Path(directory) if str(directory).startswith("gs://") else epath.Path(directory).absolute()
+        )
         # Outside `directory`, so orbax neither lists nor cleans up what is moved there.
-        self.unreadable_dir = Path(unreadable_dir).absolute() if unreadable_dir else None
+        self.unreadable_dir = (
+            None
+            if not unreadable_dir
+            else epath.Path(unreadable_dir)
+            if str(unreadable_dir).startswith("gs://")
+            else epath.Path(unreadable_dir).absolute()
+        )
         # cleanup_tmp_directories: process 0 (the one holding the workdir lock) removes the
         # temporary directories of saves cut off by a kill; they were never complete checkpoints.
         options = ocp.CheckpointManagerOptions(

@@ -51,13 +51,33 @@ class WorkdirInUseError(InputError):
 
 
 class WorkdirLock:
-    """An exclusive lock on the workdir, so a second run on it refuses instead of interleaving."""
+    """An exclusive lock on the workdir, so a second run on it refuses instead of interleaving.
 
-    def __init__(self, workdir: Path):
-        self.path = workdir / wd.LOCK
+    A local workdir is locked with flock on `.lock` (released by the kernel when the process dies).
+    flock cannot work on an object store: a gs:// workdir gets a lock object (`wd.ObjectLock`:
+    created only if absent, refreshed every minute, taken over when not refreshed for 5 minutes).
+    """
+
+    def __init__(self, workdir: wd.PathLike):
+        self.path = wd.workdir_path(workdir) / wd.LOCK
         self.file = None
+        self.object_lock = wd.ObjectLock(self.path) if wd.is_remote(self.path) else None
 
     def __enter__(self):
+        if self.object_lock is not None:
+            try:
+                self.object_lock.acquire()
+            except wd.LockHeldError as e:
+                raise WorkdirInUseError(
+                    f"workdir {self.path.parent} is in use by another run ({e}); wait for it to finish or use "
+                    f"another --workdir (a lock not refreshed for {self.object_lock.stale_after:.0f} s is taken over)"
+                ) from None
+            except OSError as e:  # 403: no write permission; 404: no such bucket
+                raise InputError(
+                    f"workdir {self.path.parent} cannot be written ({type(e).__name__}: {' '.join(str(e).split())}): "
+                    "check that the bucket exists and that this machine's credentials may write to it"
+                ) from e
+            return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.file = open(self.path, "a+")
         try:
@@ -76,6 +96,9 @@ class WorkdirLock:
         return self
 
     def __exit__(self, *exc):
+        if self.object_lock is not None:
+            self.object_lock.release()
+            return
         fcntl.flock(self.file, fcntl.LOCK_UN)
         self.file.close()
 
@@ -117,7 +140,7 @@ def train_and_evaluate(config, workdir: str | Path, *, start_afresh: bool = Fals
     start_afresh: move the workdir's checkpoints, metrics and the rest of an earlier run's files
     into `set_aside/<time>/` (nothing is deleted) and start at step 0.
     """
-    workdir = Path(workdir)
+    workdir = wd.checked_workdir(workdir)  # epath: local or gs://; empty, a file, read-only: InputError
     # Every check of the config, the data and the model before the workdir is touched.
     validate_config(config)
     data = input_pipeline.data_spec(config)
@@ -180,12 +203,9 @@ def _check_resume(config, directory: Path, step: int, meta: dict) -> None:
 def _write_config(workdir: Path, resolved, start: int) -> None:
     """config.json is the latest (re)start's config; config_history.jsonl keeps every one."""
     text = resolved.to_json_best_effort(indent=2)
-    tmp = workdir / (wd.CONFIG + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, workdir / wd.CONFIG)
+    wd.replace_text(workdir / wd.CONFIG, text)
     row = {"step": start, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "config": json.loads(text)}
-    with open(workdir / wd.CONFIG_HISTORY, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    wd.append_text(workdir / wd.CONFIG_HISTORY, json.dumps(row) + "\n")
 
 
 # With several processes every eval batch would wait for an allgather of the stop flag; every
