@@ -51,6 +51,13 @@ def validate_config(config) -> None:
         _seed("data.shuffle_seed", config.data.shuffle_seed, "the range of seed")
     if config.task not in TASKS:
         raise InputError(f"task={config.task!r} is unknown; allowed: {list(TASKS)}")
+    # A task needs its kind of data config: image fields for classification, text for seq2seq.
+    needed = {"classification": "image_size", "seq2seq": "inputs_length"}[config.task]
+    if needed not in config.data:
+        raise InputError(
+            f"task={config.task!r} does not fit this config's data (config.data has no {needed!r}); use a config "
+            f"file made for it: configs/t5.py for 'seq2seq', configs/vit.py, mixer.py or mlp.py for 'classification'"
+        )
     for name in (
         "batch_size",
         "eval_batch_size",

@@ -146,6 +146,9 @@ def train_and_evaluate(config, workdir: str | Path, *, start_afresh: bool = Fals
     data = input_pipeline.data_spec(config)
     model_spec(config.model, **data.model_sizes(config.model))
     input_pipeline.check_run_length(config)
+    mesh = shd.make_mesh(config.mesh)  # the mesh the Experiment will build: batch sizes must split over it
+    shd.check_batch_size(config.batch_size, mesh, "batch_size")
+    shd.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
     is_writer = jax.process_index() == 0
     with WorkdirLock(workdir) if is_writer else contextlib.nullcontext():
         return _train(config, data, workdir, is_writer, start_afresh)
@@ -216,8 +219,6 @@ EVAL_STOP_CHECK_EVERY = 4
 def _train(config, data: input_pipeline.DataSpec, workdir: Path, is_writer: bool, start_afresh: bool) -> dict:
     pi, pc = jax.process_index(), jax.process_count()
     exp = Experiment(config, data)
-    shd.check_batch_size(config.batch_size, exp.mesh, "batch_size")
-    shd.check_batch_size(config.eval_batch_size, exp.mesh, "eval_batch_size")
     resolved = resolved_config(config, exp.model_sizes)
 
     if start_afresh:

@@ -64,8 +64,10 @@ def test_mesh_that_does_not_match_devices(digits_dir, tmp_path):
 def test_batch_not_divisible_by_data_parallel_size(digits_dir, tmp_path):
     c = tiny_config(digits_dir, batch_size=12)
     c.mesh.update(data=8, fsdp=1, model=1)
+    workdir = tmp_path / "run"
     with pytest.raises(ValueError, match=r"batch_size=12 must be a positive multiple of the data-parallel size 8"):
-        train_and_evaluate(c, tmp_path)
+        train_and_evaluate(c, workdir)
+    assert not workdir.exists(), "refused before the workdir is made (no .lock left behind)"
 
 
 def test_checkpoint_of_another_model_shape(digits_dir, tmp_path):

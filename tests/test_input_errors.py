@@ -327,7 +327,6 @@ def _free_port() -> int:
 
 def test_waiting_for_the_coordinator_says_so_and_gives_up_with_one_line(tmp_path):
     port = _free_port()  # nobody listens there: no coordinator
-    start = time.monotonic()
     out = run_module(
         "lazy_jax.main",
         "--config=configs/vit.py:test",
@@ -336,14 +335,13 @@ def test_waiting_for_the_coordinator_says_so_and_gives_up_with_one_line(tmp_path
         "--num_processes=2",
         "--process_id=1",
         "--initialization_timeout=3",
-        timeout=120,
+        timeout=120,  # below jax's own 300 s default: only the 3 s timeout can end it in time
         env={"JAX_PLATFORMS": "cpu"},
     )
     lines = out.stderr.strip().splitlines()
     assert f"process 1 of 2: waiting up to 3 s for the coordinator at 127.0.0.1:{port}" in out.stderr
     assert_one_line_error(out, "process 1 of 2: no cluster within 3 s (--initialization_timeout)")
     assert "Check failure" not in out.stderr and "DEADLINE_EXCEEDED" not in out.stderr, lines
-    assert time.monotonic() - start < 60  # the 3 s, not jax's default 300
     assert not (tmp_path / "run").exists()
 
 
