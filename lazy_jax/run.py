@@ -134,14 +134,11 @@ def _fmt_eta(seconds: float) -> str:
     )
 
 
-def train_and_evaluate(config, workdir: str | Path, *, start_afresh: bool = False) -> dict:
-    """Trains `config` in `workdir`; returns the last logged train and eval metrics.
+def check_run(config) -> input_pipeline.DataSpec:
+    """Every check of the config, the data, the model and the mesh, made before a workdir is touched.
 
-    start_afresh: move the workdir's checkpoints, metrics and the rest of an earlier run's files
-    into `set_aside/<time>/` (nothing is deleted) and start at step 0.
+    Returns the data's spec (read from dataset metadata), which the run builds its model from.
     """
-    workdir = wd.checked_workdir(workdir)  # epath: local or gs://; empty, a file, read-only: InputError
-    # Every check of the config, the data and the model before the workdir is touched.
     validate_config(config)
     data = input_pipeline.data_spec(config)
     model_spec(config.model, **data.model_sizes(config.model))
@@ -149,6 +146,17 @@ def train_and_evaluate(config, workdir: str | Path, *, start_afresh: bool = Fals
     mesh = shd.make_mesh(config.mesh)  # the mesh the Experiment will build: batch sizes must split over it
     shd.check_batch_size(config.batch_size, mesh, "batch_size")
     shd.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+    return data
+
+
+def train_and_evaluate(config, workdir: str | Path, *, start_afresh: bool = False) -> dict:
+    """Trains `config` in `workdir`; returns the last logged train and eval metrics.
+
+    start_afresh: move the workdir's checkpoints, metrics and the rest of an earlier run's files
+    into `set_aside/<time>/` (nothing is deleted) and start at step 0.
+    """
+    workdir = wd.checked_workdir(workdir)  # epath: local or gs://; empty, a file, read-only: InputError
+    data = check_run(config)
     is_writer = jax.process_index() == 0
     with WorkdirLock(workdir) if is_writer else contextlib.nullcontext():
         return _train(config, data, workdir, is_writer, start_afresh)

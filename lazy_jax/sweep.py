@@ -130,16 +130,11 @@ def member_configs(sweep: Sweep, extra: Mapping[str, Any] | None = None) -> dict
 
 
 def check_member(name: str, config) -> None:
-    """The checks `train_and_evaluate` makes before touching a workdir, for one member, named."""
-    from lazy_jax import input_pipeline
-    from lazy_jax.config_checks import validate_config
-    from lazy_jax.models import model_spec
+    """The checks `train_and_evaluate` makes before touching a workdir (`run.check_run`), named by member."""
+    from lazy_jax.run import check_run
 
     try:
-        validate_config(config)
-        data = input_pipeline.data_spec(config)
-        model_spec(config.model, **data.model_sizes(config.model))
-        input_pipeline.check_run_length(config)
+        check_run(config)
     except InputError as e:
         raise InputError(f"member {name!r}: {e}") from None
 
