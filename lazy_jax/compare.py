@@ -364,14 +364,14 @@ def metrics_table(members: list[Member]) -> tuple[list[str], list[list[str]]]:
         step = f"{last_step}" if m.total_steps is None else f"{last_step} / {m.total_steps}"
         line = [m.name, _cell(_overrides_text(m.overrides)), _format_value(m.params) if m.params else "-", step]
         line += [
-            report._pct(report._as_float(_last(evals, "accuracy"))),
-            report._fmt(_last(evals, "loss"), ".4f"),
-            report._pct(report._as_float(_last(evals, "nonzero_frac/mean"))),
-            report._pct(report._as_float(_last(m.split("train"), "nonzero_frac/mean"))),
+            report.pct(report.as_float(_last(evals, "accuracy"))),
+            report.fmt(_last(evals, "loss"), ".4f"),
+            report.pct(report.as_float(_last(evals, "nonzero_frac/mean"))),
+            report.pct(report.as_float(_last(m.split("train"), "nonzero_frac/mean"))),
         ]
         if has_ece:
-            line.append(report._fmt(_last(evals, "ece"), ".4f"))
-        line += [report._pct(report._as_float(_last(m.rows, k))) for k in corrupt]
+            line.append(report.fmt(_last(evals, "ece"), ".4f"))
+        line += [report.pct(report.as_float(_last(m.rows, k))) for k in corrupt]
         body.append(line)
     return header, body
 
@@ -416,12 +416,12 @@ def write_compare(sweep_dir: str | Path) -> Path:
         md += [f"Not run yet (no metric rows): {', '.join(not_run)}.", ""]
     md += ["## Final metrics", "", "Last eval row of each run; `step`: the last logged step of the run's total.", ""]
     header, body = metrics_table(members)
-    md += report._md_table(header, body, "ll" + "r" * (len(header) - 2)) + [""]
+    md += report.md_table(header, body, "ll" + "r" * (len(header) - 2)) + [""]
 
     table = flops_table(members)
     if table:
         md += ["## Forward FLOPs", "", FLOPS_NOTE, ""]
-        md += report._md_table(*table) + [""]
+        md += report.md_table(*table) + [""]
 
     md += ["## Figures", ""]
     figures = [

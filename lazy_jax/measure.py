@@ -40,7 +40,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from lazy_jax import flops, input_pipeline, sparsity
+from lazy_jax import flops, input_pipeline, report, sparsity
 from lazy_jax import sharding as shd
 from lazy_jax import workdir as wd
 from lazy_jax.errors import InputError
@@ -433,14 +433,6 @@ def write_outputs(out_dir: Path, m: Measured, results) -> None:
     (out_dir / "report.md").write_text(report_markdown(results, figures), encoding="utf-8")
 
 
-def _md_table(header, rows) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}%"
-
-
 def report_markdown(results, figures: list[str]) -> str:
     meta = results["meta"]
     md = [
@@ -466,15 +458,15 @@ def report_markdown(results, figures: list[str]) -> str:
                     stack,
                     f"{layer['layer']:02d}",
                     str(layer["tokens"]),
-                    _pct(layer["nonzero_frac"]),
-                    _pct(layer["dead_frac"]),
-                    _pct(layer["rare_frac"]),
-                    f"{_pct(layer['union_random'][-1])} (n={rs[-1]})",
-                    f"{_pct(layer['union_consecutive'][-1])} (n={cs[-1]})" if cs else "-",
+                    report.pct(layer["nonzero_frac"]),
+                    report.pct(layer["dead_frac"]),
+                    report.pct(layer["rare_frac"]),
+                    f"{report.pct(layer['union_random'][-1])} (n={rs[-1]})",
+                    f"{report.pct(layer['union_consecutive'][-1])} (n={cs[-1]})" if cs else "-",
                 ]
             )
     header = ["stack", "layer", "tokens", "nonzero", "dead", f"under {RARE:.0%}", "union, random", "union, consecutive"]
-    md += _md_table(header, rows)
+    md += report.md_table(header, rows)
     md += ["", "## Union of active neurons", ""]
     for stack, v in results["stacks"].items():
         for kind in ("random", "consecutive"):
@@ -482,13 +474,13 @@ def report_markdown(results, figures: list[str]) -> str:
             if not sizes:
                 continue
             md += [f"{stack}, {kind} tokens:", ""]
-            body = [[f"{layer['layer']:02d}", *map(_pct, layer[f"union_{kind}"])] for layer in v["layers"]]
-            md += _md_table(["layer", *(f"n={n}" for n in sizes)], body) + [""]
+            body = [[f"{layer['layer']:02d}", *map(report.pct, layer[f"union_{kind}"])] for layer in v["layers"]]
+            md += report.md_table(["layer", *(f"n={n}" for n in sizes)], body) + [""]
     md += ["## FLOPs", ""]
     if results["flops"] is None:
         md += ["No FLOP table for this model (see the warning printed by lazy_jax.flops).", ""]
     else:
-        md += [flops.REPORT_NOTE, "", *_md_table(results["flops"]["header"], results["flops"]["rows"]), ""]
+        md += [flops.REPORT_NOTE, "", *report.md_table(results["flops"]["header"], results["flops"]["rows"]), ""]
     md += ["## Figures", "", *(f"![{f}]({f})" for f in figures), "", f"Numbers: `{JSON_NAME}`.", ""]
     return "\n".join(md)
 
@@ -526,7 +518,7 @@ def draw_figures(out_dir: Path, results) -> list[str]:
     for ax, (stack, v) in zip(axes, stacks.items()):
         cmap = plt.get_cmap("viridis", max(len(v["layers"]), 2))
         for layer in v["layers"]:
-            label = f"layer {layer['layer']} (dead {_pct(layer['dead_frac'])})"
+            label = f"layer {layer['layer']} (dead {report.pct(layer['dead_frac'])})"
             ax.plot(
                 centres, 100 * np.asarray(layer["freq_hist"]), marker="o", ms=3, color=cmap(layer["layer"]), label=label
             )

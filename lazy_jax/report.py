@@ -85,7 +85,7 @@ def metric_sort_key(name: str) -> tuple:
     return (1, parts[0], parts[1] if len(parts) > 1 else "", 1, name)
 
 
-def _as_float(value: Any) -> float | None:
+def as_float(value: Any) -> float | None:
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -104,7 +104,7 @@ def first_last_table(rows: list[dict[str, Any]], split: str) -> list[tuple[str, 
         for key, value in row.items():
             if not key.startswith(NONZERO_PREFIX):
                 continue
-            value = _as_float(value)
+            value = as_float(value)
             if value is None:
                 continue
             first.setdefault(key, value)
@@ -112,7 +112,7 @@ def first_last_table(rows: list[dict[str, Any]], split: str) -> list[tuple[str, 
     return [(k, first[k], last[k]) for k in sorted(first, key=metric_sort_key)]
 
 
-def _pct(value: float | None) -> str:
+def pct(value: float | None) -> str:
     if value is None:
         return "-"
     if math.isnan(value):
@@ -152,7 +152,7 @@ def format_first_last(rows: list[dict[str, Any]]) -> str:
         line = [_short_name(n)]
         for s in splits:
             f, last = tables[s].get(n, (None, None))
-            line.append(f"{_pct(f):>7} -> {_pct(last):>7}" if f is not None else "-")
+            line.append(f"{pct(f):>7} -> {pct(last):>7}" if f is not None else "-")
         lines.append(line)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     out = [
@@ -302,14 +302,14 @@ def load_stats(path: wd.PathLike) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- report.md
 
 
-def _md_table(header: list[str], body: list[list[str]], align: str | None = None) -> list[str]:
+def md_table(header: list[str], body: list[list[str]], align: str | None = None) -> list[str]:
     align = align or "l" + "r" * (len(header) - 1)
     sep = ["---:" if a == "r" else "---" for a in align]
     return ["| " + " | ".join(r) + " |" for r in [header, sep, *body]]
 
 
-def _fmt(value: Any, spec: str) -> str:
-    value = _as_float(value)
+def fmt(value: Any, spec: str) -> str:
+    value = as_float(value)
     if value is None:
         return "-"
     return "nan" if math.isnan(value) else format(value, spec)
@@ -381,12 +381,12 @@ def _write_report(workdir: epath.Path, out_dir: epath.Path) -> epath.Path:
             [
                 s,
                 str(int(r[-1]["step"])),
-                _fmt(_last_value(r, "loss"), ".4f"),
-                _pct(_as_float(_last_value(r, "accuracy"))),
-                _pct(_as_float(_last_value(r, "nonzero_frac/mean"))),
+                fmt(_last_value(r, "loss"), ".4f"),
+                pct(as_float(_last_value(r, "accuracy"))),
+                pct(as_float(_last_value(r, "nonzero_frac/mean"))),
             ]
         )
-    md += _md_table(["split", "step", "loss", "accuracy", "nonzero_frac/mean"], body) + [""]
+    md += md_table(["split", "step", "loss", "accuracy", "nonzero_frac/mean"], body) + [""]
 
     # First / last nonzero_frac.
     names, tables = _first_last_by_split(rows, splits)
@@ -407,9 +407,9 @@ def _write_report(workdir: epath.Path, out_dir: epath.Path) -> epath.Path:
             line = [stack, layer]
             for s in splits:
                 f, last = tables[s].get(n, (None, None))
-                line += [_pct(f), _pct(last)]
+                line += [pct(f), pct(last)]
             body.append(line)
-        md += _md_table(header, body, "ll" + "r" * (len(header) - 2)) + [""]
+        md += md_table(header, body, "ll" + "r" * (len(header) - 2)) + [""]
     else:
         md += ["No nonzero_frac metrics were logged.", ""]
 
@@ -444,7 +444,7 @@ def _write_report(workdir: epath.Path, out_dir: epath.Path) -> epath.Path:
         dead = _dead_neuron_rows(stats)
         if dead:
             md += [f"Neurons never active on the batch ({s}, step {step}):", ""]
-            md += _md_table(["stack", "layer", "d_ff", "never active"], dead, "llrr") + [""]
+            md += md_table(["stack", "layer", "d_ff", "never active"], dead, "llrr") + [""]
 
     if config is not None:
         md += [
@@ -471,7 +471,7 @@ def _dead_neuron_rows(stats: dict[str, np.ndarray]) -> list[list[str]]:
         m = _LAYER_RE.match(key)
         if m and m["kind"] == "neuron_freq":
             freq = np.asarray(stats[key], dtype=np.float64).ravel()
-            body.append([m["stack"], m["layer"], str(freq.size), _pct(float(np.mean(freq <= 0)))])
+            body.append([m["stack"], m["layer"], str(freq.size), pct(float(np.mean(freq <= 0)))])
     return body
 
 
