@@ -13,7 +13,7 @@ Sizes are relative to the image, so 8x8 digits and 28x28 MNIST deform alike: the
 Gaussian has sigma = 4 / 28 of the side and its amplitude 34 * (side / 28)^2 (Simard's 4 and 34
 at 28x28, the amplitude scaling with the side squared so that displacements scale with the side).
 Pixels are sampled by a cubic spline with zeros outside (the digits' background), clipped and rounded back to uint8
-and normalised as the real data are (`vision._normalize`), so they stay in [-1, 1]. The digits' ink
+and normalised as the real data are (`vision.normalize`), so they stay in [-1, 1]. The digits' ink
 reaches the border of their 8x8 frame, so a shift or zoom moves some out: the mean pixel falls
 from -0.40 to -0.48 there (tests/test_infinite.py bounds it).
 """
@@ -108,7 +108,7 @@ def deformed_batch(
         rng = draw_rng(shuffle_seed, seed, step, int(position))
         warped = warp(image_HWC, sample_coords(image_HWC.shape[:2], rng, deform))
         out[i] = np.clip(np.rint(warped), 0, 255).astype(np.uint8)
-    return vision._normalize(out), np.asarray(labels_N, np.int32)
+    return vision.normalize(out), np.asarray(labels_N, np.int32)
 
 
 def train_batches(
@@ -131,9 +131,7 @@ def train_batches(
     b = stream.local_batch_size(global_batch_size, process_count, process_index)
     if start_step < 0:
         raise ValueError(f"start_step={start_step} must be >= 0.")
-    reader = vision._SplitReader(
-        config_data.name, config_data.train_split, config_data.data_dir, config_data.image_size
-    )
+    reader = vision.SplitReader(config_data.name, config_data.train_split, config_data.data_dir, config_data.image_size)
     shuffle_seed = int(config_data.shuffle_seed)
 
     def make_batch(step: int) -> dict[str, np.ndarray]:
@@ -152,4 +150,4 @@ def train_batches(
         assert images.shape[0] == b
         return {"image": images, "label": labels}
 
-    return vision._iterate(make_batch, range(start_step, 2**62), config_data.num_workers)
+    return vision.iterate_steps(make_batch, range(start_step, 2**62), config_data.num_workers)

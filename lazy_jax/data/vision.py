@@ -123,7 +123,7 @@ def _resize(image_HWC: np.ndarray, size: int) -> np.ndarray:
     return np.stack([np.asarray(c) for c in channels], axis=-1)
 
 
-class _SplitReader:
+class SplitReader:
     """uint8 images and int labels of one split, by example index."""
 
     def __init__(self, name: str, split: str, data_dir: str | None, image_size: int | None):
@@ -164,7 +164,7 @@ class _SplitReader:
         return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
 
 
-def _normalize(images_NHWC: np.ndarray) -> np.ndarray:
+def normalize(images_NHWC: np.ndarray) -> np.ndarray:
     """uint8 0..255 -> float32 [-1, 1] (scale to [0, 1], mean 0.5, std 0.5)."""
     return images_NHWC.astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
 
@@ -186,7 +186,7 @@ def _random_images(indices: np.ndarray, shape: tuple[int, ...], shuffle_seed: in
     )
 
 
-def _iterate(make_batch, steps: range, num_workers: int) -> Iterator[dict[str, np.ndarray]]:
+def iterate_steps(make_batch, steps: range, num_workers: int) -> Iterator[dict[str, np.ndarray]]:
     """make_batch over steps, in order; k > 0 workers = grain threads prefetching."""
     if num_workers <= 0:
         return map(make_batch, steps)
@@ -228,7 +228,7 @@ def train_batches(
     b = stream.local_batch_size(global_batch_size, process_count, process_index)
     if start_step < 0:
         raise ValueError(f"start_step={start_step} must be >= 0.")
-    reader = _SplitReader(config_data.name, config_data.train_split, config_data.data_dir, config_data.image_size)
+    reader = SplitReader(config_data.name, config_data.train_split, config_data.data_dir, config_data.image_size)
     n = reader.num_examples
     shuffle_seed = int(config_data.shuffle_seed)
 
@@ -239,18 +239,18 @@ def train_batches(
         if config_data.random_inputs:
             images = _random_images(indices, reader.image_shape, shuffle_seed)
         else:
-            images = _normalize(images_u8)
+            images = normalize(images_u8)
         if config_data.random_labels:
             labels = _random_label_table(n, reader.num_classes, shuffle_seed)[indices]
         assert images.shape[0] == b
         return {"image": images, "label": labels.astype(np.int32)}
 
     if not config_data.infinite:
-        return _iterate(make_batch, range(start_step, 2**62), config_data.num_workers)
+        return iterate_steps(make_batch, range(start_step, 2**62), config_data.num_workers)
     max_steps = n // global_batch_size
 
     def bounded():
-        yield from _iterate(make_batch, range(start_step, max(start_step, max_steps)), config_data.num_workers)
+        yield from iterate_steps(make_batch, range(start_step, max(start_step, max_steps)), config_data.num_workers)
         raise _infinite_error(config_data, max(start_step, max_steps), n, global_batch_size)
 
     return bounded()
@@ -269,18 +269,18 @@ def eval_batches(
       {'image': float32 [b, H, W, C], 'label': int32 [b], 'mask': float32 [b]}.
     """
     stream.local_batch_size(global_batch_size, process_count, process_index)
-    reader = _SplitReader(config_data.name, config_data.eval_split, config_data.data_dir, config_data.image_size)
+    reader = SplitReader(config_data.name, config_data.eval_split, config_data.data_dir, config_data.image_size)
     n = reader.num_examples
 
     def make_batch(k: int) -> dict[str, np.ndarray]:
         positions = stream.local_positions(k, global_batch_size, process_index, process_count)
         valid = positions < n
         images_u8, labels = reader.get(np.where(valid, positions, 0))
-        images = _normalize(images_u8)
+        images = normalize(images_u8)
         images[~valid] = 0.0
         return {"image": images, "label": np.where(valid, labels, 0).astype(np.int32), "mask": valid.astype(np.float32)}
 
-    return _iterate(make_batch, range(-(-n // global_batch_size)), config_data.num_workers)
+    return iterate_steps(make_batch, range(-(-n // global_batch_size)), config_data.num_workers)
 
 
 def dataset_spec(config_data: ml_collections.ConfigDict) -> dict[str, Any]:
