@@ -1,7 +1,9 @@
 """Losses per task, as weighted sums so batches (and padded eval batches) combine exactly.
 
 `task_sums(task, logits, batch)` returns {'loss': sum, 'correct': sum, 'weight': sum,
-'z_loss': sum}; the train loss is loss/weight (+ z_loss/weight), metrics are ratios.
+'z_loss': sum}; the train loss is loss/weight (+ z_loss/weight), metrics are ratios
+(`train_metrics`). A classification batch with 'label_noisy' (label noise, lazy_jax.data.vision)
+adds the hits and weights of its noisy-labelled and clean-labelled examples apart.
 """
 
 from __future__ import annotations
@@ -21,12 +23,37 @@ def classification_sums(logits_BC, batch, z_loss: float = 0.0):
     loss_B = optax.softmax_cross_entropy_with_integer_labels(logits_BC, labels_B)
     correct_B = (jnp.argmax(logits_BC, -1) == labels_B).astype(jnp.float32)
     zl_B = z_loss * jnp.square(jax.nn.logsumexp(logits_BC, -1))
-    return {
+    sums = {
         "loss": jnp.sum(loss_B * weight_B),
         "correct": jnp.sum(correct_B * weight_B),
         "weight": jnp.sum(weight_B),
         "z_loss": jnp.sum(zl_B * weight_B),
     }
+    if "label_noisy" in batch:
+        # Hits on a replaced label are against that (random) label: memorisation.
+        noisy_B = batch["label_noisy"].astype(jnp.float32) * weight_B
+        clean_B = weight_B - noisy_B
+        sums.update(
+            correct_noisy=jnp.sum(correct_B * noisy_B),
+            weight_noisy=jnp.sum(noisy_B),
+            correct_clean=jnp.sum(correct_B * clean_B),
+            weight_clean=jnp.sum(clean_B),
+        )
+    return sums
+
+
+def train_metrics(sums) -> dict:
+    """A train batch's sums -> {'loss', 'accuracy'}, and with label noise 'accuracy_noisy_labels' and
+    'accuracy_clean_labels' (NaN when the batch holds no example of that kind)."""
+    weight = jnp.maximum(sums["weight"], 1.0)
+    metrics = {"loss": sums["loss"] / weight, "accuracy": sums["correct"] / weight}
+    for kind in ("noisy", "clean"):
+        if f"weight_{kind}" in sums:
+            w = sums[f"weight_{kind}"]
+            metrics[f"accuracy_{kind}_labels"] = jnp.where(
+                w > 0, sums[f"correct_{kind}"] / jnp.maximum(w, 1.0), jnp.nan
+            )
+    return metrics
 
 
 def seq2seq_sums(logits_BTV, batch, z_loss: float = 0.0):

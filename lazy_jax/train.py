@@ -28,7 +28,7 @@ from lazy_jax.input_pipeline import DataSpec
 from lazy_jax.models import get_model
 from lazy_jax.optim import make_optimizer
 from lazy_jax.sparsity import stats_to_metrics
-from lazy_jax.tasks import task_sums
+from lazy_jax.tasks import task_sums, train_metrics
 
 
 @flax.struct.dataclass
@@ -152,10 +152,8 @@ class Experiment:
         (_, (sums, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        weight = jnp.maximum(sums["weight"], 1.0)
         metrics = {
-            "loss": sums["loss"] / weight,
-            "accuracy": sums["correct"] / weight,
+            **train_metrics(sums),
             "learning_rate": self.schedule(state.step),
             "grad_norm": optax.tree.norm(grads),
             **stats_to_metrics(aux),

@@ -7,7 +7,13 @@ position still picks a source image as `vision.train_batches` does (shuffled epo
 shear, translation) and elastic field (uniform noise smoothed by a Gaussian, Simard et al. 2003),
 drawn from numpy's PCG64 seeded by (shuffle_seed, seed, step, position in the global batch). So
 a batch is a pure function of the seed and the step (resume is exact), and two draws of one
-source image differ. Labels are the source's.
+source image differ. Labels are the source image's training label (`vision.train_labels`: random
+labels and label noise, keyed by the source image, apply as on the finite split); random inputs
+are refused (`vision.check_data_config`). `vision.train_batches` comes here when
+data.infinite=True on a digit dataset (`vision.INFINITE_SOURCE_DATASETS`).
+
+No draw is ever repeated, whatever the run does: a draw's key holds its step, and every step of a
+run, resumed or not, is a new one; so a resume may even change the batch size or the seeds.
 
 Sizes are relative to the image, so 8x8 digits and 28x28 MNIST deform alike: the elastic field's
 Gaussian has sigma = 4 / 28 of the side and its amplitude 34 * (side / 28)^2 (Simard's 4 and 34
@@ -28,6 +34,7 @@ import numpy as np
 from scipy import ndimage
 
 from lazy_jax.data import stream, vision
+from lazy_jax.errors import InputError
 
 _INFINITE_TAG = 0x1F1F1
 
@@ -126,8 +133,15 @@ def train_batches(
     process_count); a process's share of a global batch is its block of positions, as there.
 
     Yields:
-      {'image': float32 [b, H, W, C] in [-1, 1], 'label': int32 [b]}, b = global_batch_size // process_count.
+      {'image': float32 [b, H, W, C] in [-1, 1], 'label': int32 [b]} (+ 'label_noisy': bool [b]
+      when label_noise > 0), b = global_batch_size // process_count.
     """
+    vision.check_data_config(config_data)
+    if config_data.random_inputs:
+        raise InputError(
+            "data.random_inputs=True is not allowed with the infinite source: it deforms the real digits, and "
+            "noise has no digit to deform"
+        )
     b = stream.local_batch_size(global_batch_size, process_count, process_index)
     if start_step < 0:
         raise ValueError(f"start_step={start_step} must be >= 0.")
@@ -139,7 +153,7 @@ def train_batches(
         indices = stream.example_indices(positions, reader.num_examples, shuffle_seed, seed)
         images_u8, labels = reader.get(indices)
         # The place in the global batch, so any process count draws the same deformations.
-        images, labels = deformed_batch(
+        images, _ = deformed_batch(
             images_u8,
             labels,
             step=step,
@@ -148,6 +162,6 @@ def train_batches(
             shuffle_seed=shuffle_seed,
         )
         assert images.shape[0] == b
-        return {"image": images, "label": labels}
+        return {"image": images, **vision.train_labels(config_data, indices, labels, reader)}
 
     return vision.iterate_steps(make_batch, range(start_step, 2**62), config_data.num_workers)

@@ -2,7 +2,8 @@
 
 Path of a batch: tfds array_record source (lazy_jax.data.sources) -> example
 indices of the step (lazy_jax.data.stream) -> uint8 images and labels ->
-float32 images in [-1, 1] -> dict {'image': [b, H, W, C], 'label': [b]}.
+float32 images in [-1, 1] -> dict {'image': [b, H, W, C], 'label': [b]}
+(+ 'label_noisy': bool [b] when label_noise > 0).
 
 `config_data` fields (see `default_config`):
   name           tfds name, e.g. 'mnist5k', 'digits', 'cifar10', 'imagenet2012'
@@ -12,9 +13,14 @@ float32 images in [-1, 1] -> dict {'image': [b, H, W, C], 'label': [b]}.
   data_dir       tfds data dir; None = $TFDS_DATA_DIR, else ~/tensorflow_datasets.
   image_size     None = native size; int S > 0 = resize (PIL bilinear, aspect
                  ratio not kept) to S x S. Needed for variable-size datasets.
-  infinite       False; True = "infinite data": no example is ever seen twice;
-                 the step that would start a second pass raises ValueError
-                 (`check_infinite_data` raises it before training).
+  infinite       False; True = "infinite data": no example is ever seen twice.
+                 Digit datasets (INFINITE_SOURCE_DATASETS: digits, mnist5k,
+                 mnist) then draw from the infinite source
+                 (lazy_jax.data.infinite: every draw a fresh random deformation
+                 of a source image), for any number of steps. Any other dataset
+                 is read once, in one shuffled pass: the step that would start a
+                 second pass raises InputError (`check_infinite_data` raises it
+                 before training).
   random_labels  False; True = the label of training example i is replaced by
                  a uniform random class drawn once per example from
                  shuffle_seed (the paper's random-label experiment). Eval
@@ -22,9 +28,20 @@ float32 images in [-1, 1] -> dict {'image': [b, H, W, C], 'label': [b]}.
   random_inputs  False; True = training image i is replaced by standard
                  Gaussian noise (in the normalized input space) drawn once per
                  example from shuffle_seed. Eval batches keep the real images.
+  label_noise    0.0; P in [0, 1] = exactly round(P * N) of the N training
+                 labels (Python's round) are replaced by a label drawn uniformly
+                 from all classes, so about 1/num_classes of the replaced labels
+                 equal the true one, as in the paper's label-noise setup (Zhang
+                 et al. 2017's "corrupted labels"). Which examples, and their new
+                 labels, are drawn once from shuffle_seed: the same at every
+                 epoch, after a resume and at any batch size. Train batches then
+                 carry 'label_noisy' (True where the label was replaced, even if
+                 the drawn label is the true one); eval batches keep the real
+                 labels and have no such field.
   shuffle_seed   0; with the `seed` argument of `train_batches` it fixes the
-                 order of the training stream; alone it fixes random labels and
-                 random inputs (so they do not change with the training seed).
+                 order of the training stream; alone it fixes random labels, random
+                 inputs and label noise (so they do not change with the training
+                 seed).
   num_workers    0 = build batches in the calling thread; k > 0 = grain builds
                  batches in k threads, prefetching ahead (for datasets that
                  are decoded per batch; cached datasets need none).
@@ -55,10 +72,15 @@ from lazy_jax.errors import InputError
 CACHE_LIMIT_BYTES = 500 * 2**20
 _RANDOM_LABELS_TAG = 0x1ABE1
 _RANDOM_INPUTS_TAG = 0x2015E
+_LABEL_NOISE_TAG = 0x4015E
+# Digit datasets the infinite source (lazy_jax.data.infinite) deforms: elastic and affine
+# warps keep a digit a digit (InfiMNIST); they are no model of natural images.
+INFINITE_SOURCE_DATASETS = frozenset({"digits", "mnist5k", "mnist"})
 # Splits under CACHE_LIMIT_BYTES, decoded once per (dataset dir, split, size) per process; 8
 # bounds the memory of a process that goes through many datasets.
 _DECODED_SPLITS = cache.BoundedCache("vision.decoded_splits", max_entries=8)
 _RANDOM_LABEL_TABLES = cache.BoundedCache("vision.random_label_tables", max_entries=4)
+_LABEL_NOISE_TABLES = cache.BoundedCache("vision.label_noise_tables", max_entries=4)
 
 
 def default_config(name: str = "mnist5k", image_size: int | None = None) -> ml_collections.ConfigDict:
@@ -73,6 +95,7 @@ def default_config(name: str = "mnist5k", image_size: int | None = None) -> ml_c
             infinite=False,
             random_labels=False,
             random_inputs=False,
+            label_noise=0.0,
             shuffle_seed=0,
             num_workers=0,
         )
@@ -92,6 +115,38 @@ def check_image_size(image_size) -> None:
         raise InputError(
             f"data.image_size={image_size!r} is not allowed: use a positive integer S (images are resized to "
             "S x S), or None for the dataset's own size"
+        )
+
+
+def has_infinite_source(config_data: ml_collections.ConfigDict) -> bool:
+    """Whether data.infinite=True draws from the infinite source (a digit dataset), not one pass over the split."""
+    base = str(config_data.name).split(":")[0].split("/")[0]
+    return bool(config_data.infinite) and base in INFINITE_SOURCE_DATASETS
+
+
+def label_noise_of(config_data: ml_collections.ConfigDict) -> float:
+    """config.data.label_noise (0 for a data config made before the field existed)."""
+    return config_data.get("label_noise", 0.0)
+
+
+def check_data_config(config_data: ml_collections.ConfigDict) -> None:
+    """The values of an image data config that no dataset can take; InputError naming the value."""
+    check_image_size(config_data.image_size)
+    noise = label_noise_of(config_data)
+    if not isinstance(noise, (int, float)) or isinstance(noise, bool) or not 0.0 <= noise <= 1.0:
+        raise InputError(
+            f"data.label_noise={noise!r} is not allowed: use a number P with 0 <= P <= 1 (the share of training "
+            "labels replaced by random ones)"
+        )
+    if noise > 0 and config_data.random_labels:
+        raise InputError(
+            f"data.label_noise={noise!r} with data.random_labels=True is not allowed: random labels already replace "
+            "every label; use one of them (label_noise=1.0 replaces every label too, and reports the accuracies)"
+        )
+    if has_infinite_source(config_data) and config_data.random_inputs:
+        raise InputError(
+            f"data.random_inputs=True with data.infinite=True on {config_data.name!r} is not allowed: the infinite "
+            "source deforms the real digits, and noise has no digit to deform; use one of them"
         )
 
 
@@ -177,6 +232,45 @@ def _random_label_table(num_examples: int, num_classes: int, shuffle_seed: int) 
     return _RANDOM_LABEL_TABLES.get((num_examples, num_classes, shuffle_seed), make)
 
 
+def label_noise_table(
+    num_examples: int, num_classes: int, label_noise: float, shuffle_seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(noisy_N bool, noisy_label_N int32): which of the split's examples get a random label, and which.
+
+    Exactly round(label_noise * num_examples) examples, a uniform random subset; their labels are
+    uniform over all classes (one may equal the true label). A function of the example index and
+    shuffle_seed alone, so every epoch, resume and batch size sees the same labels; it never reads
+    the true labels, so a large split needs no label scan.
+    """
+
+    def make() -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([shuffle_seed, _LABEL_NOISE_TAG])
+        chosen = rng.choice(num_examples, size=round(label_noise * num_examples), replace=False)
+        noisy_N = np.zeros(num_examples, bool)
+        noisy_N[chosen] = True
+        noisy_label_N = np.zeros(num_examples, np.int32)
+        noisy_label_N[chosen] = rng.integers(0, num_classes, size=len(chosen))
+        return noisy_N, noisy_label_N
+
+    return _LABEL_NOISE_TABLES.get((num_examples, num_classes, float(label_noise), shuffle_seed), make)
+
+
+def train_labels(
+    config_data: ml_collections.ConfigDict, indices: np.ndarray, labels: np.ndarray, reader: SplitReader
+) -> dict[str, np.ndarray]:
+    """The training labels of examples `indices` (true labels `labels`): {'label'} with random labels or
+    label noise applied, and 'label_noisy' when label_noise > 0. The one place both sources take them from."""
+    shuffle_seed = int(config_data.shuffle_seed)
+    if config_data.random_labels:
+        labels = _random_label_table(reader.num_examples, reader.num_classes, shuffle_seed)[indices]
+    noise = label_noise_of(config_data)
+    if not noise:
+        return {"label": labels.astype(np.int32)}
+    noisy_N, noisy_label_N = label_noise_table(reader.num_examples, reader.num_classes, noise, shuffle_seed)
+    noisy_b = noisy_N[indices]
+    return {"label": np.where(noisy_b, noisy_label_N[indices], labels).astype(np.int32), "label_noisy": noisy_b}
+
+
 def _random_images(indices: np.ndarray, shape: tuple[int, ...], shuffle_seed: int) -> np.ndarray:
     return np.stack(
         [
@@ -203,7 +297,8 @@ def _infinite_error(config_data, step: int, num_examples: int, global_batch_size
         f"but {config_data.name!r} split {config_data.train_split!r} has only "
         f"{num_examples} examples, so at global batch size {global_batch_size} "
         f"some example would be seen twice (at most "
-        f"{num_examples // global_batch_size} steps)."
+        f"{num_examples // global_batch_size} steps); an endless stream of new examples exists only for "
+        f"{sorted(INFINITE_SOURCE_DATASETS)} (deformed digits)."
     )
 
 
@@ -220,11 +315,22 @@ def train_batches(
 
     The batch of step s is a pure function of (config_data, seed, s,
     process_index, process_count); see lazy_jax.data.stream for the layout.
+    With data.infinite=True on a digit dataset the batches come from the
+    infinite source (`lazy_jax.data.infinite.train_batches`).
 
     Yields:
-      {'image': float32 [b, H, W, C] in [-1, 1], 'label': int32 [b]},
+      {'image': float32 [b, H, W, C] in [-1, 1], 'label': int32 [b]}
+      (+ 'label_noisy': bool [b] when label_noise > 0),
       b = global_batch_size // process_count.
     """
+    check_data_config(config_data)
+    if has_infinite_source(config_data):
+        from lazy_jax.data import infinite  # it builds on this module
+
+        shard = dict(process_index=process_index, process_count=process_count)
+        return infinite.train_batches(
+            config_data, global_batch_size=global_batch_size, start_step=start_step, seed=seed, **shard
+        )
     b = stream.local_batch_size(global_batch_size, process_count, process_index)
     if start_step < 0:
         raise ValueError(f"start_step={start_step} must be >= 0.")
@@ -240,10 +346,8 @@ def train_batches(
             images = _random_images(indices, reader.image_shape, shuffle_seed)
         else:
             images = normalize(images_u8)
-        if config_data.random_labels:
-            labels = _random_label_table(n, reader.num_classes, shuffle_seed)[indices]
         assert images.shape[0] == b
-        return {"image": images, "label": labels.astype(np.int32)}
+        return {"image": images, **train_labels(config_data, indices, labels, reader)}
 
     if not config_data.infinite:
         return iterate_steps(make_batch, range(start_step, 2**62), config_data.num_workers)
@@ -289,7 +393,7 @@ def dataset_spec(config_data: ml_collections.ConfigDict) -> dict[str, Any]:
     Returns:
       dict(image_shape=(H, W, C), num_classes=int, num_train=int, num_eval=int).
     """
-    check_image_size(config_data.image_size)
+    check_data_config(config_data)
     builder = sources.load_builder(config_data.name, config_data.data_dir)
     return dict(
         image_shape=_image_shape(builder, config_data.name, config_data.image_size),
@@ -300,11 +404,12 @@ def dataset_spec(config_data: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def check_infinite_data(config_data: ml_collections.ConfigDict, total_steps: int, global_batch_size: int) -> None:
-    """Raises ValueError if `total_steps` would repeat a training example.
+    """Raises InputError if `total_steps` would repeat a training example.
 
-    A no-op unless config_data.infinite is True.
+    A no-op unless config_data.infinite is True, and for the digit datasets, whose infinite source
+    never runs out.
     """
-    if not config_data.infinite:
+    if not config_data.infinite or has_infinite_source(config_data):
         return
     num_train = dataset_spec(config_data)["num_train"]
     if total_steps * global_batch_size > num_train:
