@@ -51,6 +51,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.async_checkpointing = True
     c.z_loss = 0.0
+    # ImageNet-C corruptions of the eval images (lazy_jax.data.corruptions), at the final eval
+    # only: each (corruption, severity) is a full pass over the eval split, 15 of them for three
+    # corruptions, so every eval would cost 16 times as much; the paper reports them once, at the
+    # end of training. Comma-separated names, '' = none.
+    c.eval_corruptions = ""
+    c.eval_corruption_severities = "1,2,3,4,5"
     c.optimizer = ml_collections.ConfigDict(
         dict(
             name="adamw",

@@ -22,6 +22,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from lazy_jax.data import corruptions
 from lazy_jax.errors import InputError
 from lazy_jax.optim import OPTIMIZERS, SCHEDULES
 from lazy_jax.tasks import TASKS
@@ -95,6 +96,18 @@ def validate_config(config) -> None:
         raise InputError(f"optimizer.warmup_steps={opt.warmup_steps!r} is not allowed: use an integer >= 0")
     if not isinstance(config.z_loss, (int, float)) or not math.isfinite(config.z_loss) or config.z_loss < 0:
         raise InputError(f"z_loss={config.z_loss!r} is not allowed: use a finite number >= 0")
+    _check_corruptions(config)
+
+
+def _check_corruptions(config) -> None:
+    """eval_corruptions: known names at known severities, and only for image tasks."""
+    names = corruptions.parse_names(config.get("eval_corruptions", ""))
+    corruptions.parse_severities(config.get("eval_corruption_severities", "1,2,3,4,5"))
+    if names and config.task != "classification":
+        raise InputError(
+            f"eval_corruptions={config.eval_corruptions!r} is not allowed for task={config.task!r}: the corruptions "
+            "are of images (ImageNet-C); use eval_corruptions='' for text"
+        )
 
 
 # ----------------------------------------------------------------------------- the --config flag

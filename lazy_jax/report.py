@@ -9,7 +9,13 @@ first/last nonzero_frac table (per stack and layer, in percent) and these figure
   loss.png                  loss (and accuracy) against step, one line per split;
   neuron_usage_<split>.png  from the split's last DIR/stats/<split>_<step>.npz: per-token
                             nonzero count histograms and sorted per-neuron activation
-                            frequency, per layer (only when stats files exist).
+                            frequency, per layer (only when stats files exist);
+  reliability_eval.png      the reliability diagram of the last eval (accuracy per confidence
+                            bin against confidence, with the bins' counts; `calibration/*`).
+The final-metrics table has each split's ECE; a table of the corrupted evals (eval_corrupt/*,
+accuracy, ECE and nonzero share per corruption and severity, and their mean) and the forward
+FLOP table (lazy_jax.flops) follow it. Corrupted-eval splits get no per-split figures (one row
+each, at the final step).
 
 Decisions the design leaves open:
 - Blank lines of metrics.jsonl are skipped; malformed ones (a run killed mid-write) are
@@ -43,6 +49,7 @@ import numpy as np
 from etils import epath
 
 from lazy_jax import workdir as wd
+from lazy_jax.data.corruptions import SPLIT_PREFIX
 from lazy_jax.errors import InputError
 from lazy_jax.workdir import CONFIG, CONFIG_HISTORY, METRICS, REPORT_DIR, STATS_DIR, read_metrics, stats_files
 
@@ -70,6 +77,22 @@ def splits_of(rows: Iterable[dict[str, Any]]) -> list[str]:
     found = {str(r["split"]) for r in rows}
     first = [s for s in ("train", "eval") if s in found]
     return first + sorted(found - set(first))
+
+
+def is_corrupt_split(split: str) -> bool:
+    """An eval on corrupted inputs (eval_corrupt/<name>/s<k> or .../mean)."""
+    return split.startswith(SPLIT_PREFIX)
+
+
+def corruption_results(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{corruption: {'s1': row, ..., 'mean': row}}: the last row of every eval_corrupt/<name>/<which> split."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    rows = list(rows)
+    for split in splits_of(rows):
+        if is_corrupt_split(split):
+            name, _, which = split[len(SPLIT_PREFIX) :].rpartition("/")
+            out.setdefault(name, {})[which] = split_rows(rows, split)[-1]
+    return {name: dict(sorted(v.items(), key=lambda kv: (kv[0] == "mean", kv[0]))) for name, v in sorted(out.items())}
 
 
 def metric_sort_key(name: str) -> tuple:
@@ -139,7 +162,7 @@ def _first_last_by_split(rows: list[dict[str, Any]], splits: list[str]):
 
 def format_first_last(rows: list[dict[str, Any]]) -> str:
     """Plain-text table for the console: per layer, first -> last nonzero_frac per split."""
-    splits = splits_of(rows) or ["train", "eval"]
+    splits = [s for s in splits_of(rows) if not is_corrupt_split(s)] or ["train", "eval"]
     names, tables = _first_last_by_split(rows, splits)
     if not names:
         return "no nonzero_frac metrics logged"
@@ -354,7 +377,7 @@ def _write_report(workdir: epath.Path, out_dir: epath.Path) -> epath.Path:
     if not rows:
         raise InputError(f"{workdir / METRICS} holds no metric rows (no line is a JSON object with 'step' and 'split')")
     out_dir.mkdir(parents=True, exist_ok=True)
-    splits = splits_of(rows)
+    splits = [s for s in splits_of(rows) if not is_corrupt_split(s)]
     rows_by_split = {s: split_rows(rows, s) for s in splits}
     config = read_config(workdir)
 
@@ -383,10 +406,17 @@ def _write_report(workdir: epath.Path, out_dir: epath.Path) -> epath.Path:
                 str(int(r[-1]["step"])),
                 fmt(_last_value(r, "loss"), ".4f"),
                 pct(as_float(_last_value(r, "accuracy"))),
+                fmt(_last_value(r, "ece"), ".4f"),
                 pct(as_float(_last_value(r, "nonzero_frac/mean"))),
             ]
         )
-    md += md_table(["split", "step", "loss", "accuracy", "nonzero_frac/mean"], body) + [""]
+    md += md_table(["split", "step", "loss", "accuracy", "ECE", "nonzero_frac/mean"], body) + [""]
+    md += _corruption_section(rows)
+    from lazy_jax import flops  # its model imports stay out of the trainer's summary path
+
+    table = flops.report_rows(workdir, rows)
+    if table:
+        md += ["## Forward FLOPs", "", flops.REPORT_NOTE, ""] + md_table(*table) + [""]
 
     # First / last nonzero_frac.
     names, tables = _first_last_by_split(rows, splits)
@@ -428,11 +458,25 @@ def _write_report(workdir: epath.Path, out_dir: epath.Path) -> epath.Path:
                 f"![nonzero_frac {s}]({png.name})",
                 "",
             ]
-    for s, (step, path, stats) in latest_stats(workdir).items():
+    all_stats = {s: v for s, v in latest_stats(workdir).items() if not is_corrupt_split(s)}
+    if "eval" in all_stats:
+        step, path, stats = all_stats["eval"]
+        png = report_figures.save(
+            report_figures.reliability_figure(stats, "eval", step), out_dir / "reliability_eval.png"
+        )
+        if png:
+            md += [
+                f"Reliability diagram (eval, step {step}, from {STATS_DIR}/{path.name}): accuracy of the predictions "
+                f"in each of {len(stats['calibration/count'])} equal-width confidence bins against their mean "
+                "confidence (a calibrated model lies on the diagonal), and how many fall in each bin.",
+                "",
+                f"![reliability eval]({png.name})",
+                "",
+            ]
+    for s, (step, path, stats) in all_stats.items():
         fig = report_figures.neuron_usage_figure(stats, s, step)
         png = report_figures.save(fig, out_dir / f"neuron_usage_{_safe_name(s)}.png")
-        if not png:
-            logger.warning("%s holds no neuron_freq/* or count_hist/* arrays; no figure", path)
+        if not png:  # every eval writes calibration vectors; neuron usage only when asked for
             continue
         md += [
             f"Neuron usage ({s}, step {step}, from {STATS_DIR}/{path.name}): share of tokens per "
@@ -463,6 +507,49 @@ def _write_report(workdir: epath.Path, out_dir: epath.Path) -> epath.Path:
     report_path = out_dir / "report.md"
     report_path.write_text("\n".join(md), encoding="utf-8")
     return report_path
+
+
+def _corruption_section(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown: accuracy, ECE and nonzero share of each corrupted eval (and the clean one of that step)."""
+    results = corruption_results(rows)
+    if not results:
+        return []
+    body = []
+    steps = sorted({int(r["step"]) for by_which in results.values() for r in by_which.values()})
+    clean = {int(r["step"]): r for r in split_rows(rows, "eval")}
+    for step in steps:
+        if step in clean:
+            r = clean[step]
+            body.append(
+                [
+                    "none (eval)",
+                    "-",
+                    pct(as_float(r.get("accuracy"))),
+                    fmt(r.get("ece"), ".4f"),
+                    pct(as_float(r.get("nonzero_frac/mean"))),
+                ]
+            )
+    for name, by_which in results.items():
+        for which, r in by_which.items():
+            body.append(
+                [
+                    name,
+                    which.removeprefix("s"),
+                    pct(as_float(r.get("accuracy"))),
+                    fmt(r.get("ece"), ".4f"),
+                    pct(as_float(r.get("nonzero_frac/mean"))),
+                ]
+            )
+    where = f"step {steps[0]}" if len(steps) == 1 else f"steps {', '.join(map(str, steps))}"
+    return [
+        "## Corrupted inputs",
+        "",
+        f"ImageNet-C corruptions of the eval split ({where}; `eval_corrupt/<name>/s<k>` splits, "
+        "`mean` = the unweighted mean over the severities run; lazy_jax/data/corruptions.py).",
+        "",
+        *md_table(["corruption", "severity", "accuracy", "ECE", "nonzero_frac/mean"], body, "llrrr"),
+        "",
+    ]
 
 
 def _dead_neuron_rows(stats: dict[str, np.ndarray]) -> list[list[str]]:

@@ -182,3 +182,38 @@ def neuron_usage_figure(stats: dict[str, np.ndarray], split: str, step: int) -> 
             _depth_key(fig, ax, [layer for layer, _ in layers])
     fig.suptitle(f"Neuron usage ({split}, step {step})")
     return fig
+
+
+def reliability_figure(stats: dict[str, np.ndarray], split: str, step: int) -> Figure | None:
+    """Reliability diagram from `calibration/*` [M] (lazy_jax.calibration): left, the accuracy of
+    each confidence bin (bars over the bin) and its mean confidence (dots) against the diagonal;
+    right, the number of predictions per bin. Empty bins (NaN) get no bar. None without them."""
+    keys = ("calibration/count", "calibration/confidence", "calibration/accuracy")
+    if not all(k in stats for k in keys):
+        return None
+    count_M, conf_M, acc_M = (np.asarray(stats[k], dtype=np.float64).ravel() for k in keys)
+    num_bins = count_M.size
+    edges = np.linspace(0.0, 1.0, num_bins + 1)
+    used = count_M > 0
+    total = count_M.sum()
+    ece = float(np.abs(acc_M[used] - conf_M[used]) @ count_M[used] / total) if total > 0 else float("nan")
+    fig = Figure(figsize=(10.0, 4.2), layout="constrained")
+    ax, ax_count = fig.subplots(1, 2)
+    ax.bar(edges[:-1][used], acc_M[used], width=1.0 / num_bins, align="edge", edgecolor="black", label="accuracy")
+    ax.plot(conf_M[used], acc_M[used], "o", color="tab:red", ms=4, label="mean confidence")
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="calibrated")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top softmax probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"ECE {ece:.4f}")
+    ax.legend(fontsize="small", loc="upper left")
+    ax.grid(True, alpha=0.3)
+    ax_count.bar(edges[:-1], count_M, width=1.0 / num_bins, align="edge", edgecolor="black")
+    ax_count.set_xlim(0, 1)
+    ax_count.set_xlabel("confidence (top softmax probability)")
+    ax_count.set_ylabel("predictions")
+    ax_count.set_title("predictions per bin")
+    ax_count.grid(True, alpha=0.3)
+    fig.suptitle(f"Reliability diagram ({split}, step {step})")
+    return fig

@@ -36,10 +36,11 @@ from lazy_jax import sharding as shd
 from lazy_jax import workdir as wd
 from lazy_jax.checkpoint import Checkpointer, param_shapes
 from lazy_jax.config_checks import validate_config
+from lazy_jax.data import corruptions
 from lazy_jax.errors import InputError
 from lazy_jax.metrics_writer import MetricsWriter
 from lazy_jax.models import model_spec
-from lazy_jax.train import Experiment
+from lazy_jax.train import Experiment, check_union_sizes
 
 
 class NonFiniteError(FloatingPointError):
@@ -142,6 +143,7 @@ def check_run(config) -> input_pipeline.DataSpec:
     validate_config(config)
     data = input_pipeline.data_spec(config)
     model_spec(config.model, **data.model_sizes(config.model))
+    check_union_sizes(config, data)
     input_pipeline.check_run_length(config)
     mesh = shd.make_mesh(config.mesh)  # the mesh the Experiment will build: batch sizes must split over it
     shd.check_batch_size(config.batch_size, mesh, "batch_size")
@@ -199,6 +201,10 @@ def _resume_meta(config) -> dict:
 def _check_resume(config, directory: Path, step: int, meta: dict) -> None:
     if not (config.task == "classification" and config.data.get("infinite", False)):
         return
+    from lazy_jax.data import vision
+
+    if vision.has_infinite_source(config.data):
+        return  # the infinite source keys each draw by its step: a resumed run's steps are all new draws
     now = _resume_meta(config)
     for key in ("batch_size", "seed", "shuffle_seed"):
         if key in meta and meta[key] != now[key]:
@@ -312,20 +318,44 @@ def _train(config, data: input_pipeline.DataSpec, workdir: Path, is_writer: bool
         eval_batches_seen[0] += 1
         return _agreed_stop(stop["signal"] is not None, eval_batches_seen[0] % EVAL_STOP_CHECK_EVERY == 0)
 
+    def evaluate(corruption=None) -> dict | None:
+        batches = input_pipeline.eval_batches(config, pi, pc, corruption)
+        return exp.evaluate(state.params, batches, should_stop=eval_should_stop)
+
+    names = corruptions.parse_names(config.eval_corruptions)
+    severities = corruptions.parse_severities(config.eval_corruption_severities)
+
     def run_eval(step) -> bool:
-        """Evaluates at `step` and logs it; False if a stop signal cut the eval off (nothing logged)."""
+        """Evaluates at `step` and logs it; False if a stop signal cut the eval off (nothing logged).
+
+        The corrupted evals (config.eval_corruptions) run at the final step only (config_base says
+        why). Every row of the eval is written after its last pass, so a cut-off eval leaves no
+        row and the resumed run does it all again (eval_pending), never a (step, split) twice.
+        """
         nonlocal last_eval
-        result = exp.evaluate(state.params, input_pipeline.eval_batches(config, pi, pc), should_stop=eval_should_stop)
-        if result is None:
+        results = {"eval": evaluate()}
+        if results["eval"] is None:
             return False
-        last_eval = result
-        writer.write(step, "eval", last_eval)
+        if step == config.total_steps:
+            for name in names:
+                by_severity = []
+                for severity in severities:
+                    result = evaluate((name, severity))
+                    if result is None:
+                        return False
+                    results[corruptions.split_name(name, severity)] = result
+                    by_severity.append(result)
+                results[corruptions.split_name(name, None)] = corruptions.mean_over_severities(by_severity)
+        last_eval = results["eval"]
+        for split, metrics in results.items():
+            writer.write(step, split, metrics)
         if is_writer:
-            print(
-                f"eval  {step} | loss {last_eval['loss']:.4f} | acc {last_eval['accuracy']:.3f} | "
-                f"nonzero {100 * last_eval['nonzero_frac/mean']:.2f}%",
-                flush=True,
-            )
+            for split, metrics in results.items():
+                print(
+                    f"{split:<5} {step} | loss {metrics['loss']:.4f} | acc {metrics['accuracy']:.3f} | "
+                    f"ece {metrics['ece']:.4f} | nonzero {100 * metrics['nonzero_frac/mean']:.2f}%",
+                    flush=True,
+                )
         return True
 
     def why_stopped() -> str:

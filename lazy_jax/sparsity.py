@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lazy_jax import sparse_mlp
 from lazy_jax.errors import InputError
 
 Array = jax.Array
@@ -186,6 +187,26 @@ def union_active_frac(
 
 class MlpBlock(nn.Module):
     """Dense -> activation -> optional Top-k -> Dense; returns (y, statistics).
+def union_stats(a_BTF: Array, mask_BT: Array | None, sizes: tuple[int, ...]) -> dict[str, Array]:
+    """`union_active_frac` for random and consecutive pooling, each [S] over all `sizes`.
+
+    A sequence holds only T tokens: consecutive sizes n > T get union 0 and 0 groups (so NaN
+    once finalized), keeping both vectors aligned with `sizes`.
+    """
+    union_r, groups_r = union_active_frac(a_BTF, mask_BT, sizes)
+    fits = tuple(n for n in sizes if n <= a_BTF.shape[1])
+    union_c, groups_c = jnp.zeros(0, jnp.float32), jnp.zeros(0, jnp.float32)
+    if fits:
+        union_c, groups_c = union_active_frac(a_BTF, mask_BT, fits, consecutive=True)
+    missing = jnp.zeros(len(sizes) - len(fits), jnp.float32)
+    return {
+        "union_random": union_r,
+        "union_random_groups": groups_r,
+        "union_consecutive": jnp.concatenate([union_c, missing]),
+        "union_consecutive_groups": jnp.concatenate([groups_c, missing]),
+    }
+
+
 
     The models build it with `spec.mlp.block(...)` (`MlpSettings`), whose spec builder checked
     the settings (activation, Top-k k against d_ff, topk_impl); the block itself checks nothing.
@@ -200,6 +221,13 @@ class MlpBlock(nn.Module):
       neuron_freq, count_hist_bins: the optional statistics of `activation_stats`.
       out_features: width of the output (None = the input width; a 2-layer MLP classifier
         sets it to the number of classes).
+      union_sizes: at evaluation only (train=False, not at init), `union_active_frac` of the map
+        for these pool sizes n, random tokens of the batch (`union_random` [S]) and consecutive
+        tokens of a sequence (`union_consecutive` [S]; sizes past the sequence's length get no
+        group), each with its group counts (`*_groups` [S], the weights for combining batches).
+        The train step never computes it, so its cost does not change.
+      sparse_decode: a key of sparse_mlp.IMPLS; when not 'off', `wo` reads only the rows of
+        W_out active for some sequence, and only when decoding (eval, one position per sequence).
     """
 
     d_ff: int
@@ -212,6 +240,8 @@ class MlpBlock(nn.Module):
     count_hist_bins: int = 0
     out_features: int | None = None
     dtype: Any = jnp.float32
+    union_sizes: tuple[int, ...] = ()
+    sparse_decode: str = "off"
     param_dtype: Any = jnp.float32
     kernel_init: Callable = nn.initializers.xavier_uniform()
     bias_init: Callable = nn.initializers.normal(stddev=1e-6)
@@ -224,7 +254,7 @@ class MlpBlock(nn.Module):
     @nn.compact
     def __call__(self, x_BTD: Array, mask_BT: Array | None = None, *, train: bool = False):
         d_model = x_BTD.shape[-1]
-        dense = lambda feats, names, name: nn.Dense(
+        dense = lambda feats, names, name, **kw: nn.Dense(
             feats,
             use_bias=self.use_bias,
             dtype=self.dtype,
@@ -234,13 +264,17 @@ class MlpBlock(nn.Module):
             name=name,
         )
         h_BTF = dense(self.d_ff, (self.embed_axis, "mlp"), "wi")(x_BTD)
+            **kw,
         a_BTF = ACTIVATIONS[self.activation](h_BTF)
         a_BTF = topk_mask(a_BTF, self.topk, self.topk_impl)
         a_BTF = nn.with_logical_constraint(a_BTF, (*self.act_axes, "mlp"))
         stats = activation_stats(a_BTF, mask_BT, neuron_freq=self.neuron_freq, count_hist_bins=self.count_hist_bins)
         a_BTF = nn.Dropout(self.dropout_rate)(a_BTF, deterministic=not train)
         out_names = ("mlp", self.embed_axis) if self.out_features is None else ("mlp", "classes")
-        y_BTD = dense(self.out_features or d_model, out_names, "wo")(a_BTF)
+        if self.union_sizes and not train and not self.is_initializing():
+            stats.update(union_stats(a_BTF, mask_BT, self.union_sizes))
+        sparse_dot = sparse_mlp.wo_dot_general(self.sparse_decode, a_BTF.shape, train)  # decoding only
+        y_BTD = dense(self.out_features or d_model, out_names, "wo", dot_general=sparse_dot)(a_BTF)
         return y_BTD, stats
 
 
@@ -260,6 +294,8 @@ class MlpSettings:
     count_hist_bins: int
 
     def block(self, d_ff: int, dtype: Any, **attributes) -> MlpBlock:
+    union_sizes: tuple[int, ...]  # eval only; () = off
+    sparse_decode: str = "off"  # sparse_mlp.IMPLS: read only active rows of W_out when decoding
         """An `MlpBlock` of width d_ff in dtype with these settings; `attributes` are its other attributes."""
         settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return MlpBlock(d_ff=d_ff, dtype=dtype, **settings, **attributes)
@@ -272,10 +308,15 @@ def stack_layer_stats(per_layer: list[dict[str, Array]]) -> dict[str, Array]:
 
 def stats_to_metrics(aux: dict[str, dict[str, Array]]) -> dict[str, Array]:
     """Names the statistics of `aux` ({stack: {stat: [L, ...]}}) as the metrics of docs/design.md.
+VECTOR_STATS = ("neuron_freq", "count_hist", "union_random", "union_consecutive")
+
+
 
     Scalars: nonzero_frac/<stack>/layer_<ii>, nonzero_frac/<stack>/mean, nonzero_frac/mean
     (unweighted mean over all layers of all stacks). Vectors: neuron_freq/<stack>/layer_<ii>
-    [F] and count_hist/<stack>/layer_<ii> [N]. Stays on the device.
+    [F], count_hist/<stack>/layer_<ii> [N], and at evaluation union_random/<stack>/layer_<ii>
+    and union_consecutive/<stack>/layer_<ii> [S] (one entry per model.union_sizes). Stays on
+    the device.
     """
     metrics: dict[str, Array] = {}
     all_layers = []
@@ -284,7 +325,7 @@ def stats_to_metrics(aux: dict[str, dict[str, Array]]) -> dict[str, Array]:
         frac_L = stats["nonzero_frac"]
         for i in range(frac_L.shape[0]):
             metrics[f"nonzero_frac/{stack}/layer_{i:02d}"] = frac_L[i]
-            for vec in ("neuron_freq", "count_hist"):
+            for vec in VECTOR_STATS:
                 if vec in stats:
                     metrics[f"{vec}/{stack}/layer_{i:02d}"] = stats[vec][i]
         metrics[f"nonzero_frac/{stack}/mean"] = jnp.mean(frac_L)

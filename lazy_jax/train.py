@@ -5,7 +5,9 @@ from `jax.eval_shape`, before anything is materialised) and the two jitted steps
   train_step(state, batch) -> (state, metrics)   state donated; metrics reduced on the device
   eval_step(params, batch) -> sums               weighted sums that combine over batches exactly
 Metrics hold loss, accuracy, learning rate, gradient norm and the sparsity statistics named as
-in docs/design.md (`sparsity.stats_to_metrics`).
+in docs/design.md (`sparsity.stats_to_metrics`); eval metrics also the calibration (`ece` and
+its per-bin vectors, `lazy_jax.calibration`) and, when model.union_sizes asks, the union of
+active neurons (weighted by its groups, not by tokens).
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from lazy_jax import calibration
 from lazy_jax import sharding as shd
 from lazy_jax.errors import InputError
 from lazy_jax.input_pipeline import DataSpec
 from lazy_jax.models import get_model
+from lazy_jax.models.checks import union_sizes
 from lazy_jax.optim import make_optimizer
 from lazy_jax.sparsity import stats_to_metrics
 from lazy_jax.tasks import task_sums, train_metrics
@@ -64,20 +68,88 @@ def state_shardings(abstract_boxed: Any, mesh, rules) -> Any:
     return jax.tree.map(_fit, mesh_shardings, shapes, is_leaf=lambda x: isinstance(x, NamedSharding))
 
 
+def _weight_of(stats: dict, name: str):
+    """What statistic `name` of a stack is weighted by when batches combine: its groups
+    (`<name>_groups`, the union of active neurons) or the valid tokens; None for the weights."""
+    if name == "num_tokens" or name.endswith("_groups"):
+        return None
+    return stats.get(f"{name}_groups", stats["num_tokens"])
+
+
+def _per_layer(w, v):
+    """w [L] or [L, S] broadcast against v [L, ...] (explicitly: rank promotion is an error in tests)."""
+    return w.reshape(w.shape + (1,) * (v.ndim - w.ndim))
+
+
+def weighted_stats(aux: dict) -> dict:
+    """Per-batch statistics (means) -> sums that add over batches: each times its weight."""
+    out = {}
+    for stack, stats in aux.items():
+        out[stack] = {}
+        for k, v in stats.items():
+            w = _weight_of(stats, k)
+            out[stack][k] = v if w is None else v * _per_layer(w, v)
+    return out
+
+
 def finalize_eval(sums: dict) -> dict[str, float | np.ndarray]:
-    """Eval sums (host numpy) -> metrics: loss, accuracy and the token-weighted statistics."""
+    """Eval sums (host numpy) -> metrics: loss, accuracy, calibration and the weighted statistics.
+
+    A statistic whose weight is 0 (no group of a union size) is NaN, not 0: nothing was measured.
+    """
     weight = max(float(sums["task"]["weight"]), 1.0)
     metrics = {"loss": float(sums["task"]["loss"]) / weight, "accuracy": float(sums["task"]["correct"]) / weight}
+    metrics.update(calibration.metrics(sums["calibration"]))
     aux = {}
     for stack, stats in sums["stats"].items():
-        tokens_L = np.maximum(np.asarray(stats["num_tokens"]), 1.0)
-        aux[stack] = {
-            k: np.asarray(v) / tokens_L.reshape((-1,) + (1,) * (np.ndim(v) - 1))
-            for k, v in stats.items()
-            if k != "num_tokens"
-        }
+        aux[stack] = {}
+        for k, v in stats.items():
+            w = _weight_of(stats, k)
+            if w is None:
+                continue
+            w = _per_layer(np.asarray(w, np.float64), np.asarray(v))
+            if f"{k}_groups" not in stats:  # token-weighted, as the train step's (0 where no token)
+                aux[stack][k] = np.asarray(v) / np.maximum(w, 1.0)
+                continue
+            with np.errstate(invalid="ignore", divide="ignore"):
+                aux[stack][k] = np.where(w > 0, np.asarray(v) / w, np.nan)
     metrics.update({k: np.asarray(v) for k, v in stats_to_metrics(aux).items()})
     return metrics
+
+
+def calibration_sums(task: str, logits, batch) -> dict:
+    """`calibration.bin_sums` over the predictions the task's accuracy counts, with its weights
+    (`lazy_jax.tasks`): one per example (0 on padded eval rows), or for seq2seq one per target
+    token with the batch's 'decoder_loss_weights' (else targets > 0) times the row mask."""
+    if task == "classification":
+        weight_B = batch.get("mask", jnp.ones(logits.shape[:1], jnp.float32))
+        return calibration.bin_sums(logits, batch["label"], weight_B)
+    targets_BT = batch["decoder_target_tokens"]
+    weight_BT = batch["decoder_loss_weights"] if "decoder_loss_weights" in batch else targets_BT > 0
+    weight_BT = weight_BT.astype(jnp.float32)
+    if "mask" in batch:
+        weight_BT = weight_BT * batch["mask"][:, None].astype(jnp.float32)
+    return calibration.bin_sums(logits, targets_BT, weight_BT)
+
+
+def check_union_sizes(config, data: DataSpec) -> None:
+    """model.union_sizes must fit the tokens of one eval batch in every MLP (eval_batch_size x its
+    tokens per example): traced once, abstractly, before any work (the model refuses too large a
+    size when its eval step is traced, which would be after training)."""
+    sizes = union_sizes(config.model)
+    if not sizes:
+        return
+    model = get_model(config.model, **data.model_sizes(config.model))
+    one = {k: jnp.asarray(v[:1]) for k, v in data.example_batch.items()}
+    batch = {k: jax.ShapeDtypeStruct((config.eval_batch_size, *v.shape[1:]), v.dtype) for k, v in one.items()}
+    params = nn.unbox(jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, one, train=False)))["params"]
+    try:
+        jax.eval_shape(lambda p, b: model.apply({"params": p}, b, train=False), params, batch)
+    except InputError as e:
+        raise InputError(
+            f"model.union_sizes={config.model.union_sizes!r} does not fit an eval batch of eval_batch_size="
+            f"{config.eval_batch_size}: {e}; use smaller sizes or a larger eval_batch_size"
+        ) from None
 
 
 class Experiment:
@@ -162,15 +234,11 @@ class Experiment:
 
     def _eval_step(self, params, batch):
         logits, aux = self._apply(params, batch, False)
-        sums = task_sums(self.config.task, logits, batch)
-        weighted = {}
-        for stack, stats in aux.items():
-            tokens_L = stats["num_tokens"]
-            weighted[stack] = {
-                k: (v * tokens_L.reshape((-1,) + (1,) * (v.ndim - 1)) if k != "num_tokens" else v)
-                for k, v in stats.items()
-            }
-        return {"task": sums, "stats": weighted}
+        return {
+            "task": task_sums(self.config.task, logits, batch),
+            "calibration": calibration_sums(self.config.task, logits, batch),
+            "stats": weighted_stats(aux),
+        }
 
     def evaluate(self, params, local_batches, should_stop: Callable[[], bool] | None = None) -> dict | None:
         """Runs eval_step over an iterable of host-local batches; returns finalized metrics.

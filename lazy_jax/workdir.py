@@ -5,7 +5,8 @@
     config.json             the config of the latest (re)start (ConfigDict.to_json_best_effort)
     config_history.jsonl    one row per (re)start: {"step": the step it started at, "time", "config": {...}}
     parameters.txt          the model's parameter overview (shapes and counts)
-    stats/<split>_<step>.npz  vector statistics of a logged step (step zero-padded to 8 digits)
+    stats/<split>_<step>.npz  vector statistics of a logged step (step zero-padded to 8 digits; a '/'
+                            of the split, as in eval_corrupt/<name>/s<k>, written '+')
     tb/                     TensorBoard events
     checkpoints/            orbax checkpoints
     checkpoints.unreadable/ checkpoints a resume could not read, moved out of orbax's view (never deleted)
@@ -194,8 +195,14 @@ def append_text(path: PathLike, text: str) -> None:
 # ----------------------------------------------------------------------------- readers
 
 
+# A split may hold '/' (eval_corrupt/gaussian_noise/s3); its stats file stays one flat name,
+# with '/' written as '+' (no split name holds a '+').
+_SPLIT_SEP_IN_NAME = "+"
+
+
 def stats_path(workdir: PathLike, split: str, step: int) -> epath.Path:
-    return epath.Path(workdir) / STATS_DIR / f"{split}_{step:08d}.npz"
+    name = split.replace("/", _SPLIT_SEP_IN_NAME)
+    return epath.Path(workdir) / STATS_DIR / f"{name}_{step:08d}.npz"
 
 
 def stats_files(workdir: PathLike) -> Iterator[tuple[str, int, epath.Path]]:
@@ -208,7 +215,7 @@ def stats_files(workdir: PathLike) -> Iterator[tuple[str, int, epath.Path]]:
         if not m:
             logger.warning("ignoring %s: stats files are named <split>_<step>.npz", path)
             continue
-        yield m["split"], int(m["step"]), path
+        yield m["split"].replace(_SPLIT_SEP_IN_NAME, "/"), int(m["step"]), path
 
 
 def read_rows(path: PathLike) -> list[dict[str, Any]]:

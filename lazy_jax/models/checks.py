@@ -26,6 +26,7 @@ COMMON_DEFAULTS = dict(
     topk_impl="bisect",  # how the k-th largest is found: 'bisect' or 'lax' (jax.lax.top_k)
     neuron_freq=False,  # per-neuron activation frequency [F] per layer
     count_hist_bins=0,  # histogram of per-token nonzero counts; 0 = off
+    union_sizes="",  # eval only: share of neurons active on any of n pooled tokens, e.g. '1,2,4,8'; '' = off
 )
 # config.model keys of the models with a layer stack (`stack_settings` checks them).
 STACK_DEFAULTS = dict(
@@ -87,6 +88,19 @@ def dropout_rate(config) -> float:
     return float(rate)
 
 
+def union_sizes(config) -> tuple[int, ...]:
+    """model.union_sizes '1,2,4' -> (1, 2, 4); '' = off. Whether the tokens suffice is checked
+    against the eval batch (`train.check_union_sizes`), which the model does not know."""
+    text = config.get("union_sizes", "")
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    if any(not p.isdigit() or int(p) < 1 for p in parts) or len(set(parts)) != len(parts):
+        raise InputError(
+            f"model.union_sizes={text!r} is not allowed: use distinct positive integers, comma-separated "
+            "(e.g. '1,2,4,8'), or '' for none"
+        )
+    return tuple(int(p) for p in parts)
+
+
 def mlp_settings(config, widths: dict[str, int], *, dropout_after_activation: bool = True) -> MlpSettings:
     """The checked settings every MLP of a model shares; `widths` names each MLP width ({'d_ff': 3072}) for Top-k.
 
@@ -105,6 +119,7 @@ def mlp_settings(config, widths: dict[str, int], *, dropout_after_activation: bo
         dropout_rate=dropout_rate(config) if dropout_after_activation else 0.0,
         neuron_freq=boolean(config, "neuron_freq"),
         count_hist_bins=int(bins),
+        union_sizes=union_sizes(config),
     )
 
 
