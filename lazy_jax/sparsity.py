@@ -185,8 +185,6 @@ def union_active_frac(
     return jnp.stack(union), jnp.stack(groups)
 
 
-class MlpBlock(nn.Module):
-    """Dense -> activation -> optional Top-k -> Dense; returns (y, statistics).
 def union_stats(a_BTF: Array, mask_BT: Array | None, sizes: tuple[int, ...]) -> dict[str, Array]:
     """`union_active_frac` for random and consecutive pooling, each [S] over all `sizes`.
 
@@ -207,6 +205,8 @@ def union_stats(a_BTF: Array, mask_BT: Array | None, sizes: tuple[int, ...]) -> 
     }
 
 
+class MlpBlock(nn.Module):
+    """Dense -> activation -> optional Top-k -> Dense; returns (y, statistics).
 
     The models build it with `spec.mlp.block(...)` (`MlpSettings`), whose spec builder checked
     the settings (activation, Top-k k against d_ff, topk_impl); the block itself checks nothing.
@@ -219,8 +219,6 @@ def union_stats(a_BTF: Array, mask_BT: Array | None, sizes: tuple[int, ...]) -> 
       use_bias: ViT/Mixer MLPs have biases, T5 v1.0 has none.
       dropout_rate: dropout after the activation (as in T5) and nowhere else.
       neuron_freq, count_hist_bins: the optional statistics of `activation_stats`.
-      out_features: width of the output (None = the input width; a 2-layer MLP classifier
-        sets it to the number of classes).
       union_sizes: at evaluation only (train=False, not at init), `union_active_frac` of the map
         for these pool sizes n, random tokens of the batch (`union_random` [S]) and consecutive
         tokens of a sequence (`union_consecutive` [S]; sizes past the sequence's length get no
@@ -228,6 +226,8 @@ def union_stats(a_BTF: Array, mask_BT: Array | None, sizes: tuple[int, ...]) -> 
         The train step never computes it, so its cost does not change.
       sparse_decode: a key of sparse_mlp.IMPLS; when not 'off', `wo` reads only the rows of
         W_out active for some sequence, and only when decoding (eval, one position per sequence).
+      out_features: width of the output (None = the input width; a 2-layer MLP classifier
+        sets it to the number of classes).
     """
 
     d_ff: int
@@ -238,10 +238,10 @@ def union_stats(a_BTF: Array, mask_BT: Array | None, sizes: tuple[int, ...]) -> 
     dropout_rate: float = 0.0
     neuron_freq: bool = False
     count_hist_bins: int = 0
-    out_features: int | None = None
-    dtype: Any = jnp.float32
     union_sizes: tuple[int, ...] = ()
     sparse_decode: str = "off"
+    out_features: int | None = None
+    dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     kernel_init: Callable = nn.initializers.xavier_uniform()
     bias_init: Callable = nn.initializers.normal(stddev=1e-6)
@@ -262,17 +262,17 @@ def union_stats(a_BTF: Array, mask_BT: Array | None, sizes: tuple[int, ...]) -> 
             kernel_init=nn.with_logical_partitioning(self.kernel_init, names),
             bias_init=nn.with_logical_partitioning(self.bias_init, names[1:]),
             name=name,
+            **kw,
         )
         h_BTF = dense(self.d_ff, (self.embed_axis, "mlp"), "wi")(x_BTD)
-            **kw,
         a_BTF = ACTIVATIONS[self.activation](h_BTF)
         a_BTF = topk_mask(a_BTF, self.topk, self.topk_impl)
         a_BTF = nn.with_logical_constraint(a_BTF, (*self.act_axes, "mlp"))
         stats = activation_stats(a_BTF, mask_BT, neuron_freq=self.neuron_freq, count_hist_bins=self.count_hist_bins)
-        a_BTF = nn.Dropout(self.dropout_rate)(a_BTF, deterministic=not train)
-        out_names = ("mlp", self.embed_axis) if self.out_features is None else ("mlp", "classes")
         if self.union_sizes and not train and not self.is_initializing():
             stats.update(union_stats(a_BTF, mask_BT, self.union_sizes))
+        a_BTF = nn.Dropout(self.dropout_rate)(a_BTF, deterministic=not train)
+        out_names = ("mlp", self.embed_axis) if self.out_features is None else ("mlp", "classes")
         sparse_dot = sparse_mlp.wo_dot_general(self.sparse_decode, a_BTF.shape, train)  # decoding only
         y_BTD = dense(self.out_features or d_model, out_names, "wo", dot_general=sparse_dot)(a_BTF)
         return y_BTD, stats
@@ -292,10 +292,10 @@ class MlpSettings:
     dropout_rate: float  # after the activation; 0 in models whose MLPs have no dropout (the ViT)
     neuron_freq: bool
     count_hist_bins: int
-
-    def block(self, d_ff: int, dtype: Any, **attributes) -> MlpBlock:
     union_sizes: tuple[int, ...]  # eval only; () = off
     sparse_decode: str = "off"  # sparse_mlp.IMPLS: read only active rows of W_out when decoding
+
+    def block(self, d_ff: int, dtype: Any, **attributes) -> MlpBlock:
         """An `MlpBlock` of width d_ff in dtype with these settings; `attributes` are its other attributes."""
         settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return MlpBlock(d_ff=d_ff, dtype=dtype, **settings, **attributes)
@@ -306,11 +306,11 @@ def stack_layer_stats(per_layer: list[dict[str, Array]]) -> dict[str, Array]:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer)
 
 
-def stats_to_metrics(aux: dict[str, dict[str, Array]]) -> dict[str, Array]:
-    """Names the statistics of `aux` ({stack: {stat: [L, ...]}}) as the metrics of docs/design.md.
 VECTOR_STATS = ("neuron_freq", "count_hist", "union_random", "union_consecutive")
 
 
+def stats_to_metrics(aux: dict[str, dict[str, Array]]) -> dict[str, Array]:
+    """Names the statistics of `aux` ({stack: {stat: [L, ...]}}) as the metrics of docs/design.md.
 
     Scalars: nonzero_frac/<stack>/layer_<ii>, nonzero_frac/<stack>/mean, nonzero_frac/mean
     (unweighted mean over all layers of all stacks). Vectors: neuron_freq/<stack>/layer_<ii>

@@ -29,7 +29,9 @@ the same example alone in a padded row.
 
 Methods for `apply(..., method=...)`: `T5.encode(tokens)` -> (encoded [B,S,D], stats),
 `T5.decode(encoded, encoder_mask, decoder_input_tokens, ...)` -> (logits, stats); the module
-function `greedy_decode(model, variables, tokens, max_decode_len)` decodes with a KV cache.
+function `greedy_decode(model, variables, tokens, max_decode_len)` decodes with a KV cache
+(`decode_from_encoded`: the whole loop in one `lax.while_loop`, cross-attention keys and values
+computed once per prompt); `lazy_jax.generate` is the command around it.
 
 Config fields (config.model, see `default_model_config`):
   name            't5'
@@ -267,6 +269,9 @@ class Attention(nn.Module):
     `decode=True` (self-attention only): x is one position [B,1,D] at `decode_step`; keys and
     values are written into the 'cache' collection ([B, S, H, K] with S = max_len, created on
     first use), and attention reads all S cached positions.
+    `cross_cache=True` (cross-attention while decoding): the keys and values of the encoder
+    output are kept in the 'cache' collection ('cross_key', 'cross_value'): computed and stored
+    when kv_BSD is given, read from the cache when kv_BSD is None (once per prompt, not per step).
     """
 
     spec: T5Spec
@@ -283,6 +288,7 @@ class Attention(nn.Module):
         decode: bool = False,
         decode_step: Array | None = None,
         max_len: int | None = None,
+        cross_cache: bool = False,
     ):
         s = self.spec
         d, h, k = s.d_model, s.num_heads, s.d_kv
@@ -299,7 +305,14 @@ class Attention(nn.Module):
         proj = lambda x, w: nn.with_logical_constraint(
             jnp.einsum("btd,dhk->bthk", x, w.astype(dt)), ("batch", "length", "heads", "kv")
         )
-        q_BTHK, k_BSHK, v_BSHK = proj(x_BTD, wq), proj(kv_BSD, wk), proj(kv_BSD, wv)
+        q_BTHK = proj(x_BTD, wq)
+        if cross_cache and kv_BSD is None:
+            k_BSHK, v_BSHK = self.get_variable("cache", "cross_key"), self.get_variable("cache", "cross_value")
+        else:
+            k_BSHK, v_BSHK = proj(kv_BSD, wk), proj(kv_BSD, wv)
+        if cross_cache and kv_BSD is not None:
+            self.put_variable("cache", "cross_key", k_BSHK)
+            self.put_variable("cache", "cross_value", v_BSHK)
         if decode:
             b = x_BTD.shape[0]
             cached_k = self.variable("cache", "cached_key", jnp.zeros, (b, max_len, h, k), dt)
@@ -339,9 +352,10 @@ def _attention_sublayer(
     name: str,
     **decode,
 ) -> Array:
-    """x + Attention(norm(x)) attending to kv_BSD (None: to norm(x) itself, i.e. self-attention)."""
+    """x + Attention(norm(x)) attending to kv_BSD (None: to norm(x) itself, i.e. self-attention;
+    with decode['cross_cache'], to the cached encoder keys and values)."""
     h_BTD = RmsNorm(spec.eps, spec.dtype, name=norm)(x_BTD)
-    kv_BSD = h_BTD if kv_BSD is None else kv_BSD
+    kv_BSD = h_BTD if kv_BSD is None and not decode.get("cross_cache") else kv_BSD
     y_BTD = Attention(spec, train, name=name)(h_BTD, kv_BSD, bias_1HTS, mask_B1TS, **decode)
     return _residual(spec, train, x_BTD, y_BTD)
 
@@ -399,7 +413,8 @@ class DecoderLayer(nn.Module):
             decode_step=decode_step,
             max_len=self.max_len,
         )
-        # Cross-attention keys/values are recomputed from `encoded` at every decoding step (as t5x).
+        # While decoding, cross-attention keys/values are cached: computed from `encoded` when it is
+        # given (the first step), read from the cache when it is None (every later step).
         x_BTD = _attention_sublayer(
             s,
             train,
@@ -409,6 +424,7 @@ class DecoderLayer(nn.Module):
             cross_mask_B1TS,
             norm="pre_cross_attention_layer_norm",
             name="encoder_decoder_attention",
+            cross_cache=self.decode,
         )
         return _mlp_sublayer(s, train, x_BTD, token_mask_BT)
 
@@ -488,7 +504,7 @@ class Decoder(nn.Module):
             if segment_ids_BT is not None:
                 self_mask_B1TS = self_mask_B1TS & _same_segment(segment_ids_BT, segment_ids_BT)
         cross_mask_B1TS = jnp.broadcast_to(
-            encoder_mask_BS[:, None, None, :].astype(jnp.bool_), (b, 1, t, encoded_BSD.shape[1])
+            encoder_mask_BS[:, None, None, :].astype(jnp.bool_), (b, 1, t, encoder_mask_BS.shape[1])
         )
         if (segment_ids_BT is None) != (encoder_segment_ids_BS is None):
             raise ValueError("packed rows need both decoder and encoder segment ids (got only one of them)")
@@ -611,6 +627,77 @@ class T5(nn.Module):
         return logits, {"encoder": enc_stats, "decoder": dec_stats}
 
 
+def decode_params(params, dtype) -> dict:
+    """The parameters as decoding reads them: every matrix cast to the compute dtype once.
+
+    The model casts each weight to its dtype where it is used (`w.astype(dt)`), so casting the
+    matrices beforehand gives the same numbers and spares reading f32 weights at every step.
+    Norm scales and the relative-position table stay float32 (they are used in float32).
+    """
+
+    def cast(path, x):
+        keep = x.ndim < 2 or any(getattr(k, "key", None) == "rel_embedding" for k in path)
+        return x if keep or not jnp.issubdtype(x.dtype, jnp.floating) else x.astype(dtype)
+
+    return jax.tree_util.tree_map_with_path(cast, params)
+
+
+def decode_from_encoded(
+    model: T5,
+    variables: dict,
+    encoded_BSD: Array,
+    encoder_mask_BS: Array,
+    max_decode_len: int,
+    *,
+    eos_id: int | None = 1,
+) -> tuple[Array, Array]:
+    """Greedy decoding from an encoder output, in one `lax.while_loop`: -> (tokens [B, L], steps).
+
+    The first step (BOS = 0) runs with `encoded` and fills the KV cache, cross-attention keys and
+    values included; the later steps read them from the cache. The loop stops after L tokens or
+    once every row has emitted `eos_id` (a row's tokens after its EOS are 0); `steps` is the
+    number of tokens decoded. eos_id may be a traced int (-1 never matches) or None.
+    """
+    variables = {k: v for k, v in variables.items() if k != "cache"}
+    b = encoded_BSD.shape[0]
+
+    def step(cache, tokens_B, encoded):
+        state = variables if cache is None else {**variables, "cache": cache}
+        (logits_B1V, _), new_vars = model.apply(
+            state,
+            encoded,
+            encoder_mask_BS,
+            tokens_B[:, None],
+            decode=True,
+            max_decode_length=max_decode_len,
+            method=T5.decode,
+            mutable=["cache"],
+        )
+        return new_vars["cache"], jnp.argmax(logits_B1V[:, 0], axis=-1).astype(jnp.int32)
+
+    def advance(done_B, next_B):
+        next_B = jnp.where(done_B, 0, next_B)
+        return next_B, done_B if eos_id is None else done_B | (next_B == eos_id)
+
+    cache, first_B = step(None, jnp.zeros((b,), jnp.int32), encoded_BSD)
+    first_B, done_B = advance(jnp.zeros((b,), jnp.bool_), first_B)
+    out_BL = jnp.zeros((b, max_decode_len), jnp.int32).at[:, 0].set(first_B)
+
+    def cond(carry):
+        i, _, _, done_B, _ = carry
+        return (i < max_decode_len) & ~jnp.all(done_B)
+
+    def body(carry):
+        i, cache, tokens_B, done_B, out_BL = carry
+        cache, next_B = step(cache, tokens_B, None)
+        next_B, done_B = advance(done_B, next_B)
+        out_BL = jax.lax.dynamic_update_slice_in_dim(out_BL, next_B[:, None], i, axis=1)
+        return i + 1, cache, next_B, done_B, out_BL
+
+    steps, _, _, _, out_BL = jax.lax.while_loop(cond, body, (jnp.int32(1), cache, first_B, done_B, out_BL))
+    return out_BL, steps
+
+
 def greedy_decode(
     model: T5, variables: dict, encoder_input_tokens: Array, max_decode_len: int, *, eos_id: int | None = 1
 ) -> Array:
@@ -618,49 +705,9 @@ def greedy_decode(
 
     Starts from BOS = 0; after a row emits `eos_id` its later tokens are 0 (padding); eos_id may
     be a traced int (-1 never matches) or None. Jit it with `jax.jit(greedy_decode, static_argnums=(0, 3))`.
+    Encodes, then `decode_from_encoded` (the matrices cast to the compute dtype once, `decode_params`).
     """
-    variables = {k: v for k, v in variables.items() if k != "cache"}
+    variables = {**variables, "params": decode_params(variables["params"], model.spec.dtype)}
     enc_mask_BS = encoder_input_tokens > 0
     encoded_BSD, _ = model.apply(variables, encoder_input_tokens, enc_mask_BS, method=T5.encode)
-    b = encoder_input_tokens.shape[0]
-
-    def step(cache, tokens_B1):
-        (logits_B1V, _), new_vars = model.apply(
-            {**variables, "cache": cache},
-            encoded_BSD,
-            enc_mask_BS,
-            tokens_B1,
-            decode=True,
-            max_decode_length=max_decode_len,
-            method=T5.decode,
-            mutable=["cache"],
-        )
-        return new_vars["cache"], logits_B1V[:, 0]
-
-    # The cache starts as zeros (decode_step 0); its shapes come from an abstract first step.
-    cache_shapes = jax.eval_shape(
-        lambda: model.apply(
-            variables,
-            encoded_BSD,
-            enc_mask_BS,
-            jnp.zeros((b, 1), jnp.int32),
-            decode=True,
-            max_decode_length=max_decode_len,
-            method=T5.decode,
-            mutable=["cache"],
-        )[1]["cache"]
-    )
-    cache = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), cache_shapes)
-
-    def body(carry, _):
-        cache, tokens_B, done_B = carry
-        cache, logits_BV = step(cache, tokens_B[:, None])
-        next_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
-        next_B = jnp.where(done_B, 0, next_B)
-        if eos_id is not None:
-            done_B = done_B | (next_B == eos_id)
-        return (cache, next_B, done_B), next_B
-
-    init = (cache, jnp.zeros((b,), jnp.int32), jnp.zeros((b,), jnp.bool_))
-    _, out_TB = jax.lax.scan(body, init, None, length=max_decode_len)
-    return out_TB.T
+    return decode_from_encoded(model, variables, encoded_BSD, enc_mask_BS, max_decode_len, eos_id=eos_id)[0]

@@ -1,0 +1,187 @@
+"""Sparse `a @ W_out` for decoding: read only the rows of W_out whose activation is nonzero.
+
+At decoding time an MLP sees one position per sequence, a_BF = act(x @ W_in) [B, F] with most
+entries exactly 0 (ReLU zeros, or outside the Top-k set). Row f of W_out [F, D] only meets
+column f of a, so a row inactive for every sequence of the batch (the union of active neurons,
+`sparsity.union_active_frac`) need not be read. Decoding is memory-bound, so bytes skipped are
+time saved. Exact: the same products are summed, only in another order (bf16 rounding apart).
+
+Implementations (`IMPLS`, the `sparse_decode` of `MlpBlock` / `MlpSettings`):
+- 'off': the dense matmul (XLA's), the reference and the fallback.
+- 'pallas': a Pallas (Triton) kernel in the manner of TEAL's sparse GEMV: the [F, D] kernel is
+  cut into tiles of `block_f` rows x `block_d` columns; each program loads its tile with a row
+  mask (the union of the batch's nonzeros), so inactive rows cost no memory traffic, and writes
+  its [B, block_d] partial sum; the partials over F are summed in f32 outside (deterministic,
+  no atomics). Off a GPU it runs in Pallas' interpret mode (tests only: slow).
+- 'gather': compact the union's indices to a fixed capacity (`jnp.nonzero(size=C)`), take those
+  rows, one small matmul; `lax.cond` to the dense matmul when the union exceeds C.
+`wo_dot_general` is what `MlpBlock` hands its `wo` Dense: None (Flax's default dot) unless the
+block is decoding (eval, one position per sequence) with an implementation switched on.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from lazy_jax.errors import InputError
+
+Array = jax.Array
+
+IMPLS = ("off", "pallas", "gather")
+GATHER_CAPACITY_FRAC = 0.125  # 'gather': up to F/8 rows of W_out, else the dense matmul
+PARTIAL_BYTES_FRAC = 1 / 64  # 'pallas': f32 partial sums at most this share of W_out's bytes ...
+MIN_PROGRAMS = 264  # ... while two programs per H200 multiprocessor (132) are left
+
+
+def check_impl(impl: str, *, key: str = "sparse_decode") -> str:
+    if impl not in IMPLS:
+        raise InputError(f"{key}={impl!r} is unknown; allowed: {list(IMPLS)}")
+    return impl
+
+
+def on_gpu() -> bool:
+    return jax.default_backend() == "gpu"
+
+
+def wo_dot_general(impl: str, a_shape: tuple[int, ...], train: bool):
+    """The `dot_general` for MlpBlock's `wo` Dense: sparse only when decoding one position per sequence."""
+    if impl == "off" or train or len(a_shape) != 3 or a_shape[1] != 1:
+        return None
+    return functools.partial(_sparse_dot_general, impl)
+
+
+def _sparse_dot_general(impl, lhs_BTF, rhs_FD, dimension_numbers, precision=None, preferred_element_type=None):
+    """lax.dot_general's signature for `a [B, 1, F] . W [F, D]` (Flax Dense's contraction)."""
+    del precision
+    if dimension_numbers != (((lhs_BTF.ndim - 1,), (0,)), ((), ())) or rhs_FD.ndim != 2:
+        raise ValueError(f"sparse wo expects a [..., F] x [F, D] dense contraction, got {dimension_numbers}")
+    out_dtype = preferred_element_type or jnp.result_type(lhs_BTF, rhs_FD)
+    a_BF = lhs_BTF.reshape(-1, lhs_BTF.shape[-1])
+    y_BD = sparse_matmul(a_BF, rhs_FD, impl)
+    return y_BD.astype(out_dtype).reshape(*lhs_BTF.shape[:-1], rhs_FD.shape[1])
+
+
+def dense_matmul(a_BF: Array, w_FD: Array) -> Array:
+    return jnp.dot(a_BF, w_FD)
+
+
+def sparse_matmul(a_BF: Array, w_FD: Array, impl: str) -> Array:
+    """a_BF @ w_FD, reading only the rows of w_FD active for some row of a_BF (per `impl`)."""
+    if impl == "off":
+        return dense_matmul(a_BF, w_FD)
+    if impl == "gather":
+        return gather_matmul(a_BF, w_FD)
+    if impl == "pallas":
+        if pallas_tiles(*a_BF.shape, w_FD.shape[1]) is None:
+            return dense_matmul(a_BF, w_FD)  # shapes the kernel does not tile
+        return pallas_matmul(a_BF, w_FD, interpret=not on_gpu())
+    raise ValueError(f"sparse_decode={impl!r}; allowed: {IMPLS}")
+
+
+# ----------------------------------------------------------------------------- gather
+
+
+def gather_matmul(a_BF: Array, w_FD: Array, capacity: int | None = None) -> Array:
+    f = a_BF.shape[1]
+    c = capacity or max(1, int(f * GATHER_CAPACITY_FRAC))
+    active_F = jnp.any(a_BF != 0, axis=0)
+    count = jnp.sum(active_F, dtype=jnp.int32)
+
+    def sparse(a_BF, w_FD):
+        idx_C = jnp.nonzero(active_F, size=c, fill_value=0)[0]
+        a_BC = jnp.where(jnp.arange(c) < count, jnp.take(a_BF, idx_C, axis=1), 0)  # fill slots add 0
+        return jnp.dot(a_BC, jnp.take(w_FD, idx_C, axis=0))
+
+    return lax.cond(count <= c, sparse, dense_matmul, a_BF, w_FD)
+
+
+# ----------------------------------------------------------------------------- pallas
+
+
+def _pow2_divisor(n: int, cap: int) -> int:
+    """The largest power of two <= cap that divides n."""
+    p = 1
+    while p * 2 <= cap and n % (p * 2) == 0:
+        p *= 2
+    return p
+
+
+def pallas_tiles(b: int, f: int, d: int) -> tuple[int, int, int, int] | None:
+    """(padded batch, block_f, block_d, steps) for the kernel, or None where it does not tile.
+
+    block_d: up to 128 columns (256 bytes of a bf16 row: a masked-off row is whole sectors
+    skipped). block_f: 64 rows a load. Batch 1 is a vector kernel; larger batches are padded to
+    16 (at least) for the tensor-core dot. Each program loops over `steps` row blocks, so the f32
+    partials [F / (block_f * steps), B, D] stay under PARTIAL_BYTES_FRAC of W_out's bytes, as
+    long as MIN_PROGRAMS programs are left to fill the GPU.
+    """
+    block_d = _pow2_divisor(d, 128)
+    block_f = _pow2_divisor(f, 64)
+    if block_d < 16 or block_f < 16:
+        return None
+    bp = 1 if b == 1 else max(16, 1 << (b - 1).bit_length())  # Triton blocks are powers of two
+    steps = 1
+    while (
+        (f // (block_f * steps)) * bp * 4 > f * 2 * PARTIAL_BYTES_FRAC
+        and f % (block_f * steps * 2) == 0
+        and (d // block_d) * (f // (block_f * steps * 2)) >= MIN_PROGRAMS
+    ):
+        steps *= 2
+    return bp, block_f, block_d, steps
+
+
+def _kernel(a_ref, w_ref, o_ref, *, block_f: int, steps: int, upcast: bool):
+    """One [block_f * steps, block_d] slab of W. Batch 1: a_ref [slab], o_ref [block_d]; else
+    a_ref [bp, slab], o_ref [bp, block_d]."""
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
+
+    vector = len(a_ref.shape) == 1
+
+    def body(s, acc):
+        rows = pl.ds(s * block_f, block_f)
+        if vector:
+            a_K = a_ref[rows].astype(jnp.float32)
+            w_KD = plgpu.load(w_ref.at[rows, :], mask=(a_K != 0)[:, None], other=0.0)
+            return acc + jnp.sum(a_K[:, None] * w_KD.astype(jnp.float32), axis=0)
+        a_BK = a_ref[:, rows]
+        # The union over the batch: a row of W is loaded if any sequence needs it.
+        active_K = jnp.max(jnp.abs(a_BK.astype(jnp.float32)), axis=0) > 0
+        w_KD = plgpu.load(w_ref.at[rows, :], mask=active_K[:, None], other=0.0)
+        if upcast:  # interpret mode: the CPU has no bf16 x bf16 -> f32 dot (same products in f32)
+            a_BK, w_KD = a_BK.astype(jnp.float32), w_KD.astype(jnp.float32)
+        return acc + jnp.dot(a_BK, w_KD, preferred_element_type=jnp.float32)  # tensor cores
+
+    o_ref[...] = lax.fori_loop(0, steps, body, jnp.zeros(o_ref.shape, jnp.float32))
+
+
+def pallas_matmul(a_BF: Array, w_FD: Array, *, interpret: bool = False) -> Array:
+    """a_BF @ w_FD by the masked-row Pallas kernel; the result in a_BF's dtype (f32 sums)."""
+    from jax.experimental import pallas as pl
+
+    b, f = a_BF.shape
+    d = w_FD.shape[1]
+    tiles = pallas_tiles(b, f, d)
+    if tiles is None:
+        raise ValueError(f"the sparse kernel does not tile a [{b}, {f}] x [{f}, {d}] product")
+    bp, block_f, block_d, steps = tiles
+    slab = block_f * steps
+    a_PF = jnp.pad(a_BF, ((0, bp - b), (0, 0))).astype(w_FD.dtype)  # padded rows are 0: load nothing
+    batch = None if bp == 1 else bp  # batch 1: the batch axis is squeezed out of the blocks
+    partial_SPD = pl.pallas_call(
+        functools.partial(_kernel, block_f=block_f, steps=steps, upcast=interpret),
+        grid=(d // block_d, f // slab),
+        in_specs=[
+            pl.BlockSpec((batch, slab), lambda i, j: (0, j)),
+            pl.BlockSpec((slab, block_d), lambda i, j: (j, i)),
+        ],
+        out_specs=pl.BlockSpec((None, batch, block_d), lambda i, j: (j, 0, i)),
+        out_shape=jax.ShapeDtypeStruct((f // slab, bp, d), jnp.float32),
+        interpret=interpret,
+        name="sparse_rows_matmul",
+    )(a_PF, w_FD)
+    return jnp.sum(partial_SPD, axis=0)[:b].astype(jnp.result_type(a_BF, w_FD))

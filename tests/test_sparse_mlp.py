@@ -1,0 +1,94 @@
+"""The sparse W_out of decoding (lazy_jax.sparse_mlp) is exact: kernels against the dense matmul,
+and greedy decoding of a random Top-k T5 with the same tokens and logits within bf16 rounding
+(the tiny trained ReLU run: tests/test_generate.py). On the CPU the Pallas kernel runs in
+interpret mode."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lazy_jax import sparse_mlp
+from lazy_jax.models import get_model
+from lazy_jax.models.t5 import T5, decode_params, greedy_decode
+
+from test_t5_model import tiny_config
+
+
+@pytest.mark.parametrize("b,f,d", [(1, 256, 64), (3, 512, 128), (20, 64, 32)])
+def test_kernels_equal_the_dense_matmul(b, f, d):
+    k1, k2, k3 = jax.random.split(jax.random.key(b * f), 3)
+    a_BF = jax.nn.relu(jax.random.normal(k1, (b, f), jnp.bfloat16))
+    a_BF = jnp.where(jax.random.uniform(k3, (b, f)) < 0.1, a_BF, 0)  # ~5% active, rows differ
+    w_FD = jax.random.normal(k2, (f, d), jnp.bfloat16)
+    exact = np.asarray(a_BF, np.float64) @ np.asarray(w_FD, np.float64)
+    dense = np.asarray(sparse_mlp.dense_matmul(a_BF, w_FD), np.float64)
+    for impl in ("pallas", "gather"):
+        y = sparse_mlp.sparse_matmul(a_BF, w_FD, impl)
+        assert y.dtype == jnp.bfloat16 and y.shape == (b, d)
+        # The same products summed in another order, rounded to bf16 (the CPU's bf16 dot adds in
+        # bf16 too): within a few bf16 steps of the exact sums, as the dense matmul.
+        scale = np.abs(exact).max()
+        for got in (np.asarray(y, np.float64), dense):
+            np.testing.assert_allclose(got, exact, atol=0.03 * scale)
+    # gather above its capacity takes the dense branch
+    full = jax.nn.relu(jax.random.normal(k1, (b, f), jnp.bfloat16)) + 1
+    np.testing.assert_array_equal(sparse_mlp.gather_matmul(full, w_FD, 4), sparse_mlp.dense_matmul(full, w_FD))
+
+
+def test_dot_general_only_when_decoding():
+    assert sparse_mlp.wo_dot_general("off", (2, 1, 8), False) is None
+    assert sparse_mlp.wo_dot_general("pallas", (2, 5, 8), False) is None  # a whole sequence
+    assert sparse_mlp.wo_dot_general("pallas", (2, 1, 8), True) is None  # training
+    assert sparse_mlp.wo_dot_general("pallas", (2, 1, 8), False) is not None
+
+
+def with_impl(model, impl):
+    return T5(dataclasses.replace(model.spec, mlp=dataclasses.replace(model.spec.mlp, sparse_decode=impl)))
+
+
+def first_steps_logits(model, params, enc):
+    """Logits [B, 2, V] of the first two cached decoding steps: BOS (filling the cache from the
+    encoder output) and token 3 (reading it)."""
+    enc_mask = enc > 0
+    encoded, _ = model.apply({"params": params}, enc, enc_mask, method=T5.encode)
+    out, state = [], {"params": params}
+    for token, kv in ((0, encoded), (3, None)):
+        tokens = jnp.full((enc.shape[0], 1), token, jnp.int32)
+        (logits, _), new = model.apply(
+            state, kv, enc_mask, tokens, decode=True, max_decode_length=2, method=T5.decode, mutable=["cache"]
+        )
+        state = {"params": params, "cache": new["cache"]}
+        out.append(logits[:, 0])
+    return jnp.stack(out, 1)
+
+
+def assert_same_decoding(model, params, enc, impls=("pallas", "gather"), max_len=6):
+    """Every impl decodes the dense path's tokens, its logits within bf16 rounding; -> the tokens."""
+    params = decode_params(params, model.spec.dtype)
+    decode = jax.jit(greedy_decode, static_argnums=(0, 3))
+    logits = jax.jit(first_steps_logits, static_argnums=0)
+    dense = with_impl(model, "off")
+    dense_tokens = np.asarray(decode(dense, {"params": params}, enc, max_len, eos_id=None))
+    dense_logits = np.asarray(logits(dense, params, enc))
+    for impl in impls:
+        sparse = with_impl(model, impl)
+        np.testing.assert_array_equal(
+            np.asarray(decode(sparse, {"params": params}, enc, max_len, eos_id=None)), dense_tokens, err_msg=impl
+        )
+        spread = np.abs(dense_logits).max()
+        np.testing.assert_allclose(np.asarray(logits(sparse, params, enc)), dense_logits, atol=0.02 * spread)
+    return dense_tokens
+
+
+def test_topk_model_decodes_the_same_tokens():
+    model = get_model(tiny_config(topk=8, dtype="bfloat16", d_ff=128))
+    enc = jnp.asarray(np.random.default_rng(0).integers(3, 40, (3, 7)), jnp.int32)
+    batch = {"encoder_input_tokens": enc, "decoder_input_tokens": enc, "decoder_target_tokens": enc}
+    params = jax.tree.map(np.array, nn.unbox(model.init(jax.random.key(1), batch)["params"]))
+    params["token_embedder"]["embedding"][:2] = 0  # never padding or EOS: a varied greedy sequence
+    tokens = assert_same_decoding(model, params, enc, impls=("pallas",))
+    assert len(np.unique(tokens)) > 2
