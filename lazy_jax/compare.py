@@ -5,8 +5,11 @@
 reads every run of the sweep directory (the members sweep.json lists, in its order, then any
 other subdirectory holding a metrics.jsonl) and writes DIR/compare/:
   compare.md             per member: overrides, parameters, last step, final eval accuracy,
-                         loss and nonzero_frac/mean (and `ece`, `eval_corrupt/<name>/mean/accuracy`
-                         when the rows have them); the FLOP table (lazy_jax.flops); the figures;
+                         loss and nonzero_frac/mean, and when the rows have them the eval `ece`,
+                         the last train row's `accuracy_noisy_labels` / `accuracy_clean_labels`
+                         (label noise) and each corruption's accuracy averaged over its
+                         severities (the `accuracy` of split `eval_corrupt/<name>/mean`); the
+                         FLOP table (lazy_jax.flops); the figures;
   nonzero_frac.png       nonzero_frac/mean against step, one line per member, train and eval;
   final_nonzero_frac.png each layer's final nonzero share (dots, coloured by layer) and the
                          stack's mean (line) against the varied quantity, one panel per stack;
@@ -17,7 +20,7 @@ keys varying with the same values, as T5's encoder and decoder depths, are named
 the parameter count (from parameters.txt: model size) when it differs between members; else the
 members by name. "Final" is the last eval row (the last train row for a run without eval rows).
 Rows are read with lazy_jax.workdir and ordered with lazy_jax.report (a re-logged step: the
-last row wins).
+last row wins). DIR may be gs://BUCKET/PATH: the figures are drawn locally and copied there.
 """
 
 from __future__ import annotations
@@ -27,19 +30,20 @@ import json
 import logging
 import math
 import re
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 from lazy_jax import flops, report
+from lazy_jax import workdir as wd
 from lazy_jax.errors import InputError
 from lazy_jax.sweep import COMPARE_DIR, SWEEP_JSON
-from lazy_jax.workdir import METRICS, read_metrics
 
 logger = logging.getLogger(__name__)
 
-_CORRUPT_RE = re.compile(r"^eval_corrupt/(?P<name>[^/]+)/mean/accuracy$")
+_CORRUPT_MEAN_RE = re.compile(r"^eval_corrupt/(?P<name>[^/]+)/mean$")  # split of the mean over severities
+_LABEL_NOISE_KEYS = ("accuracy_noisy_labels", "accuracy_clean_labels")  # train rows with data.label_noise
 _STACK_ORDER = {"encoder": 0, "decoder": 1, "token_mlp": 2, "channel_mlp": 3}
 _LAYER_RE = re.compile(r"^nonzero_frac/(?P<stack>[^/]+)/layer_(?P<layer>\d+)$")
 
@@ -49,7 +53,7 @@ class Member:
     """One run of the sweep, as its workdir has it."""
 
     name: str
-    run_dir: Path
+    run_dir: epath.Path
     overrides: dict[str, Any] | None  # from sweep.json; None for a run it does not list
     rows: list[dict[str, Any]]
     config: dict[str, Any] | None
@@ -72,23 +76,23 @@ class Member:
         return steps if isinstance(steps, int) else None
 
 
-def read_sweep(sweep_dir: str | Path) -> tuple[dict[str, Any], list[Member], list[str]]:
+def read_sweep(sweep_dir: wd.PathLike) -> tuple[dict[str, Any], list[Member], list[str]]:
     """(sweep.json or {}, the members with metrics, the names sweep.json lists that have none yet)."""
-    sweep_dir = Path(sweep_dir)
+    sweep_dir = wd.location_path(sweep_dir, "--compare")
     if not sweep_dir.is_dir():
         raise InputError(f"--compare={str(sweep_dir)!r} is not a directory: give a sweep's --workdir")
     record: dict[str, Any] = {}
     if (sweep_dir / SWEEP_JSON).is_file():
         try:
-            record = json.loads((sweep_dir / SWEEP_JSON).read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            record = json.loads(wd.read_text(sweep_dir / SWEEP_JSON))
+        except json.JSONDecodeError as e:
             logger.warning("%s is not valid JSON (%s); comparing its subdirectories without overrides", sweep_dir, e)
     recorded = record.get("members", {}) if isinstance(record.get("members"), dict) else {}
-    others = sorted(p.name for p in sweep_dir.iterdir() if (p / METRICS).is_file() and p.name not in recorded)
+    others = sorted(p.name for p in sweep_dir.iterdir() if (p / wd.METRICS).is_file() and p.name not in recorded)
     members, not_run = [], []
     for name in [*recorded, *others]:
         run_dir = sweep_dir / name
-        rows = read_metrics(run_dir) if (run_dir / METRICS).is_file() else []
+        rows = wd.read_metrics(run_dir) if (run_dir / wd.METRICS).is_file() else []
         if not rows:
             not_run.append(name)
             continue
@@ -98,7 +102,8 @@ def read_sweep(sweep_dir: str | Path) -> tuple[dict[str, Any], list[Member], lis
         )
     if not members:
         raise InputError(
-            f"{sweep_dir} holds no run with metric rows: expected {SWEEP_JSON} members or subdirectories with {METRICS}"
+            f"{sweep_dir} holds no run with metric rows: expected {SWEEP_JSON} members or subdirectories with "
+            f"{wd.METRICS}"
         )
     return record, members, not_run
 
@@ -351,12 +356,15 @@ def _last(rows: list[dict[str, Any]], key: str) -> Any:
 
 
 def metrics_table(members: list[Member]) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of the side-by-side table: one row per member, final eval values."""
-    corrupt = sorted({k for m in members for r in m.rows for k in r if _CORRUPT_RE.match(k)})
+    """(header, rows) of the side-by-side table: one row per member, final eval values (the
+    label-noise accuracies: the last train row's; a corruption: its last mean-over-severities row)."""
+    corrupt = sorted({str(r["split"]) for m in members for r in m.rows if _CORRUPT_MEAN_RE.match(str(r["split"]))})
     has_ece = any("ece" in r for m in members for r in m.split("eval"))
+    noise_keys = [k for k in _LABEL_NOISE_KEYS if any(k in r for m in members for r in m.split("train"))]
     header = ["member", "overrides", "parameters", "step", "eval accuracy", "eval loss", "eval nonzero_frac/mean"]
     header += ["train nonzero_frac/mean"] + (["eval ece"] if has_ece else [])
-    header += [f"{_CORRUPT_RE.match(k)['name']} accuracy" for k in corrupt]
+    header += [f"train {k}" for k in noise_keys]
+    header += [f"{_CORRUPT_MEAN_RE.match(s)['name']} accuracy" for s in corrupt]
     body = []
     for m in members:
         evals = m.split("eval")
@@ -371,7 +379,8 @@ def metrics_table(members: list[Member]) -> tuple[list[str], list[list[str]]]:
         ]
         if has_ece:
             line.append(report.fmt(_last(evals, "ece"), ".4f"))
-        line += [report.pct(report.as_float(_last(m.rows, k))) for k in corrupt]
+        line += [report.pct(report.as_float(_last(m.split("train"), k))) for k in noise_keys]
+        line += [report.pct(report.as_float(_last(m.split(s), "accuracy"))) for s in corrupt]
         body.append(line)
     return header, body
 
@@ -397,14 +406,19 @@ def flops_table(members: list[Member]) -> tuple[list[str], list[list[str]]] | No
     return (header, body) if body else None
 
 
-def write_compare(sweep_dir: str | Path) -> Path:
+def write_compare(sweep_dir: wd.PathLike) -> epath.Path:
     """Writes DIR/compare/ (compare.md and the PNG figures); returns the path of compare.md."""
+    sweep_dir = wd.location_path(sweep_dir, "--compare")
+    record, members, not_run = read_sweep(sweep_dir)
+    with wd.local_output_dir(sweep_dir / COMPARE_DIR) as out_dir:
+        _write_compare(sweep_dir, record, members, not_run, out_dir)
+    return sweep_dir / COMPARE_DIR / "compare.md"
+
+
+def _write_compare(sweep_dir: epath.Path, record, members: list[Member], not_run: list[str], out_dir) -> None:
+    """write_compare, into the local directory `out_dir`."""
     from lazy_jax.report_figures import save
 
-    sweep_dir = Path(sweep_dir)
-    record, members, not_run = read_sweep(sweep_dir)
-    out_dir = sweep_dir / COMPARE_DIR
-    out_dir.mkdir(parents=True, exist_ok=True)
     axis = varied_axis(members)
 
     md = [f"# Sweep comparison: {sweep_dir.name}", ""]
@@ -416,6 +430,10 @@ def write_compare(sweep_dir: str | Path) -> Path:
         md += [f"Not run yet (no metric rows): {', '.join(not_run)}.", ""]
     md += ["## Final metrics", "", "Last eval row of each run; `step`: the last logged step of the run's total.", ""]
     header, body = metrics_table(members)
+    if any(h.startswith("train accuracy_") for h in header):
+        md += [LABEL_NOISE_NOTE, ""]
+    if any(h.endswith(" accuracy") and h != "eval accuracy" for h in header):
+        md += [CORRUPTION_NOTE, ""]
     md += report.md_table(header, body, "ll" + "r" * (len(header) - 2)) + [""]
 
     table = flops_table(members)
@@ -438,11 +456,18 @@ def write_compare(sweep_dir: str | Path) -> Path:
         png = save(draw(members, axis), out_dir / file_name)
         if png:
             md += [caption, "", f"![{png.stem}]({png.name})", ""]
-    path = out_dir / "compare.md"
-    path.write_text("\n".join(md), encoding="utf-8")
-    return path
+    (out_dir / "compare.md").write_text("\n".join(md), encoding="utf-8")
 
 
+LABEL_NOISE_NOTE = (
+    "Label noise (data.label_noise): `train accuracy_noisy_labels` is the last train batch's accuracy on the "
+    "examples whose label was replaced, against that random label (memorisation); `train accuracy_clean_labels` "
+    "on the others."
+)
+CORRUPTION_NOTE = (
+    "`<corruption> accuracy`: the eval split under that corruption, mean over its severities "
+    "(split `eval_corrupt/<corruption>/mean`)."
+)
 FLOPS_NOTE = (
     "Forward FLOPs of one example (a multiply-add is 2 FLOPs; matrix products only) and the share of "
     "each kind; skippable: the share of all FLOPs that each run's final nonzero shares let W_out skip, "

@@ -36,9 +36,11 @@ import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
+from etils import epath
+
+from lazy_jax import workdir as wd
 from lazy_jax.errors import InputError
 from lazy_jax.workdir import CONFIG, PARAMETERS
 
@@ -243,13 +245,13 @@ class ParameterTable:
     total: int | None
 
 
-def read_parameters(workdir: str | Path) -> ParameterTable | None:
-    """The workdir's parameters.txt, or None if there is none."""
-    path = Path(workdir) / PARAMETERS
+def read_parameters(workdir: wd.PathLike) -> ParameterTable | None:
+    """The workdir's parameters.txt (local or gs://), or None if there is none."""
+    path = epath.Path(workdir) / PARAMETERS
     if not path.is_file():
         return None
     shapes, total = {}, None
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in wd.read_text(path).splitlines():
         if m := _PARAM_ROW_RE.match(line):
             shapes[m["name"]] = tuple(int(v) for v in m["shape"].replace(",", " ").split())
         elif m := _TOTAL_RE.match(line):
@@ -307,7 +309,7 @@ class RunFlops:
     step: int
 
 
-def run_flops(workdir: str | Path, rows: Sequence[Mapping[str, Any]]) -> RunFlops | None:
+def run_flops(workdir: wd.PathLike, rows: Sequence[Mapping[str, Any]]) -> RunFlops | None:
     """FLOPs of the run in `workdir` with the nonzero shares of its last eval row (else last train row).
 
     The model comes from config.json (whose model sizes are the resolved ones), the image shape
@@ -318,7 +320,7 @@ def run_flops(workdir: str | Path, rows: Sequence[Mapping[str, Any]]) -> RunFlop
     from lazy_jax.models import model_spec
     from lazy_jax.models.t5 import T5Spec
 
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)
     config = report.read_config(workdir)
     if config is None or "model" not in config:
         logger.warning("%s: no %s with a model; no FLOP table", workdir, CONFIG)
@@ -375,7 +377,7 @@ REPORT_NOTE = (
 )
 
 
-def report_rows(workdir: str | Path, rows: Sequence[Mapping[str, Any]] | None = None):
+def report_rows(workdir: wd.PathLike, rows: Sequence[Mapping[str, Any]] | None = None):
     """(header, rows) of the run's FLOP table, for a markdown table under REPORT_NOTE; None: see `run_flops`.
 
     `rows` are the workdir's metrics rows (read from metrics.jsonl when None). One row per part

@@ -22,7 +22,8 @@ config.model); the union is reduced on the device from each MlpBlock's activatio
 with `nn.intercept_methods` on its `wo` Dense and added to that block's statistics, so it flows
 out of loops and nn.scan alike. Bad input (no checkpoint, a checkpoint of another shape, a gated
 HF model, an unknown dataset or split, union sizes beyond the tokens of a batch) is refused
-before any batch runs; only --out (default WORKDIR/measure/) is written.
+before any batch runs; only --out (default WORKDIR/measure/) is written. --workdir and --out may
+be gs://BUCKET/PATH (etils.epath paths, as the trainer's); the outputs are drawn locally and copied.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
 from lazy_jax import flops, input_pipeline, report, sparsity
 from lazy_jax import sharding as shd
@@ -93,28 +95,57 @@ def _experiment(config):
 
 def load_workdir(workdir, *, dataset, split, data_dir, batch_size, count_hist_bins) -> Measured:
     """The run's config.json and newest checkpoint, refused if their shapes differ; reads the workdir only."""
-    from lazy_jax.checkpoint import Checkpointer, param_shapes
+    from lazy_jax.checkpoint import Checkpointer, ModelMismatchError, NoReadableCheckpointError, param_shapes
 
-    workdir = Path(workdir)
+    workdir = wd.workdir_path(workdir)
     config_path, ckpt_dir = workdir / wd.CONFIG, workdir / wd.CHECKPOINTS_DIR
     if not config_path.is_file():
         raise InputError(f"--workdir={workdir}: no {wd.CONFIG}; give the workdir of a training run")
     if not ckpt_dir.is_dir():  # checked here: the Checkpointer would create it
         raise InputError(f"--workdir={workdir}: no {wd.CHECKPOINTS_DIR}/; the run has saved no checkpoint")
-    config = ml_collections.ConfigDict(json.loads(config_path.read_text(encoding="utf-8")))
+    config = ml_collections.ConfigDict(json.loads(wd.read_text(config_path)))
     _set_data(config, dataset, split, data_dir, batch_size)
     _stat_overrides(config, count_hist_bins)
     exp = _experiment(config)
     ckpt = Checkpointer(ckpt_dir, async_save=False)
+    shapes = param_shapes(exp.abstract_state.params)
     try:
-        state, meta = ckpt.restore_latest(
-            exp.abstract_state, param_shapes(exp.abstract_state.params), optimizer=config.optimizer.to_dict()
-        )
+        steps = ckpt.all_steps()
+        if steps:  # the newest checkpoint's shapes, in measure's words (restore_latest's advice is the trainer's)
+            _check_shapes(workdir, ckpt.directory, steps[-1], ckpt.read_meta(steps[-1]), shapes, dataset)
+        state, meta = ckpt.restore_latest(exp.abstract_state, shapes, optimizer=config.optimizer.to_dict())
+    except (ModelMismatchError, NoReadableCheckpointError) as e:
+        # The first sentence says what differs or what is unreadable; the rest is the trainer's remedy.
+        what = str(e).split("; resume with")[0].split(". Check the storage")[0]
+        raise InputError(
+            f"--workdir={workdir}: {what}; measure needs the config the run was trained with (its {wd.CONFIG}) "
+            "and reads the checkpoint only, nothing was changed"
+        ) from None
     finally:
         ckpt.close()
     if state is None:
         raise InputError(f"--workdir={workdir}: {wd.CHECKPOINTS_DIR}/ holds no checkpoint")
     return Measured(config, exp, state.params, f"workdir {workdir}", int(meta.get("step", jax.device_get(state.step))))
+
+
+def _check_shapes(workdir, ckpt_dir, step: int, meta: dict, shapes: dict, dataset: str | None) -> None:
+    """InputError naming the parameters whose shapes differ between the checkpoint and the model of config.json."""
+    stored = meta.get("param_shapes")
+    if stored is None or stored == shapes:
+        return
+    keys = [k for k in sorted(set(stored) | set(shapes)) if stored.get(k) != shapes.get(k)]
+    detail = ", ".join(f"{k}: checkpoint {stored.get(k)} vs config {shapes.get(k)}" for k in keys[:4])
+    more = f" (+{len(keys) - 4} more)" if len(keys) > 4 else ""
+    why = (
+        f"; --dataset={dataset} gives the model other classes or another image shape than the run's data"
+        if dataset is not None
+        else ""
+    )
+    raise InputError(
+        f"--workdir={workdir}: the checkpoint at {ckpt_dir}/{step} has parameters of other shapes than the model "
+        f"its {wd.CONFIG} builds ({detail}{more}){why}; measure needs the config the run was trained with "
+        "(and a dataset of the same classes and image shape); nothing was changed"
+    )
 
 
 def load_hf(path, *, dataset, split, data_dir, batch_size, count_hist_bins, inputs_length) -> Measured:
@@ -233,7 +264,7 @@ def measure(
     count_hist_bins: int = 32,
     inputs_length: int = 512,
     progress: bool = True,
-) -> Path:
+) -> epath.Path:
     """Runs the measurement and writes report.md, the figures and measure.json into `out`; returns `out`."""
     if (workdir is None) == (hf_t5 is None):
         raise InputError("give one of --workdir=RUN_DIR (a trained run) and --hf_t5=PATH (a Hugging Face T5 v1.0)")
@@ -256,7 +287,9 @@ def measure(
         m = load_workdir(workdir, **common)
     else:
         m = load_hf(hf_t5, inputs_length=inputs_length, **common)
-    out_dir = Path(out) if out is not None else Path(workdir) / "measure"
+    out_dir = wd.location_path(out, "--out") if out is not None else wd.workdir_path(workdir) / "measure"
+    if not wd.is_remote(out_dir):
+        wd.check_writable_dir(out_dir, "--out")
 
     batches = iter(input_pipeline.eval_batches(m.config, 0, 1))
     first = next(batches, None)
@@ -297,8 +330,8 @@ def measure(
         batches=count,
         batch_size=m.config.eval_batch_size,
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_outputs(out_dir, m, results)
+    with wd.local_output_dir(out_dir) as local:
+        write_outputs(local, m, results)
     return out_dir
 
 

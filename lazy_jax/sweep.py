@@ -26,6 +26,8 @@ after the other in this process, in the file's order:
   (and the extra overrides of the last invocation); a member that already has a workdir must
   keep the overrides recorded there (else: refused, use another --workdir).
 A run stopped by SIGTERM (preemption) stops the sweep; rerunning the command continues it.
+WORKDIR may be gs://BUCKET/PATH (etils.epath paths, as the trainer's workdirs); the sweep file
+and the config files it names are local.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-import os
 import re
 import sys
 from collections.abc import Callable, Mapping
@@ -41,9 +42,10 @@ from pathlib import Path
 from typing import Any
 
 import ml_collections
+from etils import epath
 
+from lazy_jax import workdir as wd
 from lazy_jax.errors import InputError
-from lazy_jax.workdir import CHECKPOINTS_DIR, METRICS, read_metrics
 
 SWEEP_JSON = "sweep.json"  # in the sweep's workdir: the members and their overrides
 COMPARE_DIR = "compare"  # in the sweep's workdir: compare.md and its figures (lazy_jax.compare)
@@ -139,11 +141,11 @@ def check_member(name: str, config) -> None:
         raise InputError(f"member {name!r}: {e}") from None
 
 
-def is_finished(config, run_dir: str | Path) -> bool:
+def is_finished(config, run_dir: wd.PathLike) -> bool:
     """True when the run's metrics.jsonl holds the eval row of its last step (config.total_steps)."""
-    if not (Path(run_dir) / METRICS).is_file():
+    if not (epath.Path(run_dir) / wd.METRICS).is_file():
         return False
-    return any(r["split"] == "eval" and _int(r["step"]) == config.total_steps for r in read_metrics(run_dir))
+    return any(r["split"] == "eval" and _int(r["step"]) == config.total_steps for r in wd.read_metrics(run_dir))
 
 
 def _int(value: Any) -> int | None:
@@ -157,14 +159,14 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _check_recorded(workdir: Path, sweep: Sweep) -> None:
+def _check_recorded(workdir: epath.Path, sweep: Sweep) -> None:
     """A member that already trained in `workdir` must keep the base and the overrides sweep.json recorded."""
     path = workdir / SWEEP_JSON
     if not path.is_file():
         return
     try:
-        recorded = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        recorded = json.loads(wd.read_text(path))
+    except json.JSONDecodeError as e:
         raise InputError(f"{path} is not valid JSON ({e}); move it away to start the sweep's record afresh") from None
     for name, overrides in sweep.members.items():
         if not (workdir / name).is_dir() or name not in recorded.get("members", {}):
@@ -178,15 +180,14 @@ def _check_recorded(workdir: Path, sweep: Sweep) -> None:
             )
 
 
-def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)  # atomic: a killed run leaves the previous record
+def _write_json(path: epath.Path, value: Any) -> None:
+    # whole or not at all: a killed run leaves the previous record
+    wd.replace_text(path, json.dumps(value, indent=2, default=str) + "\n")
 
 
 def run_sweep(
     spec: str,
-    workdir: str | Path,
+    workdir: wd.PathLike,
     *,
     only: str | None = None,
     extra: Mapping[str, Any] | None = None,
@@ -199,7 +200,7 @@ def run_sweep(
     workdir), 'preempted at step N' (the sweep stops there). `train(config, workdir)` defaults
     to `lazy_jax.run.train_and_evaluate`.
     """
-    workdir = Path(workdir)
+    workdir = wd.checked_workdir(workdir)  # local or gs://; empty, a file, read-only: InputError
     sweep = load_sweep(spec)
     if only is not None and only not in sweep.members:
         raise InputError(f"--only={only!r} is not a member of {spec}; allowed: {list(sweep.members)}")
@@ -212,7 +213,8 @@ def run_sweep(
 
     if train is None:
         from lazy_jax.run import train_and_evaluate as train
-    workdir.mkdir(parents=True, exist_ok=True)
+    if not wd.is_remote(workdir):  # an object store has no directories to make
+        workdir.mkdir(parents=True, exist_ok=True)
     record = {"sweep": spec, "base": sweep.base, "members": sweep.members, "extra": dict(extra or {})}
     _write_json(workdir / SWEEP_JSON, _jsonable(record))
     status = {}
@@ -224,7 +226,7 @@ def run_sweep(
             echo(f"{head}: finished before, skipped")
             continue
         run_dir = workdir / name
-        resumed = (run_dir / CHECKPOINTS_DIR).is_dir() and any((run_dir / CHECKPOINTS_DIR).iterdir())
+        resumed = (run_dir / wd.CHECKPOINTS_DIR).is_dir() and any((run_dir / wd.CHECKPOINTS_DIR).iterdir())
         echo(f"{head}: {'resuming' if resumed else 'training'} in {run_dir}")
         result = train(configs[name], run_dir)
         if isinstance(result, dict) and result.get("preempted_at") is not None:

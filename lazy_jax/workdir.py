@@ -26,11 +26,14 @@ kind of path so that a reader or a kill sees the old content or the new, never a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+import shutil
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -190,6 +193,25 @@ def append_text(path: PathLike, text: str) -> None:
         return
     old = path.read_bytes() if path.exists() else b""
     path.write_bytes(old + text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def local_output_dir(out_dir: PathLike) -> Iterator[epath.Path]:
+    """A local directory to write `out_dir`'s files in (matplotlib and json write local files): `out_dir`
+    itself (created) when it is local; for gs:// a temporary directory whose files are copied into
+    `out_dir` (`replace_bytes`, one object each) when the block ends without an error, then removed."""
+    out_dir = epath.Path(out_dir)
+    if not is_remote(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        yield out_dir
+        return
+    local = epath.Path(tempfile.mkdtemp(prefix="lazy_jax_out_"))
+    try:
+        yield local
+        for path in sorted(local.iterdir()):
+            replace_bytes(out_dir / path.name, path.read_bytes())
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- readers

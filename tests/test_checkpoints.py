@@ -14,6 +14,7 @@ from lazy_jax import report
 from lazy_jax import workdir as wd
 from lazy_jax.checkpoint import ModelMismatchError
 from lazy_jax.config_base import load_config
+from lazy_jax.data import vision
 from lazy_jax.errors import InputError
 from lazy_jax.run import train_and_evaluate
 
@@ -162,7 +163,10 @@ def test_config_of_every_restart_is_kept_and_reported(digits_dir, tmp_path):
 # -- 3: infinite data ------------------------------------------------------------------------------
 
 
-def test_infinite_data_resume_with_another_batch_size_is_refused(digits_dir, tmp_path):
+def test_infinite_data_resume_with_another_batch_size_is_refused(digits_dir, tmp_path, monkeypatch):
+    # One pass over the split, as for a dataset the infinite source cannot deform (digits stand in for
+    # one; the source itself never repeats a draw, tests/test_infinite.py).
+    monkeypatch.setattr(vision, "INFINITE_SOURCE_DATASETS", frozenset())
     train_and_evaluate(tiny_config(digits_dir, total_steps=3, **{"data.infinite": True}), tmp_path)
     before = snapshot(tmp_path)
     other = tiny_config(digits_dir, total_steps=6, batch_size=32, **{"data.infinite": True})

@@ -494,8 +494,17 @@ def test_unreadable_checkpoints_refuse_until_start_afresh(env, reference, tmp_pa
     assert_same_rows(read_metrics(reference), read_metrics(workdir))
 
 
+# digits stand in for a dataset the infinite source cannot deform: one pass over the split
+_ONE_PASS = """
+import runpy
+from lazy_jax.data import vision
+vision.INFINITE_SOURCE_DATASETS = frozenset()
+runpy.run_module('lazy_jax.main', run_name='__main__', alter_sys=True)
+"""
+
+
 def test_infinite_data_that_runs_out_is_refused_before_training(env, tmp_path):
-    out = run_main(env, tmp_path, total_steps=1000, **{"data.infinite": True})  # 16000 > 1437 examples
+    out = run_main(env, tmp_path, python_code=_ONE_PASS, total_steps=1000, **{"data.infinite": True})  # 16000 > 1437
     assert out.returncode == 2, out.stderr
     assert "infinite data" in out.stderr and "some example would be seen twice" in out.stderr
     assert "Traceback" not in out.stderr

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from lazy_jax.data import infinite, sources, stream, vision
+from lazy_jax.errors import InputError
 
 BATCH = 32
 
@@ -102,3 +103,40 @@ def test_config_data_is_a_vision_config(digits):
     config, _, _ = digits
     assert isinstance(config, ml_collections.ConfigDict)
     assert set(_batches(config, 0)[0]) == {"image", "label"}
+
+
+# -- data.infinite=True: the digits go through this source, other datasets get one pass --------
+
+
+def test_infinite_digits_run_past_the_split_through_vision(digits):
+    config, _, _ = digits
+    on = config.copy_and_resolve_references()
+    on.infinite = True
+    past_the_split = 2 * len(digits[2]) // BATCH  # the second epoch of source images
+    vision.check_infinite_data(on, total_steps=10**6, global_batch_size=BATCH)  # no bound
+    via_vision = next(vision.train_batches(on, global_batch_size=BATCH, start_step=past_the_split))
+    direct = _batches(config, past_the_split)[0]
+    for key in ("image", "label"):
+        np.testing.assert_array_equal(via_vision[key], direct[key])
+
+
+def test_a_resume_may_change_the_batch_size_or_seeds(digits, tmp_path):
+    """Every draw is keyed by its step, so a resumed run draws only new ones: run.py's infinite-data
+    resume check (which refuses such changes for a one-pass split) lets the source through."""
+    from lazy_jax import run
+
+    config = ml_collections.ConfigDict(dict(task="classification", batch_size=32, seed=1, data=digits[0].to_dict()))
+    config.data.infinite = True
+    meta = {"batch_size": 16, "seed": 0, "shuffle_seed": 0}
+    run._check_resume(config, tmp_path, 3, meta)  # no error
+    config.data.name = "cifar10"  # no source: one pass, and a resume must keep its stream
+    with pytest.raises(InputError, match=r"batch_size=16, and this config has batch_size=32"):
+        run._check_resume(config, tmp_path, 3, meta)
+
+
+def test_random_inputs_are_refused(digits):
+    config, _, _ = digits
+    noise = config.copy_and_resolve_references()
+    noise.random_inputs = True
+    with pytest.raises(InputError, match=r"random_inputs=True is not allowed with the infinite source"):
+        _batches(noise, 0)

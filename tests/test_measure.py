@@ -142,8 +142,17 @@ def test_bad_input_is_refused_before_any_work(vit_run, tmp_path):
     config = json.loads((other / wd.CONFIG).read_text())
     config["model"]["d_ff"] = 256
     (other / wd.CONFIG).write_text(json.dumps(config))
-    with pytest.raises(InputError, match=r"\['kernel'\]: checkpoint \[128, 512\] vs model \[128, 256\]"):
+    with pytest.raises(InputError, match=r"\['kernel'\]: checkpoint \[128, 512\] vs config \[128, 256\]") as e:
         measure.measure(workdir=str(other), out=str(out), progress=False)
+    # measure's own advice, not the trainer's: say what differs and which config it needs.
+    assert "measure needs the config the run was trained with" in str(e.value) and "--start_afresh" not in str(e.value)
+    # Another optimizer state (same parameters) is refused in the same words.
+    config["model"]["d_ff"] = 512
+    config["optimizer"]["name"] = "adafactor"
+    (other / wd.CONFIG).write_text(json.dumps(config))
+    with pytest.raises(InputError, match=r"holds another optimizer state.*measure needs the config") as e:
+        measure.measure(workdir=str(other), out=str(out), progress=False)
+    assert "--start_afresh" not in str(e.value) and "--workdir" not in str(e.value).partition(": ")[2]
     with pytest.raises(InputError, match="no config.json"):
         measure.measure(workdir=str(tmp_path), out=str(out), progress=False)
     assert not out.exists()

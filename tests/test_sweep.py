@@ -261,8 +261,10 @@ def test_compare_writes_figures_and_the_table_from_the_rows(trained):
             f"{100 * last_eval['accuracy']:.2f}% | {last_eval['loss']:.4f} | {100 * last_eval['nonzero_frac/mean']:.2f}% | "
             f"{100 * last_train['nonzero_frac/mean']:.2f}% |"
         )
-        assert expected in md
-    assert "ece" not in md and "corrupt" not in md  # the rows have neither
+        if "ece" in last_eval:  # the trainer's eval rows have it
+            expected += f" {last_eval['ece']:.4f} |"
+        assert expected + "\n" in md
+    assert "corrupt" not in md and "noisy_labels" not in md  # the rows have neither
 
     # FLOPs per example of 8 x 8 digits in 4 x 4 patches: 4 patches + class token, 32 wide, 2 layers, 10 classes.
     for name, d_ff in (("dff64", 64), ("dff128", 128)):
@@ -353,20 +355,31 @@ def test_compare_names_members_that_have_not_run_and_other_runs(trained, tmp_pat
     assert axis.label == "parameters"  # one member's overrides are unknown: the parameter counts differ
 
 
-def test_compare_shows_ece_and_corruption_columns_when_the_rows_have_them(trained, tmp_path):
+def test_compare_shows_ece_label_noise_and_corruption_columns_when_the_rows_have_them(trained, tmp_path):
     workdir, _, _ = trained
     copy = tmp_path / "copy"
     shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("checkpoints", "tb", "compare"))
     path = copy / "dff64" / "metrics.jsonl"
     rows = json_rows(copy / "dff64")
-    rows[-1] |= {"ece": 0.0123, "eval_corrupt/noise/mean/accuracy": 0.25, "eval_corrupt/blur/mean/accuracy": 0.5}
+    step = rows[-1]["step"]
+    last_train = max(i for i, r in enumerate(rows) if r["split"] == "train")
+    rows[last_train] |= {"accuracy_noisy_labels": 0.125, "accuracy_clean_labels": 0.875}
+    rows[-1] |= {"ece": 0.0123}
+    # Corrupted evals are rows of their own splits: per severity, and the mean over severities.
+    for name, mean in (("noise", 0.25), ("blur", 0.5)):
+        rows += [{"step": step, "split": f"eval_corrupt/{name}/s{k}", "accuracy": 0.0, "ece": 0.5} for k in (1, 2)]
+        rows.append({"step": step, "split": f"eval_corrupt/{name}/mean", "accuracy": mean, "ece": 0.5})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     md = compare.write_compare(copy).read_text()
     header = next(line for line in md.splitlines() if line.startswith("| member | overrides"))
-    assert header.endswith("| train nonzero_frac/mean | eval ece | blur accuracy | noise accuracy |")
+    assert header.endswith(
+        "| train nonzero_frac/mean | eval ece | train accuracy_noisy_labels | train accuracy_clean_labels "
+        "| blur accuracy | noise accuracy |"
+    )
     dff64 = next(line for line in md.splitlines() if line.startswith("| dff64 |"))
-    assert dff64.endswith("| 0.0123 | 50.00% | 25.00% |")
-    assert next(line for line in md.splitlines() if line.startswith("| dff128 |")).endswith("| - | - | - |")
+    assert dff64.endswith("| 0.0123 | 12.50% | 87.50% | 50.00% | 25.00% |")
+    assert next(line for line in md.splitlines() if line.startswith("| dff128 |")).endswith(" | - | - | - | - |")
+    assert compare.LABEL_NOISE_NOTE in md and compare.CORRUPTION_NOTE in md
 
 
 def test_compare_cli(trained, tmp_path):
