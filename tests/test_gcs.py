@@ -262,3 +262,45 @@ def test_gs_data_dir_is_listed_found_and_trains(gcs, digits_dir, tmp_path):
     assert out["eval"] is not None and 0 <= out["eval"]["accuracy"] <= 1
     assert [r["step"] for r in wd.read_metrics(tmp_path / "run")][-1] == 6
     shutil.rmtree(tmp_path / "run")
+
+
+def test_gs_sweep_compare_and_measure(gcs, digits_dir, tmp_path, monkeypatch):
+    """A one-member sweep in a bucket, its comparison and a measurement of its checkpoint: every
+    output lands in the bucket, nothing in the current directory."""
+    from lazy_jax import compare, measure, sweep
+    from lazy_jax.data import text_corpus
+    from lazy_jax.errors import InputError
+
+    sweep_file = tmp_path / "files" / "tiny_sweep.py"
+    sweep_file.parent.mkdir()
+    tiny = {"model.width": 16, "model.num_heads": 1, "model.depth": 1, "model.d_ff": 32, "total_steps": 2}
+    sweep_file.write_text(f"def get_sweep(arg=None):\n    return {VIT_CONFIG + ':test'!r}, {{'tiny': {tiny!r}}}\n")
+    run_here = tmp_path / "cwd"
+    run_here.mkdir()
+    monkeypatch.chdir(run_here)  # a gs:// path taken for a local one would show up here as ./gs:/...
+    workdir = f"gs://{BUCKET}/sweep"
+    assert sweep.run_sweep(str(sweep_file), workdir, extra={"data.data_dir": digits_dir}, echo=lambda _: None) == {
+        "tiny": "trained"
+    }
+    assert sweep.run_sweep(str(sweep_file), workdir, extra={"data.data_dir": digits_dir}, echo=lambda _: None) == {
+        "tiny": "finished before"
+    }
+    assert json.loads(get_object(gcs, "sweep/sweep.json"))["members"] == {"tiny": tiny}
+
+    md_path = compare.write_compare(workdir)
+    assert os.fspath(md_path) == f"{workdir}/compare/compare.md"
+    names = set(bucket_objects(gcs, "sweep/compare/"))
+    assert {"sweep/compare/compare.md", "sweep/compare/nonzero_frac.png"} <= names, names
+    assert "| tiny |" in wd.read_text(md_path)
+
+    out = measure.measure(workdir=f"{workdir}/tiny", num_batches=1, progress=False)
+    assert os.fspath(out) == f"{workdir}/tiny/measure"
+    names = set(bucket_objects(gcs, "sweep/tiny/measure/"))
+    assert {"sweep/tiny/measure/report.md", "sweep/tiny/measure/measure.json"} <= names, names
+    assert json.loads(get_object(gcs, "sweep/tiny/measure/measure.json"))["meta"]["step"] == 2
+    assert os.listdir(run_here) == [], os.listdir(run_here)
+
+    # pydocs is not built inside a bucket: prepare locally and copy.
+    with pytest.raises(InputError, match=r"'pydocs' is not prepared in the data dir 'gs://bucket/text'.*copy"):
+        text_corpus.prepare_pydocs(f"gs://{BUCKET}/text")
+    assert bucket_objects(gcs, "text/") == []

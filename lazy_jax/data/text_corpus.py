@@ -18,7 +18,9 @@ from collections.abc import Sequence
 
 import ml_collections
 import tensorflow_datasets as tfds
+from etils import epath
 
+from lazy_jax import workdir as wd
 from lazy_jax.data import offline, pydocs, sources
 from lazy_jax.data import tokenizer as tokenizer_lib
 from lazy_jax.errors import InputError
@@ -78,9 +80,8 @@ def version_dir(name: str, data_dir: str) -> str:
 
 
 def _is_prepared(name: str, data_dir: str) -> bool:
-    return all(
-        os.path.isfile(os.path.join(version_dir(name, data_dir), f)) for f in ("dataset_info.json", SPM_FILENAME)
-    )
+    """Whether the data dir (local or gs://) holds the finished dataset and its SentencePiece model."""
+    return all((epath.Path(version_dir(name, data_dir)) / f).is_file() for f in ("dataset_info.json", SPM_FILENAME))
 
 
 def train_tokenizer(train_documents: Sequence[str], model_path: str) -> None:
@@ -93,10 +94,20 @@ def prepare_pydocs(data_dir: str | None = None, add_bible_kjv: bool = False) -> 
     """Prepares 'pydocs' (or 'pydocs_kjv') and its SentencePiece model in `data_dir`.
 
     Idempotent; builds in a temporary directory inside the data dir and renames
-    the finished version directory into place. Returns True if built now.
+    the finished version directory into place. Returns True if built now. A gs://
+    data dir is only read: an object store has no atomic rename to build in, so a
+    dataset missing there is an InputError saying to prepare locally and copy.
     """
     name = "pydocs_kjv" if add_bible_kjv else "pydocs"
     data_dir = sources.resolve_data_dir(data_dir)
+    if wd.is_remote(data_dir):
+        if _is_prepared(name, data_dir):
+            return False
+        raise InputError(
+            f"Dataset {name!r} is not prepared in the data dir {data_dir!r}, and offline datasets are prepared on "
+            f"a local disk only: run `python -m lazy_jax.data.prepare --dataset={name} --data_dir=DIR` and copy "
+            f"DIR/{name} to {data_dir}/{name} (`gcloud storage cp -r DIR/{name} {data_dir}/`)"
+        )
     offline.remove_abandoned_builds(name, data_dir)  # temporary directories of killed preparations
     if _is_prepared(name, data_dir):
         return False
