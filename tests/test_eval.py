@@ -15,6 +15,7 @@ from lazy_jax.data import sources
 from lazy_jax.sparsity import MlpBlock
 from lazy_jax.train import Experiment
 from tests.model_helpers import random_variables
+from tests.test_calibration import numpy_ece
 
 NUM_TEST = 300  # digits' test split
 
@@ -29,7 +30,7 @@ def digits_test_split(data_dir):
 
 
 def reference_metrics(model, variables, images_NHWC, labels_N):
-    """Loss, accuracy and per-layer nonzero share of every example at once, in NumPy.
+    """Loss, accuracy, per-layer nonzero share and ECE of every example at once, in NumPy.
 
     The activation maps are taken from the un-jitted model (the input of each MLP's `wo`)."""
     maps = []
@@ -48,7 +49,7 @@ def reference_metrics(model, variables, images_NHWC, labels_N):
     loss = float(np.mean(logsumexp_N - logits_NC[np.arange(len(labels_N)), labels_N]))
     accuracy = float(np.mean(logits_NC.argmax(-1) == labels_N))
     nonzero_L = [float((a_NTF > 0).mean()) for a_NTF in maps]
-    return loss, accuracy, nonzero_L
+    return loss, accuracy, nonzero_L, numpy_ece(logits_NC, labels_N)
 
 
 @pytest.mark.parametrize("eval_batch_size", [64, 56])  # 300 = 4 * 64 + 44 = 5 * 56 + 20
@@ -68,7 +69,7 @@ def test_padded_eval_matches_numpy_over_unpadded_examples(digits_dir, eval_batch
     assert [float(b["mask"].sum()) for b in batches][-1] == NUM_TEST % eval_batch_size  # padded
     got = exp.evaluate(variables["params"], batches)
 
-    loss, accuracy, nonzero_L = reference_metrics(exp.model, variables, images_NHWC, labels_N)
+    loss, accuracy, nonzero_L, ece = reference_metrics(exp.model, variables, images_NHWC, labels_N)
     assert 0 < accuracy < 1 and len(set(nonzero_L)) > 1  # nothing here is a trivial value
     # Counting the padded rows (zero images, label 0) would move every metric past the tolerances.
     num_pad = -NUM_TEST % eval_batch_size
@@ -79,6 +80,10 @@ def test_padded_eval_matches_numpy_over_unpadded_examples(digits_dir, eval_batch
         np.concatenate([labels_N, np.zeros(num_pad, np.int64)]),
     )
     assert abs(with_pad[0] - loss) > 1e-3 * loss and np.abs(np.subtract(with_pad[2], nonzero_L)).max() > 1e-3
+    assert abs(with_pad[3] - ece) > 1e-3 and ece > 0.01
+    # ECE from exact per-bin sums: the same at either batch size as over the 300 examples at once.
+    assert got["ece"] == pytest.approx(ece, abs=1e-6)
+    assert got["calibration/count"].sum() == NUM_TEST
     np.testing.assert_allclose(got["loss"], loss, rtol=1e-5)
     assert got["accuracy"] == pytest.approx(accuracy, abs=1e-9)  # the same hits of 300
     assert len(nonzero_L) == 6

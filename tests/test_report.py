@@ -344,3 +344,31 @@ def test_import_defines_no_flags():
     code = "import lazy_jax.report; from absl import flags; flags.DEFINE_string('workdir', None, ''); print('ok')"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_splits_with_a_slash_keep_flat_stats_files_and_stay_out_of_the_first_last_table(tmp_path):
+    writer = MetricsWriter(tmp_path)
+    metrics = {k: v for k, v in metric_row(6, "eval").items() if k not in ("step", "split")}
+    writer.write(6, "eval", {**metrics, "calibration/count": np.arange(15.0)})
+    split = "eval_corrupt/gaussian_noise/s3"
+    writer.write(6, split, {**metrics, "accuracy": 0.25, "calibration/count": np.ones(15)})
+    writer.write(6, "eval_corrupt/gaussian_noise/mean", {"accuracy": 0.3, "ece": 0.125, "nonzero_frac/mean": 0.5})
+    writer.close()
+    assert stats_path(tmp_path, split, 6).parent == tmp_path / "stats"
+    assert sorted(p.name for p in (tmp_path / "stats").iterdir()) == [
+        "eval_00000006.npz",
+        "eval_corrupt+gaussian_noise+s3_00000006.npz",
+    ]
+    stats = report.latest_stats(tmp_path)
+    np.testing.assert_array_equal(stats[split][2]["calibration/count"], np.ones(15))
+    rows = read_metrics(tmp_path)
+    assert list(report.corruption_results(rows)) == ["gaussian_noise"]
+    assert list(report.corruption_results(rows)["gaussian_noise"]) == ["s3", "mean"]
+    assert "eval_corrupt" not in report.format_first_last(rows)
+    md = report.write_report(tmp_path).read_text()
+    assert "| gaussian_noise | 3 | 25.00% | - |" in md and "| gaussian_noise | mean | 30.00% | 0.1250 | 50.00% |" in md
+    assert not list((tmp_path / "report").glob("*corrupt*"))
+
+
+def test_reliability_figure_needs_the_calibration_vectors():
+    assert report_figures.reliability_figure({"neuron_freq/encoder/layer_00": np.ones(4)}, "eval", 1) is None

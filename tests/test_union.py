@@ -115,3 +115,69 @@ def test_all_padded_gives_zero_groups_not_nan():
 def test_sizes_beyond_the_tokens_are_refused_by_name(n, consecutive, limit):
     with pytest.raises(InputError, match=rf"n={n!r} .* 1 <= n <= {limit}"):
         sparsity.union_active_frac(jnp.ones((3, 8, 4)), None, (1, n), consecutive=consecutive)
+
+
+# ----------------------------------------------------------------------------- at evaluation (model.union_sizes)
+
+
+def test_eval_union_combines_batches_by_groups(digits_dir):
+    """Consecutive windows lie in one sequence, so the union over padded eval batches equals numpy over
+    all 300 examples; random groups number floor(valid tokens of a batch / n) per batch."""
+    import flax.linen as nn
+
+    from lazy_jax import input_pipeline
+    from lazy_jax.config_base import load_config
+    from lazy_jax.train import Experiment
+    from tests.model_helpers import random_variables
+    from tests.test_eval import digits_test_split
+
+    config = load_config("configs/vit.py:test")
+    config.data.data_dir = digits_dir
+    config.eval_batch_size = 64  # 300 = 4 * 64 + 44
+    config.model.union_sizes = "1,2,4,64"
+    exp = Experiment(config, input_pipeline.data_spec(config))
+    images_NHWC, _ = digits_test_split(digits_dir)
+    variables = random_variables(exp.model, {"image": images_NHWC[:1]}, seed=3)
+    got = exp.evaluate(variables["params"], input_pipeline.eval_batches(config, 0, 1))
+
+    maps = []
+
+    def record(next_fun, args, kwargs, context):
+        if context.method_name == "__call__" and context.module.name == "wo":
+            maps.append(np.asarray(args[0]))
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        exp.model.apply(variables, {"image": images_NHWC}, train=False)
+    assert len(maps) == 6 and maps[0].shape[:2] == (300, 5)
+    for i, a_NTF in enumerate(maps):
+        random_S = got[f"union_random/encoder/layer_{i:02d}"]
+        consecutive_S = got[f"union_consecutive/encoder/layer_{i:02d}"]
+        nonzero = got[f"nonzero_frac/encoder/layer_{i:02d}"]
+        assert random_S[0] == pytest.approx(nonzero, rel=1e-6) and consecutive_S[0] == pytest.approx(nonzero, rel=1e-6)
+        for j, n in enumerate((1, 2, 4)):
+            want, _ = _numpy_consecutive(a_NTF, np.ones(a_NTF.shape[:2]), n)
+            np.testing.assert_allclose(consecutive_S[j], want, rtol=1e-5, err_msg=f"layer {i} n={n}")
+        assert np.isnan(consecutive_S[3])  # 64 > 5 tokens per image
+        assert np.all(np.diff(random_S) > 0)
+        # n = 64: one group per 64 valid tokens of each batch (4 x 5 of 320, 4 of the last 220),
+        # each at most every neuron and at least the share active on one token.
+        assert nonzero < random_S[3] <= 1.0
+
+
+def test_union_sizes_beyond_an_eval_batch_are_refused_before_the_workdir(digits_dir, tmp_path):
+    from lazy_jax.config_base import load_config
+    from lazy_jax.run import train_and_evaluate
+
+    config = load_config("configs/vit.py:test")
+    config.data.data_dir = digits_dir
+    config.eval_batch_size = 16  # 16 images x 5 tokens
+    config.model.union_sizes = "1,2,81"
+    with pytest.raises(
+        InputError, match=r"model.union_sizes='1,2,81' does not fit an eval batch of eval_batch_size=16"
+    ):
+        train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    config.model.union_sizes = "1,0"
+    with pytest.raises(InputError, match=r"model.union_sizes='1,0' is not allowed: use distinct positive integers"):
+        train_and_evaluate(config, tmp_path / "run")
