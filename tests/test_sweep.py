@@ -39,7 +39,16 @@ def json_rows(run_dir: Path) -> list[dict]:
 
 def test_there_are_sweep_files_for_the_papers_figures():
     names = {Path(f).stem for f in SWEEP_FILES}
-    assert {"vit_size", "vit_width", "vit_depth", "vit_data", "vit_topk", "t5_depth", "t5_width"} <= names
+    assert {
+        "vit_size",
+        "vit_width",
+        "vit_depth",
+        "vit_data",
+        "vit_topk",
+        "vit_topk_robust",
+        "t5_depth",
+        "t5_width",
+    } <= names
 
 
 @pytest.mark.parametrize("arg", ["", ":full", ":test"])

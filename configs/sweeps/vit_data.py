@@ -5,8 +5,9 @@ with infinite data alike: the sparsity is no artefact of one data set or of memo
 
 Local (default): configs/vit.py:local (ViT-Mu/7 on mnist5k) at the same 250 steps of batch 16
 for every member, so they differ in the data alone: `real`, `random_labels` and `random_inputs`
-train on the first 1000 training images (each seen 4 times), `infinite` on all 4000 once
-(data.infinite=True refuses to repeat one). A tenth of the local run's examples each: well under a
+train on the first 1000 training images (each seen 4 times), `infinite` on 4000 draws of the
+infinite source (data.infinite=True on mnist5k: every draw a fresh random deformation of a
+training digit, lazy_jax/data/infinite.py, so no example is seen twice however long the run). A tenth of the local run's examples each: well under a
 minute of training per member on 2 idle CPU cores (estimated, not measured):
   python -m lazy_jax.sweep --sweep=configs/sweeps/vit_data.py --workdir=runs/vit_data
   python -m lazy_jax.report --compare runs/vit_data
@@ -37,7 +38,7 @@ def get_sweep(arg=None):
         return "configs/vit.py:test", {name: {**tiny, **_DATA[name]} for name in ("real", "random_labels")}
     if a.full:
         return "configs/vit.py", dict(_DATA)
-    # 250 x 16 = 4000: one pass over mnist5k's training split, the most data.infinite allows.
+    # 250 x 16 = 4000 examples each; the infinite source never repeats one.
     same = {
         "batch_size": 16,
         "total_steps": 250,
