@@ -8,6 +8,8 @@ the eval batch size. One tiny run evaluates corrupted inputs end to end.
 
 import colorsys
 import json
+import os
+import signal
 import zlib
 
 import numpy as np
@@ -154,14 +156,28 @@ def test_corruptions_of_a_text_task_are_refused():
 @pytest.fixture(scope="module")
 def corrupted_run(digits_dir, tmp_path_factory):
     """configs/vit.py:test (6 steps, evals at 1, 3, 6; its train step compiled once for the session's
-    other runs) with two corruptions at two severities, and the union."""
+    other runs) with two corruptions at two severities and the union, stopped by SIGTERM in its last
+    corrupted eval and resumed."""
     config = load_config("configs/vit.py:test")
     config.data.data_dir = digits_dir
     config.eval_corruptions = "gaussian_noise,impulse_noise"
     config.eval_corruption_severities = "2,5"
     config.model.union_sizes = "1,2,8,32"
     workdir = tmp_path_factory.mktemp("corrupted_run")
-    train_and_evaluate(config, workdir)
+    real = input_pipeline.eval_batches
+
+    def preempted(config, pi, pc, corruption=None):
+        for batch in real(config, pi, pc, corruption):
+            if corruption == ("impulse_noise", 5):
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield batch
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(input_pipeline, "eval_batches", preempted)
+        out = train_and_evaluate(config, workdir)
+    assert out["preempted_at"] == 6
+    assert not [r for r in read_metrics(workdir) if r["split"] != "train" and r["step"] == 6]  # nothing of the cut eval
+    train_and_evaluate(config, workdir)  # does the pending eval first, corrupted ones included
     return workdir
 
 
