@@ -11,7 +11,9 @@ first/last nonzero_frac table (per stack and layer, in percent) and these figure
                             nonzero count histograms and sorted per-neuron activation
                             frequency, per layer (only when stats files exist);
   reliability_eval.png      the reliability diagram of the last eval (accuracy per confidence
-                            bin against confidence, with the bins' counts; `calibration/*`).
+                            bin against confidence, with the bins' counts; `calibration/*`);
+  union_eval.png            the last eval's union of active neurons against the pool size n
+                            (model.union_sizes; `union_random/*`, `union_consecutive/*`).
 The final-metrics table has each split's ECE; a table of the corrupted evals (eval_corrupt/*,
 accuracy, ECE and nonzero share per corruption and severity, and their mean) and the forward
 FLOP table (lazy_jax.flops) follow it. Corrupted-eval splits get no per-split figures (one row
@@ -473,6 +475,19 @@ def _write_report(workdir: epath.Path, out_dir: epath.Path) -> epath.Path:
                 f"![reliability eval]({png.name})",
                 "",
             ]
+    sizes = _union_sizes(config)
+    if "eval" in all_stats and sizes:
+        step, path, stats = all_stats["eval"]
+        png = report_figures.save(report_figures.union_figure(stats, sizes, "eval", step), out_dir / "union_eval.png")
+        if png:
+            md += [
+                f"Union of active neurons (eval, step {step}, from {STATS_DIR}/{path.name}; model.union_sizes): the "
+                "share of neurons active on at least one of n pooled tokens, which batched inference must still "
+                "read; at n = 1 the nonzero share.",
+                "",
+                f"![union eval]({png.name})",
+                "",
+            ]
     for s, (step, path, stats) in all_stats.items():
         fig = report_figures.neuron_usage_figure(stats, s, step)
         png = report_figures.save(fig, out_dir / f"neuron_usage_{_safe_name(s)}.png")
@@ -507,6 +522,13 @@ def _write_report(workdir: epath.Path, out_dir: epath.Path) -> epath.Path:
     report_path = out_dir / "report.md"
     report_path.write_text("\n".join(md), encoding="utf-8")
     return report_path
+
+
+def _union_sizes(config: dict[str, Any] | None) -> list[int]:
+    """model.union_sizes of config.json ('1,2,4' -> [1, 2, 4]); [] when absent or unreadable."""
+    text = str(_lookup(config or {}, "model.union_sizes") or "")
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    return [int(p) for p in parts] if all(p.isdigit() for p in parts) else []
 
 
 def _corruption_section(rows: list[dict[str, Any]]) -> list[str]:

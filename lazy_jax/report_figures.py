@@ -217,3 +217,31 @@ def reliability_figure(stats: dict[str, np.ndarray], split: str, step: int) -> F
     ax_count.grid(True, alpha=0.3)
     fig.suptitle(f"Reliability diagram ({split}, step {step})")
     return fig
+
+
+def union_figure(stats: dict[str, np.ndarray], sizes: list[int], split: str, step: int) -> Figure | None:
+    """Per stack: share of neurons active on at least one of n pooled tokens against n (log 2 axis),
+    per layer; solid: random tokens of the batch (union_random/<stack>/layer_<ii>), dashed:
+    consecutive tokens of a sequence (union_consecutive/..., NaN where a sequence is shorter)."""
+    randoms = _layers_by_stack(stats, "union_random")
+    if not randoms or not sizes:
+        return None
+    fig = Figure(figsize=(5.5 * len(randoms), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(randoms), sharey=True, squeeze=False)[0]
+    for ax, (stack, layers) in zip(axes, randoms.items()):
+        palette = _colors(max(layer for layer, _ in layers) + 1)
+        for layer, name in layers:
+            union = np.asarray(stats[name], dtype=np.float64).ravel()
+            ax.plot(sizes, 100 * union, "o-", color=palette[layer], ms=3, lw=1.2, label=f"layer {layer:02d}")
+            consecutive = stats.get(name.replace("union_random/", "union_consecutive/", 1))
+            if consecutive is not None:
+                ax.plot(sizes, 100 * np.asarray(consecutive, dtype=np.float64).ravel(), "--", color=palette[layer])
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_xlabel("pooled tokens n")
+        ax.set_title(f"{stack} (solid: random tokens, dashed: consecutive)")
+        ax.grid(True, which="both", alpha=0.3)
+        _depth_key(fig, ax, [layer for layer, _ in layers])
+    axes[0].set_ylabel("neurons active on any of the n tokens (% of d_ff)")
+    fig.suptitle(f"Union of active neurons ({split}, step {step})")
+    return fig

@@ -238,3 +238,10 @@ def test_report_draws_the_reliability_diagram_and_the_corruption_table(corrupted
     assert f"| impulse_noise | mean | {100 * row['accuracy']:.2f}% | {row['ece']:.4f} |" in md
     assert "## Forward FLOPs" in md and "| eval | 6 |" in md
     assert "nonzero_frac_eval_corrupt" not in md  # no per-split figures of one-row corrupted splits
+    # The union curve against n, from the same stats file and config.json's model.union_sizes.
+    assert "![union eval](union_eval.png)" in md
+    (union_ax,) = [ax for ax in report_figures.union_figure(arrays, [1, 2, 8, 32], "eval", 6).axes if ax.get_title()]
+    lines = union_ax.get_lines()
+    assert list(lines[0].get_xdata()) == [1, 2, 8, 32] and lines[0].get_label() == "layer 00"
+    np.testing.assert_allclose(lines[0].get_ydata(), 100 * arrays["union_random/encoder/layer_00"])
+    np.testing.assert_allclose(lines[1].get_ydata(), 100 * arrays["union_consecutive/encoder/layer_00"])
