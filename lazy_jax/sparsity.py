@@ -219,11 +219,11 @@ class MlpBlock(nn.Module):
       use_bias: ViT/Mixer MLPs have biases, T5 v1.0 has none.
       dropout_rate: dropout after the activation (as in T5) and nowhere else.
       neuron_freq, count_hist_bins: the optional statistics of `activation_stats`.
-      union_sizes: at evaluation only (train=False, not at init), `union_active_frac` of the map
-        for these pool sizes n, random tokens of the batch (`union_random` [S]) and consecutive
-        tokens of a sequence (`union_consecutive` [S]; sizes past the sequence's length get no
-        group), each with its group counts (`*_groups` [S], the weights for combining batches).
-        The train step never computes it, so its cost does not change.
+      union_sizes: at evaluation only (train=False; not at init, nor in cached decoding),
+        `union_active_frac` of the map for these pool sizes n, random tokens of the batch
+        (`union_random` [S]) and consecutive tokens of a sequence (`union_consecutive` [S]; sizes
+        past the sequence's length get no group), each with its group counts (`*_groups` [S],
+        the weights for combining batches). The train step never computes it: its cost is unchanged.
       sparse_decode: a key of sparse_mlp.IMPLS; when not 'off', `wo` reads only the rows of
         W_out active for some sequence, and only when decoding (eval, one position per sequence).
       out_features: width of the output (None = the input width; a 2-layer MLP classifier
@@ -269,7 +269,8 @@ class MlpBlock(nn.Module):
         a_BTF = topk_mask(a_BTF, self.topk, self.topk_impl)
         a_BTF = nn.with_logical_constraint(a_BTF, (*self.act_axes, "mlp"))
         stats = activation_stats(a_BTF, mask_BT, neuron_freq=self.neuron_freq, count_hist_bins=self.count_hist_bins)
-        if self.union_sizes and not train and not self.is_initializing():
+        # Not at init (one example), nor when decoding with a KV cache (one position per sequence).
+        if self.union_sizes and not train and not self.is_initializing() and not self.is_mutable_collection("cache"):
             stats.update(union_stats(a_BTF, mask_BT, self.union_sizes))
         a_BTF = nn.Dropout(self.dropout_rate)(a_BTF, deterministic=not train)
         out_names = ("mlp", self.embed_axis) if self.out_features is None else ("mlp", "classes")
