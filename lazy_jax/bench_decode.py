@@ -1,0 +1,234 @@
+"""Dense vs sparse-W_out greedy decoding of T5 decoders, one process, one table.
+
+    python -m lazy_jax.bench_decode                 # the H200 run of docs/inference.md
+    python -m lazy_jax.bench_decode --tiny          # seconds on a CPU: checks the script runs
+
+Batch B greedy decoding of 128 tokens after a 512-token prompt (`models.t5.decode_from_encoded`:
+the whole loop in one jit, cross-attention keys/values from the prompt once) with decoders of
+T5-Base, T5-3B and T5-11B shape, bf16 weights and activations, Top-k at k = 3% of d_ff in every
+MLP. The weights are random: Top-k keeps exactly k neurons of every token whatever the weights,
+so the sparsity, and the bytes read, are those of a trained Top-k model by construction (which
+neurons are active is not: random tokens spread over all neurons, the worst case for the
+union over a batch). The encoder output is random too (the encoder is not timed).
+
+Per token a decoder layer reads self-attention q/k/v/o, cross-attention q/o and both MLP
+matrices (plus the cached keys and values); W_out is ~28% of those weight bytes, so skipping
+97% of it bounds the speedup at `limit` = weights / (weights - 0.97 W_out), the LM head (V x D)
+included. Every row prints that limit next to the measured speedup; `union` is the measured share
+of neurons active for at least one of the B sequences (`sparsity.union_active_frac` on layer 0's
+map of B random tokens), the share of W_out rows the sparse path still reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from lazy_jax import sparsity
+from lazy_jax.models.t5 import T5, decode_from_encoded, default_model_config, t5_spec
+
+PROMPT_LEN, DECODE_LEN, TOPK_FRAC = 512, 128, 0.03
+# (name, size, decoder layers timed): fewer than the model's where its time would not fit one call.
+SHAPES = (("T5-Base", "base", 12), ("T5-3B", "3B", 8), ("T5-11B", "11B", 4))
+SWEEP_SHAPE = "T5-3B"
+IMPLS = ("off", "pallas", "gather")
+
+
+def model_config(size: str, layers: int, **dims) -> ml_collections.ConfigDict:
+    c = default_model_config(size)
+    c.update(dict(num_decoder_layers=layers, num_encoder_layers=1, dtype="bfloat16", dropout_rate=0.0, **dims))
+    c.vocab_size = 32128
+    spec_dims = t5_spec(c)
+    c.topk = max(1, round(TOPK_FRAC * spec_dims.d_ff))
+    return c
+
+
+def build(config, impl: str) -> T5:
+    spec = t5_spec(config)
+    return T5(dataclasses.replace(spec, mlp=dataclasses.replace(spec.mlp, sparse_decode=impl)))
+
+
+def random_params(model: T5, seed: int = 0) -> dict:
+    """Decoder and embedding parameters (the encoder is not needed), matrices in bf16, N(0, 1/fan_in)."""
+    one = jnp.zeros((1, 1), jnp.int32)
+    batch = dict(encoder_input_tokens=one, decoder_input_tokens=one, decoder_target_tokens=one)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), batch))["params"]
+    shapes = {k: v for k, v in shapes.items() if k != "encoder"}
+    leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda x: hasattr(x, "unbox"))
+    keys = jax.random.split(jax.random.key(seed, impl="rbg"), len(leaves))  # fast to compile
+
+    @functools.partial(jax.jit, static_argnums=(1, 2))
+    def normal(key, shape, scale):
+        return (jax.random.normal(key, shape, jnp.float32) * scale).astype(jnp.bfloat16)
+
+    out = []
+    for key, leaf in zip(keys, leaves):
+        shape = tuple((leaf.unbox() if hasattr(leaf, "unbox") else leaf).shape)
+        if len(shape) < 2:
+            out.append(jnp.ones(shape, jnp.float32))  # norm scales
+        elif len(shape) == 2 and shape[-1] == model.spec.num_heads:
+            out.append(normal(key, shape, 0.1).astype(jnp.float32))  # relative-position table
+        else:
+            fan_in = shape[1] if shape[0] == model.spec.vocab_size else int(np.prod(shape[:-1]))
+            out.append(normal(key, shape, fan_in**-0.5))
+    return jax.tree.unflatten(treedef, out)
+
+
+def weight_bytes(spec) -> dict[str, float]:
+    """Bytes of bf16 weights one decoding step reads, and W_out's share (the byte-count limit)."""
+    d, hk, f = spec.d_model, spec.num_heads * spec.d_kv, spec.d_ff
+    per_layer = (4 + 2) * d * hk + 2 * d * f  # self q/k/v/o, cross q/o, W_in and W_out
+    total = 2 * (spec.num_decoder_layers * per_layer + spec.vocab_size * d)
+    w_out = 2 * spec.num_decoder_layers * d * f
+    return dict(total=total, w_out=w_out, limit=total / (total - (1 - TOPK_FRAC) * w_out))
+
+
+def union_share(model: T5, params: dict, batch: int, seed: int = 1) -> float:
+    """Share of layer 0's neurons active for at least one of `batch` random tokens (Top-k map)."""
+    mlp = params["decoder"]["layers_0"]["mlp"]
+    x = jax.random.normal(jax.random.key(seed), (batch, model.spec.d_model), jnp.float32)
+    x = (x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True))).astype(jnp.bfloat16)
+    a_BF = sparsity.topk_mask(jax.nn.relu(x @ mlp["wi"]["kernel"]), model.spec.mlp.topk)
+    union, _ = sparsity.union_active_frac(a_BF[None], None, (batch,))
+    return float(union[0])
+
+
+def time_decode(model: T5, params: dict, batch: int, repeats: int) -> dict:
+    d = model.spec.d_model
+    encoded = jax.random.normal(jax.random.key(2), (batch, PROMPT_LEN, d), jnp.bfloat16)
+    mask = jnp.ones((batch, PROMPT_LEN), jnp.bool_)
+    fn = jax.jit(lambda p, e, m: decode_from_encoded(model, {"params": p}, e, m, DECODE_LEN, eos_id=None))
+    start = time.perf_counter()
+    tokens, steps = jax.block_until_ready(fn(params, encoded, mask))
+    compile_s = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(params, encoded, mask))
+        times.append(time.perf_counter() - start)
+    sec = statistics.median(times)
+    assert int(steps) == DECODE_LEN
+    return dict(
+        tokens=np.asarray(tokens),
+        ms_per_token=1e3 * sec / DECODE_LEN,
+        tokens_per_s=batch * DECODE_LEN / sec,
+        compile_s=compile_s,
+        spread=(max(times) - min(times)) / sec,
+    )
+
+
+def default_plan(shapes, sweep_shape: str, sweep_batches) -> list[tuple[str, int]]:
+    """(shape name, batch): batch 1 of each shape, the batch sweep before the largest shape."""
+    plan = [(n, 1) for n, _, _ in shapes[:-1]]
+    plan += [(sweep_shape, b) for b in sweep_batches if b != 1]
+    return plan + [(shapes[-1][0], 1)]
+
+
+def run(shapes, plan, repeats: int, budget_s: float, log, impls=IMPLS) -> list[dict]:
+    rows, start = [], time.perf_counter()
+    by_name = {n: (s, layers) for n, s, layers in shapes}
+    plan = [(n, *by_name[n], b) for n, b in plan]
+    built = {}
+    for name, size, layers, batch in plan:
+        if time.perf_counter() - start > budget_s:
+            log(f"skipped {name} batch {batch}: past the {budget_s:.0f} s budget")
+            continue
+        config = model_config(size, layers) if isinstance(size, str) else model_config("base", layers, **size)
+        if name not in built:
+            built.clear()  # one size's weights on the device at a time
+            built[name] = random_params(build(config, "off"))
+        params = built[name]
+        dense_model = build(config, "off")
+        limit = weight_bytes(dense_model.spec)
+        union = union_share(dense_model, params, batch)
+        base = None
+        for impl in impls if batch == 1 else ("off", "pallas"):
+            try:
+                r = time_decode(build(config, impl), params, batch, repeats)
+            except Exception as e:  # one variant failing must not lose the others' numbers
+                log(f"{name} b={batch} {impl}: FAILED {type(e).__name__}: {str(e)[:2000]}")
+                continue
+            if impl == "off":
+                base = r
+            # Share of decoded tokens equal to the dense path's (a random model's logits have near
+            # ties that bf16 rounding can flip; after a flip the sequences part).
+            same = None if base is None else float(np.mean(r["tokens"] == base["tokens"]))
+            row = dict(
+                shape=name,
+                layers=layers,
+                d_ff=dense_model.spec.d_ff,
+                k=dense_model.spec.mlp.topk,
+                batch=batch,
+                impl=impl,
+                ms_per_token=r["ms_per_token"],
+                tokens_per_s=r["tokens_per_s"],
+                speedup=None if base is None else base["ms_per_token"] / r["ms_per_token"],
+                limit=limit["limit"],
+                union=union,
+                same_tokens=same,
+                compile_s=r["compile_s"],
+                spread=r["spread"],
+            )
+            rows.append(row)
+            log(json.dumps(row))
+    return rows
+
+
+def table(rows) -> str:
+    head = "| shape (decoder layers) | batch | impl | ms/token | tokens/s | speedup | limit | union | same tokens |"
+    out = [head, "|" + "---|" * 9]
+    for r in rows:
+        sp = "-" if r["speedup"] is None else f"{r['speedup']:.3f}x"
+        same = "-" if r["same_tokens"] is None else f"{100 * r['same_tokens']:.0f}%"
+        out.append(
+            f"| {r['shape']} ({r['layers']}) | {r['batch']} | {r['impl']} | {r['ms_per_token']:.3f} | "
+            f"{r['tokens_per_s']:.0f} | {sp} | {r['limit']:.3f}x | {100 * r['union']:.1f}% | {same} |"
+        )
+    return "\n".join(out)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tiny", action="store_true", help="tiny shapes, a CPU check that the script runs")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--budget_s", type=float, default=300.0, help="start no new size after this many seconds")
+    p.add_argument("--plan", default="", help="NAME:BATCH,... of SHAPES to run (default: default_plan)")
+    p.add_argument("--sweep_batches", default="1,4,16,64", help=f"batch sizes for {SWEEP_SHAPE}")
+    p.add_argument("--impls", default=",".join(IMPLS), help="implementations at batch 1")
+    p.add_argument("--out", default=os.environ.get("OUT", "."), help="where bench_decode.json/.log go")
+    a = p.parse_args(argv)
+    logf = open(os.path.join(a.out, "bench_decode.log"), "w")
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+        logf.write(msg + "\n")
+        logf.flush()
+
+    log(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    if a.tiny:
+        tiny = dict(d_model=64, num_heads=2, d_kv=32, d_ff=512)
+        shapes = (("tiny-a", tiny, 2), ("tiny-b", tiny, 3), ("tiny-c", tiny, 1))
+        rows = run(shapes, default_plan(shapes, "tiny-b", (1, 4)), 2, a.budget_s, log)
+    else:
+        plan = default_plan(SHAPES, SWEEP_SHAPE, tuple(int(b) for b in a.sweep_batches.split(",")))
+        if a.plan:  # e.g. T5-11B:1,T5-3B:4
+            plan = [(item.rpartition(":")[0], int(item.rpartition(":")[2])) for item in a.plan.split(",")]
+        rows = run(SHAPES, plan, a.repeats, a.budget_s, log, tuple(a.impls.split(",")))
+    with open(os.path.join(a.out, "bench_decode.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
