@@ -32,7 +32,8 @@ float32 images in [-1, 1] -> dict {'image': [b, H, W, C], 'label': [b]}
                  labels (Python's round) are replaced by a label drawn uniformly
                  from all classes, so about 1/num_classes of the replaced labels
                  equal the true one, as in the paper's label-noise setup (Zhang
-                 et al. 2017's "corrupted labels"). Which examples, and their new
+                 et al. 2017 corrupt each label with probability P instead; an
+                 exact count makes the share exact). Which examples, and their new
                  labels, are drawn once from shuffle_seed: the same at every
                  epoch, after a resume and at any batch size. Train batches then
                  carry 'label_noisy' (True where the label was replaced, even if
