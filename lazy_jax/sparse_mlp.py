@@ -78,7 +78,8 @@ def sparse_matmul(a_BF: Array, w_FD: Array, impl: str) -> Array:
     if impl == "pallas":
         if pallas_tiles(*a_BF.shape, w_FD.shape[1]) is None:
             return dense_matmul(a_BF, w_FD)  # shapes the kernel does not tile
-        return pallas_matmul(a_BF, w_FD, interpret=not on_gpu())
+        # Inside a jit: Flax's nn.scan (scanned layers) refuses a bare pallas_call in its body.
+        return jax.jit(pallas_matmul, static_argnames="interpret")(a_BF, w_FD, interpret=not on_gpu())
     raise ValueError(f"sparse_decode={impl!r}; allowed: {IMPLS}")
 
 

@@ -10,12 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_t5_model import tiny_config
 
 from lazy_jax import sparse_mlp
 from lazy_jax.models import get_model
 from lazy_jax.models.t5 import T5, decode_params, greedy_decode
-
-from test_t5_model import tiny_config
 
 
 @pytest.mark.parametrize("b,f,d", [(1, 256, 64), (3, 512, 128), (20, 64, 32)])
