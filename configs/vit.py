@@ -15,10 +15,12 @@ configs/vit.py:variant=S/16,topk=64. Widths, depths and d_ff override the varian
 
 Local (`configs/vit.py:local`, what `launch/local.sh run` trains): ViT-Mu/7 (128 wide, 6 layers,
 d_ff 512, 4 heads, 17 tokens incl. class token) on mnist5k (4000 train / 1000 test 28x28 digits),
-600 steps of batch 64, AdamW lr 3e-3, a few minutes on 2 CPU cores:
+1200 steps of batch 64, AdamW at a constant lr 2e-3 after 50 warm-up steps, a few minutes on
+2 CPU cores:
   python -m lazy_jax.main --config=configs/vit.py:local --workdir=runs/vit_mnist5k
-It should reach ~95% test accuracy while the nonzero share of every layer falls from about half
-at initialisation; the README ("The default run") has the per-layer table we measured.
+It should reach ~88% test accuracy while the mean nonzero share falls from ~50% at
+initialisation to ~17% (eval every 300 steps, falling at each); the README ("The default run")
+has the per-layer table we measured, docs/results.md the learning-rate study behind the choice.
 
 Test (`configs/vit.py:test`): ViT-Mu/4 on the offline `digits` (8x8), batch 16, 6 steps, eval
 and checkpoint every 3, synchronous checkpoints: seconds on a CPU; tests set data.data_dir.
@@ -44,9 +46,11 @@ def get_config(arg=None):
         c.model = default_model_config(a.variant or "Mu/7")
         c.data = vision_data_config(a.dataset or "mnist5k")
         c.batch_size, c.eval_batch_size = 64, 500
-        c.total_steps, c.log_every_steps, c.eval_every_steps = 600, 50, 300
-        c.checkpoint_every_steps = 300
-        c.optimizer.update(learning_rate=3e-3, weight_decay=1e-4, warmup_steps=50)
+        c.total_steps, c.log_every_steps, c.eval_every_steps = 1200, 50, 300
+        c.checkpoint_every_steps = 600
+        # A constant learning rate: with cosine decay to 0 the share fell to ~20% and rose again to
+        # ~24-30% as the rate decayed and the 4000 images were memorised (docs/results.md, default run).
+        c.optimizer.update(learning_rate=2e-3, weight_decay=1e-4, warmup_steps=50, schedule="constant")
     else:
         c.model = default_model_config(a.variant or "B/16")
         c.data = vision_data_config(a.dataset or "imagenet21k", image_size=224)

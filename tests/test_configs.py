@@ -134,10 +134,11 @@ CASES = [
             {
                 **vit("Mu", 7),
                 **LOCAL_VISION,
-                "total_steps": 600,
+                "total_steps": 1200,
                 "batch_size": 64,
                 "optimizer.name": "adamw",
-                "optimizer.learning_rate": 3e-3,
+                "optimizer.learning_rate": 2e-3,
+                "optimizer.schedule": "constant",
             },
         ),
         ("configs/vit.py:local,variant=Mu/4,dataset=digits,topk=16", 10, {**vit("Mu", 4), "spec.mlp.topk": 16}),
