@@ -185,6 +185,27 @@ def run(shapes, plan, repeats: int, budget_s: float, log, impls=IMPLS) -> list[d
     return rows
 
 
+CHECK_SHAPES = ((1, 3072, 768), (1, 65536, 1024), (4, 16384, 1024), (64, 16384, 1024))  # (B, F, D)
+
+
+def check_kernels(log, shapes=CHECK_SHAPES) -> None:
+    """Each implementation against the f32 sums of the same bf16 products, at the benchmark's
+    shapes: ||y - exact|| / ||exact|| (bf16 rounding of the output alone is ~2e-3)."""
+    from lazy_jax import sparse_mlp
+
+    for b, f, d in shapes:
+        k1, k2, k3 = jax.random.split(jax.random.key(b + f), 3)
+        a_BF = jax.nn.relu(jax.random.normal(k1, (b, f), jnp.float32))
+        a_BF = jnp.where(jax.random.uniform(k3, (b, f)) < 2 * TOPK_FRAC, a_BF, 0).astype(jnp.bfloat16)
+        w_FD = jax.random.normal(k2, (f, d), jnp.bfloat16)
+        exact = jnp.dot(a_BF.astype(jnp.float32), w_FD.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST)
+        errs = {}
+        for impl in IMPLS:
+            y = jax.jit(sparse_mlp.sparse_matmul, static_argnums=2)(a_BF, w_FD, impl).astype(jnp.float32)
+            errs[impl] = float(jnp.linalg.norm(y - exact) / jnp.linalg.norm(exact))
+        log(f"check b={b} F={f} D={d}: relative error " + ", ".join(f"{k} {v:.2e}" for k, v in errs.items()))
+
+
 def table(rows) -> str:
     head = "| shape (decoder layers) | batch | impl | ms/token | tokens/s | speedup | limit | union | same tokens |"
     out = [head, "|" + "---|" * 9]
@@ -202,6 +223,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tiny", action="store_true", help="tiny shapes, a CPU check that the script runs")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--check", action="store_true", help="first compare each implementation with exact sums")
     p.add_argument("--budget_s", type=float, default=300.0, help="start no new size after this many seconds")
     p.add_argument("--plan", default="", help="NAME:BATCH,... of SHAPES to run (default: default_plan)")
     p.add_argument("--sweep_batches", default="1,4,16,64", help=f"batch sizes for {SWEEP_SHAPE}")
@@ -216,6 +238,8 @@ def main(argv=None) -> None:
         logf.flush()
 
     log(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    if a.check:
+        check_kernels(log, ((1, 512, 64), (4, 256, 64)) if a.tiny else CHECK_SHAPES)
     if a.tiny:
         tiny = dict(d_model=64, num_heads=2, d_kv=32, d_ff=512)
         shapes = (("tiny-a", tiny, 2), ("tiny-b", tiny, 3), ("tiny-c", tiny, 1))
