@@ -155,7 +155,9 @@ def _kernel(a_ref, w_ref, o_ref, *, block_f: int, steps: int, upcast: bool):
         w_KD = plgpu.load(w_ref.at[rows, :], mask=active_K[:, None], other=0.0)
         if upcast:  # interpret mode: the CPU has no bf16 x bf16 -> f32 dot (same products in f32)
             a_BK, w_KD = a_BK.astype(jnp.float32), w_KD.astype(jnp.float32)
-        return acc + jnp.dot(a_BK, w_KD, preferred_element_type=jnp.float32)  # tensor cores
+        # f32 weights: full f32 products (Triton's default f32 dot is TF32); bf16: the tensor cores.
+        precision = lax.Precision.HIGHEST if w_KD.dtype == jnp.float32 else None
+        return acc + jnp.dot(a_BK, w_KD, precision=precision, preferred_element_type=jnp.float32)
 
     o_ref[...] = lax.fori_loop(0, steps, body, jnp.zeros(o_ref.shape, jnp.float32))
 
