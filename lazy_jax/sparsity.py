@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from lazy_jax import sparse_mlp
 from lazy_jax.errors import InputError
+from lazy_jax.topk import kth_largest_radix
 
 Array = jax.Array
 
@@ -76,7 +77,8 @@ def kth_largest_positive(a_BTF: Array, k: int) -> Array:
 
 
 TOPK_IMPLS: dict[str, Callable[[Array, int], Array]] = {
-    "bisect": kth_largest_positive,  # the default: exact, and much faster on GPUs
+    "bisect": kth_largest_positive,  # the default: exact, and much faster on GPUs than 'lax'
+    "radix": kth_largest_radix,  # exact, 4-bit digits: 4 passes over a bf16 row (lazy_jax/topk.py)
     "lax": kth_largest_reference,
 }
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lazy_jax import sparsity
+from lazy_jax import sparsity, topk
 from lazy_jax.errors import InputError
 from lazy_jax.models import get_model, model_spec
 from lazy_jax.models import mixer as mixer_lib
@@ -265,8 +265,30 @@ def test_bisection_threshold_equals_lax_top_k(dtype, k):
         np.testing.assert_array_equal(got, np.asarray(sparsity.topk_mask(a, k, "lax"), np.float32), err_msg=impl)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("digit_bits, stacked", [(1, False), (2, True), (3, False), (4, False), (4, True), (8, False)])
+def test_radix_threshold_equals_lax_top_k(dtype, digit_bits, stacked):
+    """The radix select (any digit width, both ways of counting) finds lax.top_k's k-th value."""
+    a = _awkward_rows(dtype, seed=digit_bits)
+    radix = jax.jit(topk.kth_largest_radix, static_argnums=(1, 2), static_argnames="stacked")
+    for k in (1, 3, 17, 64):
+        ref_kth = np.asarray(sparsity.kth_largest_reference(a, k), np.float32)
+        kth = np.asarray(radix(a, k, digit_bits, stacked=stacked), np.float32)
+        enough = np.asarray((a > 0).sum(-1) >= k)
+        np.testing.assert_array_equal(kth[enough], ref_kth[enough], err_msg=f"k={k}")
+        np.testing.assert_array_equal(kth[~enough], 0.0, err_msg=f"k={k}")
+
+
+def test_radix_digit_widths():
+    assert topk.digit_widths(15, 4) == [4, 4, 4, 3]
+    assert topk.digit_widths(31, 8) == [8, 8, 8, 7]
+    assert topk.digit_widths(15, 1) == [1] * 15
+    with pytest.raises(ValueError, match="digit_bits=9"):
+        topk.digit_widths(15, 9)
+
+
 def test_unknown_topk_impl_is_refused_by_name():
-    with pytest.raises(ValueError, match=r"topk_impl='sort' is unknown; allowed: \['bisect', 'lax'\]"):
+    with pytest.raises(ValueError, match=r"topk_impl='sort' is unknown; allowed: \['bisect', 'lax', 'radix'\]"):
         sparsity.topk_mask(jnp.ones((2, 4)), 2, "sort")
 
 

@@ -1,17 +1,77 @@
-"""Multi-head self-attention for the vision models (T5 has its own, with relative position bias).
+"""Multi-head self-attention for the vision models (T5 has its own, with relative position bias),
+and the process-wide attention settings both use.
 
 Projections are einsums over [embed, heads, kv] kernels with logical names, so they shard
-over heads; the attention itself is `jax.nn.dot_product_attention` (fused where the backend has
-a kernel).
+over heads; the attention itself is `jax.nn.dot_product_attention`, through XLA or, on a CUDA GPU
+with bf16/f16 activations, cuDNN's fused (flash) attention.
+
+`SETTINGS` (changed by `set_attention`, e.g. by `python -m lazy_jax.bench --attention=cudnn`)
+decide how attention is computed; they change speed, not the model:
+  impl    'auto' (cuDNN where it applies: a GPU backend and bf16/f16 activations; else XLA),
+          'xla', or 'cudnn' (refused on a backend without CUDA). The vision models' attention only;
+          T5's attention (relative bias, padding and causal masks) is XLA's.
+  relpos  how T5's relative position bias [1, H, T, S] is read from its [buckets, H] table:
+          'onehot' (a contraction with the constant one-hot [T, S, buckets], as t5x; its gradient
+          is a matmul) or 'gather' (jnp.take; its gradient is a scatter-add).
+  logits  T5's attention logits and softmax: 'float32' (f32 logits, bias and softmax) or
+          'activation' (in the activation dtype, as t5x without float32_logits).
+What each gave on an H200 is in docs/performance.md.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from lazy_jax.errors import InputError
+
+ATTENTION_CHOICES = {
+    "impl": ("auto", "xla", "cudnn"),
+    "relpos": ("onehot", "gather"),
+    "logits": ("float32", "activation"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionSettings:
+    impl: str = "xla"
+    relpos: str = "gather"
+    logits: str = "float32"
+
+
+SETTINGS = AttentionSettings()
+
+
+def set_attention(**choices: str) -> AttentionSettings:
+    """Changes SETTINGS (for models traced from now on); a bad choice is an InputError naming it."""
+    global SETTINGS
+    for key, value in choices.items():
+        allowed = ATTENTION_CHOICES.get(key)
+        if allowed is None:
+            raise InputError(f"attention setting {key!r} is unknown; allowed: {sorted(ATTENTION_CHOICES)}")
+        if value not in allowed:
+            raise InputError(f"attention {key}={value!r} is not allowed; allowed: {list(allowed)}")
+    if choices.get("impl") == "cudnn" and jax.default_backend() != "gpu":
+        raise InputError(
+            f"attention impl='cudnn' needs a CUDA GPU, but the backend is {jax.default_backend()!r}: "
+            "use 'auto' or 'xla'"
+        )
+    SETTINGS = dataclasses.replace(SETTINGS, **choices)
+    return SETTINGS
+
+
+def fused_attention_impl(dtype: Any) -> str:
+    """'cudnn' or 'xla': what `jax.nn.dot_product_attention` is asked for, with activations in dtype."""
+    if SETTINGS.impl == "xla":
+        return "xla"
+    cudnn_ok = jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    if SETTINGS.impl == "cudnn" and not cudnn_ok:
+        raise InputError(f"attention impl='cudnn' needs bf16 or f16 activations on a GPU, got {jnp.dtype(dtype).name}")
+    return "cudnn" if cudnn_ok else "xla"
 
 
 class SelfAttention(nn.Module):
@@ -38,7 +98,7 @@ class SelfAttention(nn.Module):
         qkv_3BTHK = qkv_3BTHK + b_3HK[:, None, None].astype(self.dtype)
         q_BTHK, k_BTHK, v_BTHK = qkv_3BTHK
         q_BTHK = nn.with_logical_constraint(q_BTHK, ("batch", "length", "heads", "kv"))
-        o_BTHK = jax.nn.dot_product_attention(q_BTHK, k_BTHK, v_BTHK)
+        o_BTHK = jax.nn.dot_product_attention(q_BTHK, k_BTHK, v_BTHK, implementation=fused_attention_impl(q_BTHK.dtype))
         if self.dropout_rate and not self.deterministic:
             o_BTHK = nn.Dropout(self.dropout_rate)(o_BTHK, deterministic=False)
         w_HKD = param(

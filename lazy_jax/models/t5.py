@@ -68,7 +68,7 @@ import ml_collections
 import numpy as np
 
 from lazy_jax.errors import InputError
-from lazy_jax.models import checks
+from lazy_jax.models import attention, checks
 from lazy_jax.models.stack import StackSettings, layer_stack
 from lazy_jax.sparsity import MlpSettings
 
@@ -259,7 +259,12 @@ class RelativePositionBias(nn.Module):
         bucket_TS = relative_position_bucket(
             rel_TS, bidirectional=self.bidirectional, num_buckets=s.num_buckets, max_distance=s.max_distance
         )
-        bias_TSH = jnp.take(table_NH, jnp.asarray(bucket_TS, jnp.int32), axis=0)
+        bucket_TS = jnp.asarray(bucket_TS, jnp.int32)
+        if attention.SETTINGS.relpos == "onehot":  # exact: one nonzero term per sum, at full precision
+            onehot_TSN = jax.nn.one_hot(bucket_TS, s.num_buckets, dtype=jnp.float32)
+            bias_HTS = jnp.einsum("tsn,nh->hts", onehot_TSN, table_NH, precision=jax.lax.Precision.HIGHEST)
+            return bias_HTS[None].astype(jnp.float32)
+        bias_TSH = jnp.take(table_NH, bucket_TS, axis=0)
         return jnp.transpose(bias_TSH, (2, 0, 1))[None].astype(jnp.float32)
 
 
@@ -321,11 +326,13 @@ class Attention(nn.Module):
             cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_BSHK.astype(dt), at)
             cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_BSHK.astype(dt), at)
             k_BSHK, v_BSHK = cached_k.value, cached_v.value
-        logits_BHTS = jnp.einsum("bthk,bshk->bhts", q_BTHK, k_BSHK, preferred_element_type=jnp.float32)
+        # Logits, bias and softmax in f32, or in the activation dtype (attention.SETTINGS.logits).
+        logits_dt = jnp.float32 if attention.SETTINGS.logits == "float32" else dt
+        logits_BHTS = jnp.einsum("bthk,bshk->bhts", q_BTHK, k_BSHK, preferred_element_type=logits_dt)
         if bias_1HTS is not None:
-            logits_BHTS = logits_BHTS + bias_1HTS
+            logits_BHTS = logits_BHTS + bias_1HTS.astype(logits_dt)
         if mask_B1TS is not None:
-            logits_BHTS = jnp.where(mask_B1TS, logits_BHTS, MASK_LOGIT)
+            logits_BHTS = jnp.where(mask_B1TS, logits_BHTS, jnp.asarray(MASK_LOGIT, logits_dt))
         probs_BHTS = jax.nn.softmax(logits_BHTS, axis=-1).astype(dt)
         probs_BHTS = nn.Dropout(s.dropout_rate)(probs_BHTS, deterministic=not self.train)
         out_BTHK = jnp.einsum("bhts,bshk->bthk", probs_BHTS, v_BSHK)
