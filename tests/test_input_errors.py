@@ -307,11 +307,16 @@ BENCH_SMALL = ["--config=configs/vit.py:test", "--config.data.image_size=8", "--
         ("--per_device_batch=0", "--per_device_batch=0 is not allowed: use a positive integer"),
         ("--num_classes=-3", "--num_classes=-3 is not allowed: use a positive integer"),
         ("--json=/no/such/dir/out.json", "--json='/no/such/dir/out.json' is not allowed"),
+        ("--attention=flash", "--attention='flash' is not allowed; allowed: ['auto', 'xla', 'cudnn']"),
+        ("--relpos=table", "--relpos='table' is not allowed; allowed: ['onehot', 'gather']"),
+        ("--peak_tflops=0", "--peak_tflops=0.0 is not allowed: use a positive number"),
+        ("--attention=cudnn", "attention impl='cudnn' needs a CUDA GPU, but the backend is 'cpu'"),
+        ("--peers --meshes=2x1x1", "--meshes='2x1x1' is not allowed with --peers: the peers run on one device"),
     ],
 )
 def test_bench_flags_are_refused_before_any_compile(flag, fragment):
     env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    out = run_module("lazy_jax.bench", *BENCH_SMALL, flag, env=env)
+    out = run_module("lazy_jax.bench", *BENCH_SMALL, *flag.split(), env=env)
     assert_one_line_error(out, fragment)
     assert "mesh" not in out.stdout  # no result table: nothing was measured
 
