@@ -264,6 +264,19 @@ def test_gs_data_dir_is_listed_found_and_trains(gcs, digits_dir, tmp_path):
     shutil.rmtree(tmp_path / "run")
 
 
+def test_gs_sentencepiece_model_loads(gcs, pydocs_dir):
+    """The pydocs tokenizer read from a gs:// data dir (prepared locally and copied there)."""
+    from lazy_jax.data import tokenizer
+    from lazy_jax.data.text_corpus import SPM_FILENAME
+
+    local = next(os.path.join(root, SPM_FILENAME) for root, _, files in os.walk(pydocs_dir) if SPM_FILENAME in files)
+    with open(local, "rb") as f:
+        put_object(gcs, f"spm/{SPM_FILENAME}", f.read())
+    remote = tokenizer.SentencePieceTokenizer(f"gs://{BUCKET}/spm/{SPM_FILENAME}")
+    text = "def main(): return 0"
+    assert list(remote.encode(text)) == list(tokenizer.SentencePieceTokenizer(local).encode(text))
+
+
 def test_gs_sweep_compare_and_measure(gcs, digits_dir, tmp_path, monkeypatch):
     """A one-member sweep in a bucket, its comparison and a measurement of its checkpoint: every
     output lands in the bucket, nothing in the current directory."""

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 import numpy as np
 import sentencepiece as spm
+from etils import epath
 
 from lazy_jax.data import cache
 from lazy_jax.errors import InputError
@@ -28,10 +29,10 @@ class SentencePieceTokenizer:
 
     def __init__(self, path: str, extra_ids: int = DEFAULT_EXTRA_IDS):
         path = os.fspath(path)
-        if not os.path.isfile(path):
+        model_file = epath.Path(path)  # a gs:// data dir holds the pydocs model too
+        if not model_file.is_file():
             raise InputError(f"SentencePiece model file not found: {path!r}")
-        with open(path, "rb") as f:
-            proto = f.read()
+        proto = model_file.read_bytes()
         processor = spm.SentencePieceProcessor()
         try:
             processor.LoadFromSerializedProto(proto)
