@@ -212,12 +212,16 @@ def run_peers(config, batch: int, sizes: dict) -> list[dict]:
     proc = subprocess.run(
         [sys.executable, "-m", "lazy_jax.bench_peers", *args], capture_output=True, text=True, env=env, check=False
     )
-    rows = []
+    rows, versions = [], {}
     for line in proc.stdout.splitlines():
         if line.startswith("{"):
             row = json.loads(line)
             if "peer" in row:
                 rows.append(row)
+            elif "torch" in row:  # the peers' first line: torch's version and the device
+                versions = {"torch": row["torch"], "torch_device": row.get("device")}
+    for row in rows:
+        row.update(versions)
     if proc.returncode != 0 or not rows:
         rows.append({"peer": peer, "error": f"exit {proc.returncode}: {proc.stderr.strip()[-400:]}"})
     return rows

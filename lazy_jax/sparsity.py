@@ -91,10 +91,10 @@ def check_topk_impl(impl: str, *, key: str = "topk_impl") -> None:
 def topk_mask(a_BTF: Array, k: int, impl: str = "bisect") -> Array:
     """Keeps the entries of each row >= its k-th largest value (and > 0); the rest become 0.
 
-    `impl` picks how the k-th largest value is found ('bisect' or 'lax', i.e. jax.lax.top_k,
-    the reference); both give the same threshold on every row with at least k positives and
-    so the same mask. The mask is a constant for autodiff: dropped entries get zero gradient,
-    kept entries the gradient of the activation itself.
+    `impl` picks how the k-th largest value is found ('bisect', 'radix' or 'lax', i.e.
+    jax.lax.top_k, the reference); all give the same threshold on every row with at least k
+    positives and so the same mask. The mask is a constant for autodiff: dropped entries get
+    zero gradient, kept entries the gradient of the activation itself.
     """
     if k == 0:
         return a_BTF
