@@ -82,6 +82,8 @@ def _stat_overrides(config, count_hist_bins: int) -> None:
     with config.unlocked():
         config.model.neuron_freq = True
         config.model.count_hist_bins = count_hist_bins
+        # measure draws its own union curve; the run's eval-time union sizes could exceed --batch_size.
+        config.model.union_sizes = ""
 
 
 def _experiment(config):
@@ -229,24 +231,6 @@ def forward_stats(model, rules, sizes: Sequence[int] | None):
     return apply
 
 
-def weighted_sums(aux):
-    """Per-batch means -> sums that add over batches: token-weighted statistics, group-weighted unions."""
-    out = {}
-    for stack, stats in aux.items():
-        tokens_L = stats["num_tokens"]
-        weight = lambda w, v: v * w.reshape(w.shape + (1,) * (v.ndim - w.ndim))
-        sums = {}
-        for k, v in stats.items():
-            if k.endswith("_groups") or k == "num_tokens":
-                sums[k] = v
-            elif k.startswith("union_"):
-                sums[k] = weight(stats[k + "_groups"], v)
-            else:
-                sums[k] = weight(tokens_L, v)
-        out[stack] = sums
-    return out
-
-
 # ----------------------------------------------------------------------------- the run
 
 
@@ -307,7 +291,9 @@ def measure(
                     f"--union_sizes {too_big} are larger than the {b} x {t} = {b * t} tokens of a batch of "
                     f"{stack!r}: use sizes <= {b * t} (or a larger --batch_size)"
                 )
-    step = jax.jit(lambda p, batch: weighted_sums(apply(p, batch)), out_shardings=exp.replicated)
+    from lazy_jax.train import weighted_stats
+
+    step = jax.jit(lambda p, batch: weighted_stats(apply(p, batch)), out_shardings=exp.replicated)
 
     total, count = None, 0
     bar = _progress(num_batches, progress)

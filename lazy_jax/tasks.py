@@ -18,7 +18,7 @@ TASKS = ("classification", "seq2seq")
 
 
 def classification_sums(logits_BC, batch, z_loss: float = 0.0):
-    weight_B = batch.get("mask", jnp.ones(logits_BC.shape[:1], jnp.float32)).astype(jnp.float32)
+    weight_B = target_weights(batch)
     labels_B = batch["label"]
     loss_B = optax.softmax_cross_entropy_with_integer_labels(logits_BC, labels_B)
     correct_B = (jnp.argmax(logits_BC, -1) == labels_B).astype(jnp.float32)
@@ -56,6 +56,20 @@ def train_metrics(sums) -> dict:
     return metrics
 
 
+def target_weights(batch):
+    """The weight of each prediction a task's loss and accuracy count: [B] per example (0 on padded
+    eval rows), or [B, T] per decoder target token for seq2seq: the batch's 'decoder_loss_weights'
+    (else targets > 0) times the row mask."""
+    if "decoder_target_tokens" not in batch:
+        return batch.get("mask", jnp.ones(batch["label"].shape[:1], jnp.float32)).astype(jnp.float32)
+    targets_BT = batch["decoder_target_tokens"]
+    weight_BT = batch["decoder_loss_weights"] if "decoder_loss_weights" in batch else targets_BT > 0
+    weight_BT = weight_BT.astype(jnp.float32)
+    if "mask" in batch:
+        weight_BT = weight_BT * batch["mask"][:, None].astype(jnp.float32)
+    return weight_BT
+
+
 def seq2seq_sums(logits_BTV, batch, z_loss: float = 0.0):
     """Token cross-entropy and token accuracy on decoder targets.
 
@@ -64,12 +78,7 @@ def seq2seq_sums(logits_BTV, batch, z_loss: float = 0.0):
     carry no weight. z-loss: z_loss * logsumexp(logits)^2 per weighted token (as t5x).
     """
     targets_BT = batch["decoder_target_tokens"]
-    if "decoder_loss_weights" in batch:
-        weight_BT = batch["decoder_loss_weights"].astype(jnp.float32)
-    else:
-        weight_BT = (targets_BT > 0).astype(jnp.float32)
-    if "mask" in batch:
-        weight_BT = weight_BT * batch["mask"][:, None].astype(jnp.float32)
+    weight_BT = target_weights(batch)
     loss_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, targets_BT)
     correct_BT = (jnp.argmax(logits_BTV, -1) == targets_BT).astype(jnp.float32)
     zl_BT = z_loss * jnp.square(jax.nn.logsumexp(logits_BTV, -1))

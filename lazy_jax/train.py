@@ -32,7 +32,7 @@ from lazy_jax.models import get_model
 from lazy_jax.models.checks import union_sizes
 from lazy_jax.optim import make_optimizer
 from lazy_jax.sparsity import stats_to_metrics
-from lazy_jax.tasks import task_sums, train_metrics
+from lazy_jax.tasks import target_weights, task_sums, train_metrics
 
 
 @flax.struct.dataclass
@@ -119,17 +119,9 @@ def finalize_eval(sums: dict) -> dict[str, float | np.ndarray]:
 
 def calibration_sums(task: str, logits, batch) -> dict:
     """`calibration.bin_sums` over the predictions the task's accuracy counts, with its weights
-    (`lazy_jax.tasks`): one per example (0 on padded eval rows), or for seq2seq one per target
-    token with the batch's 'decoder_loss_weights' (else targets > 0) times the row mask."""
-    if task == "classification":
-        weight_B = batch.get("mask", jnp.ones(logits.shape[:1], jnp.float32))
-        return calibration.bin_sums(logits, batch["label"], weight_B)
-    targets_BT = batch["decoder_target_tokens"]
-    weight_BT = batch["decoder_loss_weights"] if "decoder_loss_weights" in batch else targets_BT > 0
-    weight_BT = weight_BT.astype(jnp.float32)
-    if "mask" in batch:
-        weight_BT = weight_BT * batch["mask"][:, None].astype(jnp.float32)
-    return calibration.bin_sums(logits, targets_BT, weight_BT)
+    (`tasks.target_weights`): one per example, or per target token for seq2seq."""
+    labels = batch["label"] if task == "classification" else batch["decoder_target_tokens"]
+    return calibration.bin_sums(logits, labels, target_weights(batch))
 
 
 def check_union_sizes(config, data: DataSpec) -> None:
