@@ -134,25 +134,17 @@ def eval_batches(config, process_index: int, process_count: int, corruption: tup
 
 
 def _corrupted_image_batches(config, process_index: int, process_count: int, name: str, severity: int):
-    """As `vision.eval_batches` (the same examples, padding and process blocks), each image
+    """`vision.eval_batches` (the same examples, padding and process blocks), each image
     corrupted by `corruptions.corrupt` between decoding and `vision.normalize`."""
-    from lazy_jax.data import corruptions, stream, vision
+    from lazy_jax.data import corruptions, vision
 
     corruptions.check(name, severity)
     if config.task != "classification":
         raise InputError(f"input corruptions are for images; task={config.task!r} has none")
-    d, batch_size = config.data, config.eval_batch_size
-    stream.local_batch_size(batch_size, process_count, process_index)
-    reader = vision.SplitReader(d.name, d.eval_split, d.data_dir, d.image_size)
-    n = reader.num_examples
-
-    def make_batch(k: int) -> dict[str, np.ndarray]:
-        positions = stream.local_positions(k, batch_size, process_index, process_count)
-        valid = positions < n
-        indices = np.where(valid, positions, 0)
-        images_u8, labels = reader.get(indices)
-        images = vision.normalize(corruptions.corrupt(images_u8, name, severity, indices))
-        images[~valid] = 0.0
-        return {"image": images, "label": np.where(valid, labels, 0).astype(np.int32), "mask": valid.astype(np.float32)}
-
-    return vision.iterate_steps(make_batch, range(-(-n // batch_size)), d.num_workers)
+    return vision.eval_batches(
+        config.data,
+        global_batch_size=config.eval_batch_size,
+        process_index=process_index,
+        process_count=process_count,
+        transform_u8=lambda images_u8, indices: corruptions.corrupt(images_u8, name, severity, indices),
+    )

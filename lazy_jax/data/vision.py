@@ -60,7 +60,7 @@ files; use num_workers > 0 there.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grain
@@ -362,13 +362,20 @@ def train_batches(
 
 
 def eval_batches(
-    config_data: ml_collections.ConfigDict, *, global_batch_size: int, process_index: int = 0, process_count: int = 1
+    config_data: ml_collections.ConfigDict,
+    *,
+    global_batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    transform_u8: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Host-local batches over the whole eval split once, in dataset order.
 
     Global batch k holds examples [k*B, (k+1)*B); the last one is padded to B
     with zero images, label 0 and mask 0. Process p gets the contiguous block
     p of each global batch, so all processes yield the same number of batches.
+    `transform_u8(images_u8, example_indices)`, if given, changes the decoded uint8 images before
+    normalisation (the input corruptions of `lazy_jax.data.corruptions`).
 
     Yields:
       {'image': float32 [b, H, W, C], 'label': int32 [b], 'mask': float32 [b]}.
@@ -380,7 +387,10 @@ def eval_batches(
     def make_batch(k: int) -> dict[str, np.ndarray]:
         positions = stream.local_positions(k, global_batch_size, process_index, process_count)
         valid = positions < n
-        images_u8, labels = reader.get(np.where(valid, positions, 0))
+        indices = np.where(valid, positions, 0)
+        images_u8, labels = reader.get(indices)
+        if transform_u8 is not None:
+            images_u8 = transform_u8(images_u8, indices)
         images = normalize(images_u8)
         images[~valid] = 0.0
         return {"image": images, "label": np.where(valid, labels, 0).astype(np.int32), "mask": valid.astype(np.float32)}
