@@ -266,14 +266,15 @@ def test_bisection_threshold_equals_lax_top_k(dtype, k):
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-@pytest.mark.parametrize("digit_bits, stacked", [(1, False), (2, True), (3, False), (4, False), (4, True), (8, False)])
+@pytest.mark.parametrize("digit_bits, stacked", [(2, True), (3, False), (4, False), (4, True)])
 def test_radix_threshold_equals_lax_top_k(dtype, digit_bits, stacked):
-    """The radix select (any digit width, both ways of counting) finds lax.top_k's k-th value."""
+    """The radix select (digit widths that do and do not divide the bits, both ways of counting)
+    finds lax.top_k's k-th value. k is traced here (one compile per case); the models pass an int."""
     a = _awkward_rows(dtype, seed=digit_bits)
-    radix = jax.jit(topk.kth_largest_radix, static_argnums=(1, 2), static_argnames="stacked")
+    radix = jax.jit(topk.kth_largest_radix, static_argnums=2, static_argnames="stacked")
     for k in (1, 3, 17, 64):
         ref_kth = np.asarray(sparsity.kth_largest_reference(a, k), np.float32)
-        kth = np.asarray(radix(a, k, digit_bits, stacked=stacked), np.float32)
+        kth = np.asarray(radix(a, jnp.int32(k), digit_bits, stacked=stacked), np.float32)
         enough = np.asarray((a > 0).sum(-1) >= k)
         np.testing.assert_array_equal(kth[enough], ref_kth[enough], err_msg=f"k={k}")
         np.testing.assert_array_equal(kth[~enough], 0.0, err_msg=f"k={k}")
