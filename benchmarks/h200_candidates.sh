@@ -3,6 +3,7 @@
 # T5-Base on GPU 1 at once, each stream one process per measurement (a failing one does not stop
 # the rest), every variant against the baseline of its own stream and GPU.
 #   OUT=/tmp/out STEPS=10 bash benchmarks/h200_candidates.sh
+#   ONLY='peers|cudnn|logits|nostats|t5_topk|radix2|triton' bash benchmarks/h200_candidates.sh  # a subset
 # Logs: $OUT/vit.log, $OUT/t5.log; one JSON line per measurement in $OUT/vit.jsonl, $OUT/t5.jsonl.
 set -u
 OUT=${OUT:-/tmp/out}
@@ -17,9 +18,10 @@ topk() { case $1 in *:*) echo "$1,topk=$K" ;; *) echo "$1:topk=$K" ;; esac; }
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 
-run() {  # run STREAM NAME CMD...: one measurement
+run() {  # run STREAM NAME CMD...: one measurement (only names matching the regex $ONLY, if set)
   local stream=$1 name=$2
   shift 2
+  if [ -n "${ONLY:-}" ] && ! [[ $name =~ $ONLY ]]; then return; fi
   local left=$((END - SECONDS))
   if [ $left -lt 30 ]; then echo "=== $name skipped: out of time" >>"$OUT/$stream.log"; return; fi
   echo "=== $name: $*" >>"$OUT/$stream.log"
