@@ -17,17 +17,25 @@ from lazy_jax.errors import InputError
 TASKS = ("classification", "seq2seq")
 
 
+def z_loss_sum(z_loss: float, logits, weight):
+    """sum of weight * z_loss * logsumexp(logits)^2 (t5x's z-loss). With z_loss == 0 (a Python
+    number, the default) no logsumexp over the classes or the vocabulary is built at all: 0 * it
+    would still be computed (and be NaN where it overflows)."""
+    if z_loss == 0.0:
+        return jnp.zeros((), jnp.float32)
+    return jnp.sum(weight * z_loss * jnp.square(jax.nn.logsumexp(logits, -1)))
+
+
 def classification_sums(logits_BC, batch, z_loss: float = 0.0):
     weight_B = target_weights(batch)
     labels_B = batch["label"]
     loss_B = optax.softmax_cross_entropy_with_integer_labels(logits_BC, labels_B)
     correct_B = (jnp.argmax(logits_BC, -1) == labels_B).astype(jnp.float32)
-    zl_B = z_loss * jnp.square(jax.nn.logsumexp(logits_BC, -1))
     sums = {
         "loss": jnp.sum(loss_B * weight_B),
         "correct": jnp.sum(correct_B * weight_B),
         "weight": jnp.sum(weight_B),
-        "z_loss": jnp.sum(zl_B * weight_B),
+        "z_loss": z_loss_sum(z_loss, logits_BC, weight_B),
     }
     if "label_noisy" in batch:
         # Hits on a replaced label are against that (random) label: memorisation.
@@ -81,12 +89,11 @@ def seq2seq_sums(logits_BTV, batch, z_loss: float = 0.0):
     weight_BT = target_weights(batch)
     loss_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, targets_BT)
     correct_BT = (jnp.argmax(logits_BTV, -1) == targets_BT).astype(jnp.float32)
-    zl_BT = z_loss * jnp.square(jax.nn.logsumexp(logits_BTV, -1))
     return {
         "loss": jnp.sum(loss_BT * weight_BT),
         "correct": jnp.sum(correct_BT * weight_BT),
         "weight": jnp.sum(weight_BT),
-        "z_loss": jnp.sum(zl_BT * weight_BT),
+        "z_loss": z_loss_sum(z_loss, logits_BTV, weight_BT),
     }
 
 
