@@ -5,7 +5,15 @@ import os
 os.environ["JAX_PLATFORMS"] = "cpu"
 flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
-    os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
+    flags += " --xla_force_host_platform_device_count=8"
+# XLA's CPU collectives abort the process ("Termination timeout ... exceeded") when a fake device's
+# thread reaches a rendezvous long after the others; on 2 cores shared with other jobs the suite
+# aborted in eval steps ("Fatal Python error: Aborted"), which a longer timeout avoids.
+# The tests that start their own processes add TERMINATE_TIMEOUT to the XLA_FLAGS they set.
+TERMINATE_TIMEOUT = "--xla_cpu_collective_call_terminate_timeout_seconds=900"
+if "collective_call_terminate_timeout" not in flags:
+    flags += " " + TERMINATE_TIMEOUT
+os.environ["XLA_FLAGS"] = flags.strip()
 
 # Implicit rank promotion (adding a [D] to a [B, T, D] without saying so) is an error in tests,
 # as in nanodo; set in the environment so the runs tests start as subprocesses get it too.

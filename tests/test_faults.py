@@ -79,7 +79,7 @@ def env(digits_dir, tmp_path_factory):
     e = dict(
         os.environ,
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+        XLA_FLAGS="--xla_force_host_platform_device_count=1 --xla_cpu_collective_call_terminate_timeout_seconds=900",
         JAX_COMPILATION_CACHE_DIR=str(root / "xla_cache"),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         PYTHONUNBUFFERED="1",

@@ -315,7 +315,10 @@ BENCH_SMALL = ["--config=configs/vit.py:test", "--config.data.image_size=8", "--
     ],
 )
 def test_bench_flags_are_refused_before_any_compile(flag, fragment):
-    env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    env = {
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_cpu_collective_call_terminate_timeout_seconds=900",
+    }
     out = run_module("lazy_jax.bench", *BENCH_SMALL, *flag.split(), env=env)
     assert_one_line_error(out, fragment)
     assert "mesh" not in out.stdout  # no result table: nothing was measured

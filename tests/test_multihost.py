@@ -43,7 +43,7 @@ def env(digits_dir, tmp_path_factory):
     e = dict(
         os.environ,
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        XLA_FLAGS="--xla_force_host_platform_device_count=2 --xla_cpu_collective_call_terminate_timeout_seconds=900",
         JAX_COMPILATION_CACHE_DIR=str(root / "xla_cache"),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
@@ -81,7 +81,10 @@ def run_cluster(env, workdir, total_steps, num_processes):
             else []
         )
         local_devices = 4 // num_processes  # 4 devices in all, like the 2 x 2 cluster
-        e = dict(env["environ"], XLA_FLAGS=f"--xla_force_host_platform_device_count={local_devices}")
+        e = dict(
+            env["environ"],
+            XLA_FLAGS=f"--xla_force_host_platform_device_count={local_devices} --xla_cpu_collective_call_terminate_timeout_seconds=900",
+        )
         procs.append(
             subprocess.Popen(
                 [sys.executable, *argv(env, workdir, total_steps), *cluster],
@@ -163,7 +166,11 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(env, tmp_path):
     port = free_port()
     procs = []
     for i in range(2):
-        e = dict(env["environ"], XLA_FLAGS="--xla_force_host_platform_device_count=2", PYTHONUNBUFFERED="1")
+        e = dict(
+            env["environ"],
+            XLA_FLAGS="--xla_force_host_platform_device_count=2 --xla_cpu_collective_call_terminate_timeout_seconds=900",
+            PYTHONUNBUFFERED="1",
+        )
         procs.append(
             subprocess.Popen(
                 [
