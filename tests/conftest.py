@@ -19,16 +19,21 @@ os.environ["XLA_FLAGS"] = flags.strip()
 # as in nanodo; set in the environment so the runs tests start as subprocesses get it too.
 os.environ["JAX_NUMPY_RANK_PROMOTION"] = "raise"
 
-# One persistent XLA compilation cache for the session: the many runs of the same tiny models
-# (resume tests, fault tests) compile each program once. A fresh directory, so nothing carries
-# over between sessions.
+# A persistent XLA compilation cache: the many runs of the same tiny models (resume tests, fault
+# tests) compile each program once. One directory per pytest process (the xdist controller makes
+# the root, each worker uses its own subdirectory, inherited by the runs it starts): jax writes a
+# cache entry in place, not atomically, so two workers compiling the same program at once could
+# read each other's half-written executable. Fresh, so nothing carries over between sessions.
 import atexit  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
-_cache_dir = tempfile.mkdtemp(prefix="lazy_jax_test_xla_cache_")
-atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _cache_dir)
+if "LAZY_JAX_TEST_XLA_CACHE_ROOT" not in os.environ:
+    os.environ["LAZY_JAX_TEST_XLA_CACHE_ROOT"] = tempfile.mkdtemp(prefix="lazy_jax_test_xla_cache_")
+    atexit.register(shutil.rmtree, os.environ["LAZY_JAX_TEST_XLA_CACHE_ROOT"], ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(
+    os.environ["LAZY_JAX_TEST_XLA_CACHE_ROOT"], os.environ.get("PYTEST_XDIST_WORKER", "main")
+)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import pytest  # noqa: E402  (after the environment is set)
