@@ -68,7 +68,11 @@ case "$cmd" in
     "$venv/bin/python" tests/hf_reference.py --setup
     # Two workers, each test file on one worker (module fixtures are made once): the compile-bound
     # CPU suite takes ~2/3 of the time it takes serially on 2 cores.
-    "$venv/bin/python" -m pytest -n 2 --dist loadfile tests "$@"
+    "$venv/bin/python" -m pytest -n 2 --dist loadfile tests --ignore=tests/test_gcs.py "$@"
+    # The GCS emulator tests run in a pytest process of their own: in a worker that had run other
+    # test files first, their runs aborted ("Fatal Python error: Aborted") or hung in three full
+    # runs; alone they passed every time. Not yet understood (tensorstore's GCS client and XLA).
+    "$venv/bin/python" -m pytest tests/test_gcs.py "$@"
     ;;
   *)
     echo "usage: launch/local.sh run [--config.key=value ...] | test [pytest args]" >&2

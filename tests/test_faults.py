@@ -247,7 +247,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(env, tmp_path
         tmp_path,
         checkpoint_every_steps=1,
         log_every_steps=5,
-        **{"optimizer.learning_rate": 1e38, "optimizer.warmup_steps": 2},
+        **{"optimizer.schedule": "warmup_cosine", "optimizer.learning_rate": 1e38, "optimizer.warmup_steps": 2},
     )
     assert out.returncode == 2, out.stderr
     assert "error: loss is nan at step 3" in out.stderr

@@ -151,7 +151,7 @@ def test_write_report(workdir):
         assert f"]({png})" in md  # linked relative to report.md
     assert not (workdir / "report" / "neuron_usage_train.png").exists()  # no train stats
 
-    assert "**model**: vit Mu/7, **dataset**: mnist5k, **topk**: 64, **steps**: 600, **batch_size**: 64" in md
+    assert "**model**: vit Mu/7, **dataset**: mnist5k, **topk**: 64, **steps**: 1200, **batch_size**: 64" in md
     # Final metrics: the re-logged step-20 row does not leak its stale loss.
     assert f"| train | 30 | {5 / 31:.4f} | 40.00% |" in md
     assert "99.0000" not in md
@@ -187,9 +187,9 @@ def test_write_report(workdir):
                 "model": "vit Mu/7",
                 "dataset": "mnist5k",
                 "topk": 0,
-                "steps": 600,
+                "steps": 1200,
                 "batch_size": 64,
-                "learning_rate": 3e-3,
+                "learning_rate": 2e-3,
             },
         ),
         ("configs/t5.py:local,topk=16", {"model": "t5 custom", "dataset": "pydocs", "topk": 16, "steps": 500}),
