@@ -1,8 +1,8 @@
 """Shared by the ViT and T5 trainer tests: a run preempted by SIGTERM and resumed must write
 the same metrics rows as an uninterrupted run."""
 
-import os
 import signal
+import threading
 
 import numpy as np
 
@@ -22,7 +22,9 @@ def assert_preempt_and_resume_matches(make_config, tmp_path, monkeypatch, stop_s
     def preempted_batches(config, start_step, *args):
         for step, batch in enumerate(real(config, start_step, *args), start_step + 1):
             if step == stop_step:
-                os.kill(os.getpid(), signal.SIGTERM)
+                signal.pthread_kill(
+                    threading.main_thread().ident, signal.SIGTERM
+                )  # to the main thread, never an XLA thread
             yield batch
 
     monkeypatch.setattr(input_pipeline, "train_batches", preempted_batches)
