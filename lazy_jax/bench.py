@@ -24,7 +24,9 @@ MFU divides by `--peak_tflops` (989: the H200's dense bf16 datasheet rate).
 
 `--attention=auto|xla|cudnn`, `--relpos=onehot|gather` and `--attention_logits=float32|activation`
 change `lazy_jax.models.attention.SETTINGS` (how attention is computed); `--nostats` measures a
-build whose per-layer statistics are constants (what returning them costs).
+build whose per-layer statistics are constants (what returning them costs). `--profile_dir=DIR`
+traces 3 steps after the timed ones into DIR/<mesh> (`python -m lazy_jax.profiling DIR --steps=3`
+sums them by kernel).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from lazy_jax import flops, sparsity
+from lazy_jax import flops, profiling, sparsity
 from lazy_jax import sharding as shd
 from lazy_jax.config_checks import define_config_flag, parse_flags
 from lazy_jax.errors import InputError
@@ -50,6 +52,7 @@ from lazy_jax.models import attention, model_spec
 from lazy_jax.train import Experiment
 
 FLAGS = flags.FLAGS
+PROFILED_STEPS = 3
 define_config_flag("config", "config file, e.g. configs/vit.py")
 flags.DEFINE_string("meshes", "1x1x1", "comma-separated data x fsdp x model meshes")
 flags.DEFINE_integer("per_device_batch", 256, "examples per data-parallel device")
@@ -61,6 +64,7 @@ flags.DEFINE_float("peak_tflops", 989.0, "the device's dense bf16 peak, for MFU 
 flags.DEFINE_bool("stats", True, "return the per-layer statistics (--nostats: constants, to measure their cost)")
 flags.DEFINE_string("attention", None, "attention impl: auto, xla or cudnn (default: the models')")
 flags.DEFINE_string("relpos", None, "T5 relative bias: onehot or gather (default: the models')")
+flags.DEFINE_string("profile_dir", None, "after timing, trace 3 more steps here (lazy_jax.profiling summarises it)")
 flags.DEFINE_string("attention_logits", None, "T5 attention logits: float32 or activation (default: the models')")
 flags.mark_flag_as_required("config")
 
@@ -275,6 +279,11 @@ def _measure(config, mesh: tuple[int, int, int]) -> dict:
             state, metrics = exp.train_step(state, gbatch)
         jax.block_until_ready(metrics)
         step_s = (time.perf_counter() - t0) / FLAGS.steps
+        if FLAGS.profile_dir:
+            with profiling.trace(os.path.join(FLAGS.profile_dir, mesh_str)):
+                for _ in range(PROFILED_STEPS):
+                    state, metrics = exp.train_step(state, gbatch)
+                jax.block_until_ready(metrics)
     return {
         "mesh": mesh_str,
         "devices": d * f * m,

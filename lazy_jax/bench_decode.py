@@ -17,6 +17,15 @@ matrices (plus the cached keys and values); W_out is ~28% of those weight bytes,
 included. Every row prints that limit next to the measured speedup; `union` is the measured share
 of neurons active for at least one of the B sequences (`sparsity.union_active_frac` on layer 0's
 map of B random tokens), the share of W_out rows the sparse path still reads.
+
+    python -m lazy_jax.bench_decode --workdir=runs/t5_pydocs --input_file=prompts.jsonl
+
+times a trained run instead (its newest checkpoint, batch 1, each prompt of the JSONL file as
+`lazy_jax.generate` reads it, `--max_decode_len` tokens each without stopping at EOS), dense
+against the sparse kernel, with the share of tokens both give alike: the exactness check of the
+kernel on a model whose logits are not near ties. `--topk_impl` picks how the random models'
+Top-k finds its k-th largest (what a decoding step spends on selection), `--profile_dir=DIR`
+traces one timed decode of every row into DIR/<shape>_b<batch>_<impl> (`lazy_jax.profiling`).
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lazy_jax import sparsity
+from lazy_jax import profiling, sparsity
 from lazy_jax.models.t5 import T5, decode_from_encoded, default_model_config, t5_spec
 
 PROMPT_LEN, DECODE_LEN, TOPK_FRAC = 512, 128, 0.03
@@ -45,8 +54,12 @@ SWEEP_SHAPE = "T5-3B"
 IMPLS = ("off", "pallas", "gather")
 
 
+TOPK_IMPL = "bisect"  # --topk_impl
+
+
 def model_config(size: str, layers: int, **dims) -> ml_collections.ConfigDict:
     c = default_model_config(size)
+    c.topk_impl = TOPK_IMPL
     c.update(dict(num_decoder_layers=layers, num_encoder_layers=1, dtype="bfloat16", dropout_rate=0.0, **dims))
     c.vocab_size = 32128
     spec_dims = t5_spec(c)
@@ -104,11 +117,21 @@ def union_share(model: T5, params: dict, batch: int, seed: int = 1) -> float:
     return float(union[0])
 
 
-def time_decode(model: T5, params: dict, batch: int, repeats: int) -> dict:
-    d = model.spec.d_model
-    encoded = jax.random.normal(jax.random.key(2), (batch, PROMPT_LEN, d), jnp.bfloat16)
-    mask = jnp.ones((batch, PROMPT_LEN), jnp.bool_)
-    fn = jax.jit(lambda p, e, m: decode_from_encoded(model, {"params": p}, e, m, DECODE_LEN, eos_id=None))
+def time_decode(
+    model: T5,
+    params: dict,
+    batch: int,
+    repeats: int,
+    encoded=None,
+    mask=None,
+    decode_len: int = DECODE_LEN,
+    profile_dir: str | None = None,
+) -> dict:
+    """Median time of decoding `decode_len` tokens (no EOS stop) from `encoded` (default: random)."""
+    if encoded is None:
+        encoded = jax.random.normal(jax.random.key(2), (batch, PROMPT_LEN, model.spec.d_model), jnp.bfloat16)
+        mask = jnp.ones((batch, PROMPT_LEN), jnp.bool_)
+    fn = jax.jit(lambda p, e, m: decode_from_encoded(model, {"params": p}, e, m, decode_len, eos_id=None))
     start = time.perf_counter()
     tokens, steps = jax.block_until_ready(fn(params, encoded, mask))
     compile_s = time.perf_counter() - start
@@ -117,12 +140,15 @@ def time_decode(model: T5, params: dict, batch: int, repeats: int) -> dict:
         start = time.perf_counter()
         jax.block_until_ready(fn(params, encoded, mask))
         times.append(time.perf_counter() - start)
+    if profile_dir:
+        with profiling.trace(profile_dir):
+            jax.block_until_ready(fn(params, encoded, mask))
     sec = statistics.median(times)
-    assert int(steps) == DECODE_LEN
+    assert int(steps) == decode_len
     return dict(
         tokens=np.asarray(tokens),
-        ms_per_token=1e3 * sec / DECODE_LEN,
-        tokens_per_s=batch * DECODE_LEN / sec,
+        ms_per_token=1e3 * sec / decode_len,
+        tokens_per_s=batch * decode_len / sec,
         compile_s=compile_s,
         spread=(max(times) - min(times)) / sec,
     )
@@ -135,7 +161,7 @@ def default_plan(shapes, sweep_shape: str, sweep_batches) -> list[tuple[str, int
     return plan + [(shapes[-1][0], 1)]
 
 
-def run(shapes, plan, repeats: int, budget_s: float, log, impls=IMPLS) -> list[dict]:
+def run(shapes, plan, repeats: int, budget_s: float, log, impls=IMPLS, profile_dir=None) -> list[dict]:
     rows, start = [], time.perf_counter()
     by_name = {n: (s, layers) for n, s, layers in shapes}
     plan = [(n, *by_name[n], b) for n, b in plan]
@@ -155,7 +181,8 @@ def run(shapes, plan, repeats: int, budget_s: float, log, impls=IMPLS) -> list[d
         base = None
         for impl in impls if batch == 1 else ("off", "pallas"):
             try:
-                r = time_decode(build(config, impl), params, batch, repeats)
+                prof = profile_dir and os.path.join(profile_dir, f"{name}_b{batch}_{impl}")
+                r = time_decode(build(config, impl), params, batch, repeats, profile_dir=prof)
             except Exception as e:  # one variant failing must not lose the others' numbers
                 log(f"{name} b={batch} {impl}: FAILED {type(e).__name__}: {str(e)[:2000]}")
                 continue
@@ -183,6 +210,76 @@ def run(shapes, plan, repeats: int, budget_s: float, log, impls=IMPLS) -> list[d
             rows.append(row)
             log(json.dumps(row))
     return rows
+
+
+def trained_rows(workdir: str, input_file: str, decode_len: int, repeats: int, log, profile_dir=None) -> list[dict]:
+    """Batch-1 decoding of a trained run's newest checkpoint, dense against the Pallas kernel.
+
+    Every prompt of `input_file` is encoded once (not timed), then decoded `decode_len` tokens by
+    each implementation; ms/token is the sum over prompts of the median decode time, divided by
+    the tokens. `union` is the run's last eval share of nonzero decoder activations (at batch 1
+    the union is the token's own active set); `limit` is the byte-count bound at that share.
+    """
+    from lazy_jax import generate as gen
+    from lazy_jax.models.t5 import T5, decode_params
+
+    loaded = gen.load_workdir(workdir)
+    prompts = gen.read_prompts(input_file, loaded.tokenizer, PROMPT_LEN)
+    share = _last_eval_share(workdir)
+    dense = gen.build_model(loaded.model_config, "off")
+    params = jax.device_put(decode_params(loaded.params, dense.spec.dtype))
+    encode = jax.jit(lambda p, t: dense.apply({"params": p}, t, t > 0, method=T5.encode)[0])
+    rows, base = [], None
+    for impl in ("off", "pallas"):
+        model = dense if impl == "off" else gen.build_model(loaded.model_config, impl)
+        seconds, tokens = 0.0, []
+        for i, (ids_BT, _) in enumerate(gen.batches(prompts, 1)):
+            ids_BT = jnp.asarray(ids_BT)
+            prof = profile_dir and i == 0 and os.path.join(profile_dir, f"trained_{impl}")
+            r = time_decode(model, params, 1, repeats, encode(params, ids_BT), ids_BT > 0, decode_len, prof)
+            seconds += r["ms_per_token"] * decode_len / 1e3
+            tokens.append(r["tokens"])
+        tokens = np.concatenate(tokens)
+        ms = 1e3 * seconds / (len(prompts) * decode_len)
+        f = loaded.model_config.get("d_ff") or dense.spec.d_ff
+        limit = _limit(dense.spec, share) if share is not None else float("nan")
+        row = dict(
+            shape=f"trained {os.path.basename(os.path.normpath(workdir))} (d_ff {f})",
+            layers=dense.spec.num_decoder_layers,
+            d_ff=f,
+            k=dense.spec.mlp.topk,
+            batch=1,
+            impl=impl,
+            ms_per_token=ms,
+            tokens_per_s=1e3 / ms,
+            speedup=None if base is None else base["ms_per_token"] / ms,
+            limit=limit,
+            union=share if share is not None else float("nan"),
+            same_tokens=None if base is None else float(np.mean(tokens == base["tokens"])),
+            prompts=len(prompts),
+        )
+        if base is None:
+            base = dict(row, tokens=tokens)
+        rows.append(row)
+        log(json.dumps(row))
+    return rows
+
+
+def _last_eval_share(workdir: str) -> float | None:
+    path = os.path.join(workdir, "metrics.jsonl")
+    share = None
+    if os.path.exists(path):
+        for line in open(path):
+            row = json.loads(line)
+            if row.get("split") == "eval" and "nonzero_frac/decoder/mean" in row:
+                share = float(row["nonzero_frac/decoder/mean"])
+    return share
+
+
+def _limit(spec, active_share: float) -> float:
+    """weights / (weights - skipped W_out) when only `active_share` of W_out's rows are read."""
+    b = weight_bytes(spec)
+    return b["total"] / (b["total"] - (1 - active_share) * b["w_out"])
 
 
 CHECK_SHAPES = ((1, 3072, 768), (1, 65536, 1024), (4, 16384, 1024), (64, 16384, 1024))  # (B, F, D)
@@ -220,6 +317,7 @@ def table(rows) -> str:
 
 
 def main(argv=None) -> None:
+    global TOPK_IMPL
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tiny", action="store_true", help="tiny shapes, a CPU check that the script runs")
     p.add_argument("--repeats", type=int, default=5)
@@ -229,7 +327,14 @@ def main(argv=None) -> None:
     p.add_argument("--sweep_batches", default="1,4,16,64", help=f"batch sizes for {SWEEP_SHAPE}")
     p.add_argument("--impls", default=",".join(IMPLS), help="implementations at batch 1")
     p.add_argument("--out", default=os.environ.get("OUT", "."), help="where bench_decode.json/.log go")
+    p.add_argument("--topk_impl", default=TOPK_IMPL, help="the random models' Top-k selection: bisect, radix or lax")
+    p.add_argument("--profile_dir", default=None, help="trace one timed decode of every row here")
+    p.add_argument("--workdir", default=None, help="time this trained T5 run instead (needs --input_file)")
+    p.add_argument("--input_file", default=None, help="JSONL prompts for --workdir, as lazy_jax.generate reads")
+    p.add_argument("--max_decode_len", type=int, default=DECODE_LEN, help="tokens decoded per prompt (--workdir)")
     a = p.parse_args(argv)
+    sparsity.check_topk_impl(a.topk_impl, key="--topk_impl")
+    TOPK_IMPL = a.topk_impl
     logf = open(os.path.join(a.out, "bench_decode.log"), "w")
 
     def log(msg):
@@ -237,18 +342,23 @@ def main(argv=None) -> None:
         logf.write(msg + "\n")
         logf.flush()
 
-    log(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    log(
+        f"jax {jax.__version__} on {jax.devices()[0].device_kind}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
+        f"topk_impl={a.topk_impl}"
+    )
     if a.check:
         check_kernels(log, ((1, 512, 64), (4, 256, 64)) if a.tiny else CHECK_SHAPES)
-    if a.tiny:
+    if a.workdir:
+        rows = trained_rows(a.workdir, a.input_file, a.max_decode_len, a.repeats, log, a.profile_dir)
+    elif a.tiny:
         tiny = dict(d_model=64, num_heads=2, d_kv=32, d_ff=512)
         shapes = (("tiny-a", tiny, 2), ("tiny-b", tiny, 3), ("tiny-c", tiny, 1))
-        rows = run(shapes, default_plan(shapes, "tiny-b", (1, 4)), 2, a.budget_s, log)
+        rows = run(shapes, default_plan(shapes, "tiny-b", (1, 4)), 2, a.budget_s, log, IMPLS, a.profile_dir)
     else:
         plan = default_plan(SHAPES, SWEEP_SHAPE, tuple(int(b) for b in a.sweep_batches.split(",")))
         if a.plan:  # e.g. T5-11B:1,T5-3B:4
             plan = [(item.rpartition(":")[0], int(item.rpartition(":")[2])) for item in a.plan.split(",")]
-        rows = run(SHAPES, plan, a.repeats, a.budget_s, log, tuple(a.impls.split(",")))
+        rows = run(SHAPES, plan, a.repeats, a.budget_s, log, tuple(a.impls.split(",")), a.profile_dir)
     with open(os.path.join(a.out, "bench_decode.json"), "w") as f:
         json.dump(rows, f, indent=1)
     print(table(rows))
