@@ -1,0 +1,119 @@
+#!/bin/bash
+# The second round of docs/performance.md and docs/inference.md, on a host with two H200s:
+#   GPU 0: ViT-B/16 (profiles, cuDNN attention, no Triton GEMMs, the real input loop), then the
+#          decoding measurements (kernel check, profiles, Top-k selection, command buffers, a
+#          trained T5 decoded both ways);
+#   GPU 1: T5-Base (profile, bf16 logits, statistics, Top-k, the real input loop, the peers).
+# Every measurement is its own process (a failing one does not stop the rest).
+#   OUT=/tmp/out bash benchmarks/h200_round2.sh
+#   ONLY='vit_dense|t5_dense' bash benchmarks/h200_round2.sh     # a subset (regex on the names)
+# Needs: data/tfds with mnist5k and pydocs prepared (python -m lazy_jax.data.prepare), and for
+# the trained decode a T5 run in $TRAINED (its config.json, metrics.jsonl and a checkpoint) with
+# prompts in $PROMPTS (JSONL, as lazy_jax.generate reads).
+# Output: $OUT/<stream>.log, $OUT/<stream>.jsonl (one JSON line per bench), $OUT/prof/<name>.md
+# (lazy_jax.profiling tables), $OUT/realloop.jsonl, $OUT/decode/<name>/bench_decode.json.
+set -u
+OUT=${OUT:-/tmp/out}
+STEPS=${STEPS:-10}
+LIMIT=${LIMIT:-520}  # seconds for each GPU's streams
+TRAINED=${TRAINED:-runs/carry/t5_pydocs}
+PROMPTS=${PROMPTS:-runs/carry/prompts.jsonl}
+mkdir -p "$OUT/prof" "$OUT/decode"
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+EQ="--config.optimizer.name=adamw --config.optimizer.grad_clip_norm=0 --config.optimizer.weight_decay=0.01 --config.model.dropout_rate=0"
+VB="--per_device_batch=256 $EQ"
+TB="--per_device_batch=128 $EQ"
+# The real loops: mnist5k resized to 224 (1 channel) and pydocs at 512 + 114 tokens, T5's vocabulary.
+VIT_REAL="--config=configs/vit.py:dataset=mnist5k --config.data.image_size=224 $EQ"
+T5_REAL="--config=configs/t5.py:local,size=base --config.data.inputs_length=512 --config.data.targets_length=114 --config.model.dtype=bfloat16 --config.model.vocab_size=32128 $EQ"
+
+want() { [ -z "${ONLY:-}" ] || [[ $1 =~ $ONLY ]]; }
+left() { echo $((END - SECONDS)); }
+
+bench() {  # bench STREAM NAME ARGS...: one lazy_jax.bench process; PROFILE=1 also traces 3 steps
+  local stream=$1 name=$2
+  shift 2
+  want "$name" || return
+  if [ "$(left)" -lt 40 ]; then echo "=== $name skipped: out of time" >>"$OUT/$stream.log"; return; fi
+  local prof=()
+  [ -n "${PROFILE:-}" ] && prof=(--profile_dir="/tmp/prof/$name")
+  echo "=== $name: $*" >>"$OUT/$stream.log"
+  local t0=$SECONDS
+  timeout "$(left)" python3 -m lazy_jax.bench "$@" --steps="$STEPS" --json="/tmp/$name.json" "${prof[@]}" >>"$OUT/$stream.log" 2>&1
+  echo "=== $name rc=$? $((SECONDS - t0))s" >>"$OUT/$stream.log"
+  [ -f "/tmp/$name.json" ] && python3 -c "import json; d = json.load(open('/tmp/$name.json')); d['name'] = '$name'; print(json.dumps(d))" >>"$OUT/$stream.jsonl"
+  if [ -n "${PROFILE:-}" ] && [ -d "/tmp/prof/$name" ]; then
+    python3 -m lazy_jax.profiling "/tmp/prof/$name" --steps=3 --top=40 >"$OUT/prof/$name.md" 2>&1
+  fi
+}
+
+realloop() {  # realloop STREAM NAME ARGS...: lazy_jax.main for 80 steps; median steps/s after step 30
+  local stream=$1 name=$2
+  shift 2
+  want "$name" || return
+  if [ "$(left)" -lt 60 ]; then echo "=== $name skipped: out of time" >>"$OUT/$stream.log"; return; fi
+  echo "=== $name: $*" >>"$OUT/$stream.log"
+  local t0=$SECONDS wd=/tmp/realloop/$name
+  rm -rf "$wd"
+  timeout "$(left)" python3 -m lazy_jax.main "$@" --workdir="$wd" --config.batch_size="$BATCH" \
+    --config.total_steps=80 --config.log_every_steps=10 --config.eval_every_steps=1000000 \
+    --config.checkpoint_every_steps=1000000 --config.eval_batch_size="$BATCH" >>"$OUT/$stream.log" 2>&1
+  echo "=== $name rc=$? $((SECONDS - t0))s" >>"$OUT/$stream.log"
+  python3 - "$wd/metrics.jsonl" "$name" "$BATCH" >>"$OUT/realloop.jsonl" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+rates = [r["steps_per_sec"] for r in rows if r.get("split") == "train" and r["step"] > 30 and "steps_per_sec" in r]
+print(json.dumps(dict(name=sys.argv[2], batch=int(sys.argv[3]), steps_per_s=statistics.median(rates), all=rates)))
+PY
+}
+
+decode() {  # decode NAME ARGS...: one lazy_jax.bench_decode process into $OUT/decode/NAME
+  local name=$1
+  shift
+  want "$name" || return
+  if [ "$(left)" -lt 40 ]; then echo "=== $name skipped: out of time" >>"$OUT/decode.log"; return; fi
+  mkdir -p "$OUT/decode/$name"
+  echo "=== $name: $*" >>"$OUT/decode.log"
+  local t0=$SECONDS
+  timeout "$(left)" python3 -m lazy_jax.bench_decode --out "$OUT/decode/$name" "$@" >>"$OUT/decode.log" 2>&1
+  echo "=== $name rc=$? $((SECONDS - t0))s" >>"$OUT/decode.log"
+  for p in /tmp/dprof/$name/*/; do
+    [ -d "$p" ] && python3 -m lazy_jax.profiling "$p" --top=40 >"$OUT/prof/${name}_$(basename "$p").md" 2>&1
+  done
+}
+
+vit_then_decode() {
+  export CUDA_VISIBLE_DEVICES=0
+  PROFILE=1 bench vit vit_dense --config=configs/vit.py $VB
+  bench vit vit_cudnn --config=configs/vit.py $VB --attention=cudnn
+  PROFILE=1 bench vit vit_topk --config=configs/vit.py:topk=128 $VB
+  BATCH=256 realloop vit vit_realloop $VIT_REAL
+  bench vit vit_realloop_bench $VIT_REAL --per_device_batch=256 --num_classes=10
+  XLA_FLAGS=--xla_gpu_enable_triton_gemm=false bench vit vit_no_triton_gemm --config=configs/vit.py $VB
+  local D="--plan T5-11B:1 --impls off,pallas --repeats 5"
+  decode dec_bisect $D --check --profile_dir /tmp/dprof/dec_bisect
+  decode dec_trained --workdir "$TRAINED" --input_file "$PROMPTS" --max_decode_len 64 --repeats 3
+  decode dec_radix $D --topk_impl radix
+  decode dec_lax $D --topk_impl lax
+  XLA_FLAGS=--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL \
+    decode dec_cmdbuf $D
+  decode dec_base --plan T5-Base:1 --impls off,pallas --repeats 5 --topk_impl radix
+}
+
+t5_stream() {
+  export CUDA_VISIBLE_DEVICES=1
+  PROFILE=1 bench t5 t5_dense --config=configs/t5.py $TB
+  bench t5 t5_logits_bf16 --config=configs/t5.py $TB --attention_logits=activation
+  bench t5 t5_nostats --config=configs/t5.py $TB --nostats
+  bench t5 t5_topk_bisect --config=configs/t5.py:topk=128 $TB
+  BATCH=128 realloop t5 t5_realloop $T5_REAL
+  bench t5 t5_realloop_bench $T5_REAL --per_device_batch=128
+  bench t5 t5_topk_radix --config=configs/t5.py:topk=128 $TB --config.model.topk_impl=radix
+  bench t5 t5_peers --config=configs/t5.py $TB --peers
+}
+
+END=$((SECONDS + LIMIT))
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv >"$OUT/gpu.txt" 2>&1
+vit_then_decode &
+t5_stream &
+wait
