@@ -3,7 +3,7 @@
     python -m lazy_jax.report --compare runs/vit_size
 
 reads every run of the sweep directory (the members sweep.json lists, in its order, then any
-other subdirectory holding a metrics.jsonl) and writes DIR/compare/:
+other subdirectory holding a metrics.jsonl) and writes DIR/compare/ (or --out_dir=OUT):
   compare.md             per member: overrides, parameters, last step, final eval accuracy,
                          loss and nonzero_frac/mean, and when the rows have them the eval `ece`,
                          the last train row's `accuracy_noisy_labels` / `accuracy_clean_labels`
@@ -20,7 +20,14 @@ keys varying with the same values, as T5's encoder and decoder depths, are named
 the parameter count (from parameters.txt: model size) when it differs between members; else the
 members by name. "Final" is the last eval row (the last train row for a run without eval rows).
 Rows are read with lazy_jax.workdir and ordered with lazy_jax.report (a re-logged step: the
-last row wins). DIR may be gs://BUCKET/PATH: the figures are drawn locally and copied there.
+last row wins). DIR and OUT may be gs://BUCKET/PATH: the figures are drawn locally and copied there.
+compare.md names the command-line overrides the sweep ran with (sweep.json's "extra") under its title.
+
+    python -m lazy_jax.report --redraw=docs/results --out_dir=docs/figures
+
+redraws every figure of docs/results.md from the committed reduced metrics (`redraw`): the
+comparison of every sweep directory of docs/results into docs/figures/<sweep>/, and the figures and
+report.md of every measure output there (a directory holding lazy_jax.measure's measure.json).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import re
 from typing import Any
 
@@ -44,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 _CORRUPT_MEAN_RE = re.compile(r"^eval_corrupt/(?P<name>[^/]+)/mean$")  # split of the mean over severities
 _LABEL_NOISE_KEYS = ("accuracy_noisy_labels", "accuracy_clean_labels")  # train rows with data.label_noise
+MEASURE_JSON = "measure.json"  # lazy_jax.measure.JSON_NAME (not imported: it brings jax)
 _STACK_ORDER = {"encoder": 0, "decoder": 1, "token_mlp": 2, "channel_mlp": 3}
 _LAYER_RE = re.compile(r"^nonzero_frac/(?P<stack>[^/]+)/layer_(?P<layer>\d+)$")
 
@@ -325,6 +334,9 @@ def final_per_layer_figure(members: list[Member], axis: Axis):
                 ax.plot(*points, color=colors[i], marker=".", label=_legend_label(members[i], axis, i))
                 plotted += [100 * v for _, v in layers]
         ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        if max((layer for sh in shares for layer, _ in sh.get(stack, [])), default=0) == 0:
+            ax.set_xticks([0])  # one layer (a 2-layer MLP): one tick, not fractions of a layer
+            ax.set_xlim(-0.5, 0.5)
         ax.set_title(stack)
         ax.set_xlabel("layer")
         ax.grid(True, which="both", alpha=0.3)
@@ -406,26 +418,83 @@ def flops_table(members: list[Member]) -> tuple[list[str], list[list[str]]] | No
     return (header, body) if body else None
 
 
-def write_compare(sweep_dir: wd.PathLike) -> epath.Path:
-    """Writes DIR/compare/ (compare.md and the PNG figures); returns the path of compare.md."""
+def write_compare(sweep_dir: wd.PathLike, out_dir: wd.PathLike | None = None) -> epath.Path:
+    """Writes compare.md and the PNG figures into `out_dir` (default DIR/compare/); returns the path of compare.md."""
     sweep_dir = wd.location_path(sweep_dir, "--compare")
+    out = sweep_dir / COMPARE_DIR if out_dir is None else wd.location_path(out_dir, "--out_dir")
     record, members, not_run = read_sweep(sweep_dir)
-    with wd.local_output_dir(sweep_dir / COMPARE_DIR) as out_dir:
-        _write_compare(sweep_dir, record, members, not_run, out_dir)
-    return sweep_dir / COMPARE_DIR / "compare.md"
+    with wd.local_output_dir(out) as local:
+        _write_compare(
+            sweep_dir, record, members, not_run, local, source=None if out_dir is None else _link(sweep_dir, out)
+        )
+    return out / "compare.md"
 
 
-def _write_compare(sweep_dir: epath.Path, record, members: list[Member], not_run: list[str], out_dir) -> None:
-    """write_compare, into the local directory `out_dir`."""
+def is_sweep_dir(path: epath.Path) -> bool:
+    """A directory `read_sweep` can compare: it holds sweep.json or a subdirectory with metric rows."""
+    return path.is_dir() and (
+        (path / SWEEP_JSON).is_file() or any((p / wd.METRICS).is_file() for p in path.iterdir() if p.is_dir())
+    )
+
+
+def redraw(results_dir: wd.PathLike, out_dir: wd.PathLike) -> list[epath.Path]:
+    """Redraws every figure of a results directory (docs/results) into `out_dir` (docs/figures); returns the
+    Markdown files written. Per subdirectory NAME, by name: a sweep (`is_sweep_dir`) gets its comparison
+    (write_compare) in OUT/NAME/; a lazy_jax.measure output (measure.json) its figures and report.md there.
+    Other subdirectories are skipped with a warning."""
+    results_dir = wd.location_path(results_dir, "--redraw")
+    out_dir = wd.location_path(out_dir, "--out_dir")
+    if not results_dir.is_dir():
+        raise InputError(f"--redraw={str(results_dir)!r} is not a directory: give one holding sweep directories")
+    written = []
+    for path in sorted(results_dir.iterdir(), key=lambda p: p.name):
+        if (path / MEASURE_JSON).is_file():
+            written.append(redraw_measure(path, out_dir / path.name))
+        elif is_sweep_dir(path):
+            written.append(write_compare(path, out_dir / path.name))
+        elif path.is_dir():
+            logger.warning("%s is neither a sweep directory nor a measure output: no figures redrawn", path)
+    if not written:
+        raise InputError(f"{results_dir} holds no sweep directory and no measure output ({MEASURE_JSON})")
+    return written
+
+
+def redraw_measure(measure_dir: wd.PathLike, out_dir: wd.PathLike) -> epath.Path:
+    """The figures and report.md of a lazy_jax.measure output, drawn again from its measure.json into `out_dir`."""
+    from lazy_jax import measure  # jax and the models: only here
+
+    measure_dir, out = epath.Path(measure_dir), epath.Path(out_dir)
+    results = json.loads(wd.read_text(measure_dir / MEASURE_JSON))
+    with wd.local_output_dir(out) as local:
+        figures = measure.draw_figures(local, results)
+        source = _link(measure_dir / MEASURE_JSON, out)
+        md = measure.report_markdown(results, figures) + f"\nRedrawn from [{source}]({source}).\n"
+        (local / "report.md").write_text(md, encoding="utf-8")
+    return out / "report.md"
+
+
+def _link(target: epath.Path, start: epath.Path) -> str:
+    """`target` as a link from `start`: a relative path when both are local, else the URI itself."""
+    if wd.is_remote(target) or wd.is_remote(start):
+        return str(target)
+    return os.path.relpath(os.path.abspath(target), os.path.abspath(start))
+
+
+def _write_compare(
+    sweep_dir: epath.Path, record, members: list[Member], not_run: list[str], out_dir, source: str | None = None
+) -> None:
+    """write_compare, into the local directory `out_dir`; `source`: a link to the sweep directory, when elsewhere."""
     from lazy_jax.report_figures import save
 
     axis = varied_axis(members)
 
     md = [f"# Sweep comparison: {sweep_dir.name}", ""]
+    if source is not None:
+        md += [f"Runs (metrics, configs): [{source}]({source})", ""]
     if record:
         md += [f"Sweep `{record.get('sweep')}` on `{record.get('base')}`", ""]
         if record.get("extra"):
-            md += [f"Extra overrides of every member: `{_overrides_text(record['extra'])}`", ""]
+            md += [f"{EXTRA_NOTE}: `{_overrides_text(record['extra'])}`", ""]
     if not_run:
         md += [f"Not run yet (no metric rows): {', '.join(not_run)}.", ""]
     md += ["## Final metrics", "", "Last eval row of each run; `step`: the last logged step of the run's total.", ""]
@@ -459,6 +528,7 @@ def _write_compare(sweep_dir: epath.Path, record, members: list[Member], not_run
     (out_dir / "compare.md").write_text("\n".join(md), encoding="utf-8")
 
 
+EXTRA_NOTE = "Command-line overrides of every member (sweep.json `extra`, applied after each member's own)"
 LABEL_NOISE_NOTE = (
     "Label noise (data.label_noise): `train accuracy_noisy_labels` is the last train batch's accuracy on the "
     "examples whose label was replaced, against that random label (memorisation); `train accuracy_clean_labels` "

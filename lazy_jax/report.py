@@ -1,6 +1,8 @@
 """Run report: reads a workdir's metrics.jsonl (and stats/*.npz) and writes report/.
 
     python -m lazy_jax.report --workdir=DIR
+    python -m lazy_jax.report --compare=SWEEP_DIR [--out_dir=OUT]       # lazy_jax.compare
+    python -m lazy_jax.report --redraw=docs/results --out_dir=docs/figures  # every figure of docs/results.md
 
 writes DIR/report/report.md with the run's config summary (of its latest start, with the keys a
 restart changed: config_history.jsonl), the final loss/accuracy, the
@@ -592,16 +594,32 @@ def main(argv: list[str]) -> None:
 
     if len(argv) > 1:
         raise SystemExit(f"unexpected arguments: {argv[1:]}")
-    workdir, sweep_dir = flags.FLAGS.workdir, flags.FLAGS.compare
-    if (workdir is None) == (sweep_dir is None):
-        raise SystemExit("error: give one of --workdir=RUN_DIR (a run's report) and --compare=SWEEP_DIR (a sweep's)")
+    f = flags.FLAGS
+    given = [name for name in ("workdir", "compare", "redraw") if f[name].value is not None]
+    if len(given) != 1:
+        raise SystemExit(
+            "error: give one of --workdir=RUN_DIR (a run's report), --compare=SWEEP_DIR (a sweep's) and "
+            "--redraw=RESULTS_DIR (every sweep and measure output in it)"
+        )
+    if f.out_dir is not None and f.workdir is not None:
+        raise SystemExit(
+            "error: --out_dir goes with --compare or --redraw (a run's report is written in RUN_DIR/report/)"
+        )
+    if f.redraw is not None and f.out_dir is None:
+        raise SystemExit("error: --redraw needs --out_dir (docs/figures for docs/results)")
     try:
-        if sweep_dir is not None:
+        if f.compare is not None:
             from lazy_jax import compare
 
-            path = compare.write_compare(sweep_dir)
+            path = compare.write_compare(f.compare, f.out_dir)
+        elif f.redraw is not None:
+            from lazy_jax import compare
+
+            for path in compare.redraw(f.redraw, f.out_dir):
+                print(path)
+            return
         else:
-            path = write_report(workdir)
+            path = write_report(f.workdir)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     print(path)
@@ -615,5 +633,17 @@ if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, f"Training workdir holding {METRICS}: writes its report/.")
     flags.DEFINE_string(
         "compare", None, "A sweep's workdir (python -m lazy_jax.sweep): writes compare/ with its runs side by side."
+    )
+    flags.DEFINE_string(
+        "redraw",
+        None,
+        "A directory of sweep directories and measure outputs (docs/results): redraws each one's figures into "
+        "--out_dir/<name>/.",
+    )
+    flags.DEFINE_string(
+        "out_dir",
+        None,
+        "Where --compare writes (default SWEEP_DIR/compare/), or where --redraw writes its directories "
+        "(docs/figures for docs/results).",
     )
     app.run(main)

@@ -402,6 +402,32 @@ def test_compare_cli(trained, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == str(workdir / "compare" / "compare.md")
+    # The command-line overrides the sweep ran with (sweep.json's "extra") stand under the title.
+    extra = json.loads((workdir / "sweep.json").read_text())["extra"]
+    md = (workdir / "compare" / "compare.md").read_text()
+    assert f"{compare.EXTRA_NOTE}: `data.data_dir={extra['data.data_dir']!r}`" in md.splitlines()[:6]
+    assert "Runs (metrics, configs)" not in md  # beside the runs: no link needed
+
+    # --redraw of a results directory holding (a copy of) the sweep: the same report in OUT/<sweep>/, with a
+    # relative link back to the runs, as docs/figures has for docs/results.
+    results = tmp_path / "results"
+    shutil.copytree(workdir, results / "vit_width", ignore=shutil.ignore_patterns("checkpoints", "tb", "compare"))
+    redrawn = subprocess.run(
+        [sys.executable, "-m", "lazy_jax.report", f"--redraw={results}", f"--out_dir={tmp_path / 'figures'}"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert redrawn.returncode == 0, redrawn.stderr
+    out = tmp_path / "figures" / "vit_width"
+    assert redrawn.stdout.split() == [str(out / "compare.md")]
+    link = "../../results/vit_width"
+    assert (out / "compare.md").read_text() == md.replace(
+        "\n\n", f"\n\nRuns (metrics, configs): [{link}]({link})\n\n", 1
+    )
+    for png in ("nonzero_frac.png", "final_nonzero_frac.png", "final_per_layer.png"):
+        assert (out / png).read_bytes() == (workdir / "compare" / png).read_bytes(), png
     both = subprocess.run(
         [sys.executable, "-m", "lazy_jax.report", f"--compare={workdir}", f"--workdir={workdir}"],
         cwd=REPO_ROOT,
