@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 
 from lazy_jax import report, report_figures
 from lazy_jax.config_base import load_config
+from lazy_jax.errors import InputError
 from lazy_jax.metrics_writer import MetricsWriter
 from lazy_jax.workdir import read_metrics, stats_path
 
@@ -337,6 +340,59 @@ def test_cli(tmp_path_factory):
     failed = run_cli(f"--workdir={empty}")
     assert failed.returncode != 0
     assert str(empty / "metrics.jsonl") in failed.stderr
+
+
+# ----------------------------------------------------------------------------- docs/figures, redrawn from docs/results
+
+RESULTS = REPO_ROOT / "docs" / "results"
+FIGURES = REPO_ROOT / "docs" / "figures"
+MEASURE_FILES = {"report.md", "nonzero.png", "neuron_freq.png", "count_hist.png", "union.png"}
+COMPARE_FILES = {"compare.md", "nonzero_frac.png", "final_nonzero_frac.png", "final_per_layer.png"}
+
+
+def test_the_docs_link_figures_that_are_committed():
+    """Every link of README.md and docs/results.md into docs/figures/ or docs/results/ names a committed file."""
+    for doc in (REPO_ROOT / "README.md", REPO_ROOT / "docs" / "results.md"):
+        links = re.findall(r"\]\(((?:docs/)?(?:figures|results)/[^)\s#]+)\)", doc.read_text())
+        assert links or doc.name == "README.md"
+        for link in links:
+            assert (doc.parent / link).is_file(), f"{doc.name} links {link}, which does not exist"
+
+
+def test_docs_figures_hold_one_redrawn_copy_for_every_results_directory():
+    for d in sorted(p for p in RESULTS.iterdir() if p.is_dir()):
+        expected = MEASURE_FILES if (d / "measure.json").is_file() else COMPARE_FILES
+        assert {p.name for p in (FIGURES / d.name).iterdir()} == expected, d.name
+        assert not (d / "compare").exists() and not list(d.glob("*.png")), f"{d.name}: figures belong in docs/figures"
+
+
+def test_redraw_writes_what_docs_figures_hold(tmp_path):
+    """`redraw` (python -m lazy_jax.report --redraw=docs/results --out_dir=docs/figures) on a copy of two results
+    directories, a sweep and a measure output, writes what docs/figures holds for them; the Markdown alike to the
+    byte (its links back to the metrics are relative)."""
+    from lazy_jax import compare
+
+    results, out = tmp_path / "results", tmp_path / "figures"
+    for name in ("t5_depth_adafactor", "measure_default"):  # T5's two stacks; sweep.json's command-line overrides
+        shutil.copytree(RESULTS / name, results / name)
+    (results / "notes").mkdir()  # neither a sweep nor a measure output: skipped
+    written = compare.redraw(results, out)
+    assert written == [out / "measure_default" / "report.md", out / "t5_depth_adafactor" / "compare.md"]
+    for name, files in (("t5_depth_adafactor", COMPARE_FILES), ("measure_default", MEASURE_FILES)):
+        assert {p.name for p in (out / name).iterdir()} == files
+        for file in files:
+            if file.endswith(".md"):
+                assert (out / name / file).read_text() == (FIGURES / name / file).read_text(), file
+            else:
+                assert (out / name / file).read_bytes().startswith(PNG_MAGIC), file
+    md = (out / "t5_depth_adafactor" / "compare.md").read_text()
+    assert f"{compare.EXTRA_NOTE}: `optimizer.name='adafactor', optimizer.schedule='t5_rsqrt'," in md
+    assert "Runs (metrics, configs): [../../results/t5_depth_adafactor](../../results/t5_depth_adafactor)" in md
+    with pytest.raises(InputError, match="holds no sweep directory and no measure output"):
+        compare.redraw(results / "notes", out)
+
+    done = run_cli(f"--redraw={results}")
+    assert done.returncode != 0 and "--redraw needs --out_dir" in done.stderr
 
 
 def test_import_defines_no_flags():
