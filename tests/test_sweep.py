@@ -467,3 +467,37 @@ def test_sweep_cli_refuses_bad_input_with_one_line(trained, digits_dir):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("error: --config.model.d_ff is not allowed: the members")
     assert (workdir / "sweep.json").read_bytes() == before
+
+
+# ----------------------------------------------------------------------------- a smoke run of every sweep file
+
+
+# vit_width.py:test is left out: the `trained` fixture above trains both its members and compares them.
+SMOKE_FILES = [path for path in SWEEP_FILES if f"{path}:test" != WIDTH_SWEEP]
+assert len(SMOKE_FILES) == len(SWEEP_FILES) - 1
+
+
+@pytest.mark.parametrize("path", SMOKE_FILES)
+def test_every_sweep_file_trains_its_first_test_member_and_compares_it(path, tmp_path, request, monkeypatch):
+    """The first member of every sweep file's `:test` variant trains end to end on the CPU (its few steps, on the
+    prepared offline data its config names) and `compare` reads it: the sweep files keep working. Any file added
+    to configs/sweeps/ is picked up. The first members share their programs where they can (the tiny ViT of
+    vit_width's, configs/t5.py:test's T5), so the XLA compilation cache spares most compilations."""
+    monkeypatch.chdir(REPO_ROOT)
+    spec = f"{path}:test"
+    first, config = next(iter(sweep.member_configs(sweep.load_sweep(spec)).items()))
+    data_dir = request.getfixturevalue(f"{config.data.name}_dir")  # conftest: one fixture per offline dataset
+    workdir = tmp_path / Path(path).stem
+    status = sweep.run_sweep(spec, workdir, only=first, extra={"data.data_dir": data_dir})
+    assert status == {first: "trained"}
+    rows = json_rows(workdir / first)
+    assert {(config.total_steps, "train"), (config.total_steps, "eval")} <= {(r["step"], r["split"]) for r in rows}
+    assert all(0 < r["nonzero_frac/mean"] <= 1 for r in rows if "nonzero_frac/mean" in r)
+    # What compare reads of it (its figures: drawn from the vit_width fixture's runs above and, for every
+    # committed sweep, by tests/test_report.py's redraw test).
+    record, members, not_run = compare.read_sweep(workdir)
+    assert [m.name for m in members] == [first] and not_run == list(record["members"])[1:]
+    (row,) = compare.metrics_table(members)[1]
+    assert row[0] == first and row[3] == f"{config.total_steps} / {config.total_steps}"
+    (flops_row,) = compare.flops_table(members)[1]
+    assert flops_row[0] == first

@@ -13,7 +13,8 @@ On one H200 (`launch/results.sh`, eight sweeps side by side, 310 s for all; docs
 
 Full (`:full`): configs/t5.py (T5-Base on C4) with 6+6, 12+12 (Base's) and 24+24 layers.
 
-Test (`:test`): 1+1 and 2+2 layers on configs/t5.py:test (32 wide, 6 steps on pydocs).
+Test (`:test`): 2+2 and 1+1 layers on configs/t5.py:test (32 wide, 6 steps on pydocs); the first
+member is configs/t5.py:test's own shape, whose programs the tests' smoke run shares.
 """
 
 from lazy_jax.config_base import parse_arg
@@ -27,7 +28,7 @@ def get_sweep(arg=None):
     a = parse_arg(arg, dict(test=False, full=False))
     base, depths = "configs/t5.py:local", (1, 2, 4)
     if a.test:
-        base, depths = "configs/t5.py:test", (1, 2)
+        base, depths = "configs/t5.py:test", (2, 1)
     elif a.full:
         base, depths = "configs/t5.py", (6, 12, 24)
     return base, {f"layers{n}": _layers(n) for n in depths}

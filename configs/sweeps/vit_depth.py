@@ -13,7 +13,8 @@ On one H200 (`launch/results.sh`, eight sweeps side by side, 310 s for all; docs
 
 Full (`:full`): configs/vit.py (ViT-B/16 on ImageNet-21k) with 6, 12 (B/16's), 18 and 24 layers.
 
-Test (`:test`): two tiny members on configs/vit.py:test (6 steps on digits), 1 and 2 layers.
+Test (`:test`): two tiny members on configs/vit.py:test (6 steps on digits), 2 and 1 layers; the
+first is the tiny ViT of the other sweeps' tests, whose programs the tests' smoke run shares.
 """
 
 from lazy_jax.config_base import parse_arg
@@ -23,7 +24,7 @@ def get_sweep(arg=None):
     a = parse_arg(arg, dict(test=False, full=False))
     if a.test:
         tiny = {"model.width": 32, "model.num_heads": 2, "model.d_ff": 64}
-        return "configs/vit.py:test", {f"depth{n}": {**tiny, "model.depth": n} for n in (1, 2)}
+        return "configs/vit.py:test", {f"depth{n}": {**tiny, "model.depth": n} for n in (2, 1)}
     if a.full:
         return "configs/vit.py", {f"depth{n}": {"model.depth": n} for n in (6, 12, 18, 24)}
     return "configs/vit.py:local", {f"depth{n}": {"model.depth": n} for n in (2, 4, 6, 8, 12)}
