@@ -43,7 +43,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from lazy_jax import flops, profiling, sparsity
+from lazy_jax import flops, profiling, sparsity, xla_flags
 from lazy_jax import sharding as shd
 from lazy_jax.config_checks import define_config_flag, parse_flags
 from lazy_jax.errors import InputError
@@ -384,4 +384,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    xla_flags.apply()  # before the first computation initialises a backend
     app.run(main, flags_parser=parse_flags)

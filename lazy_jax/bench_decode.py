@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lazy_jax import profiling, sparsity
+from lazy_jax import profiling, sparsity, xla_flags
 from lazy_jax.models.t5 import T5, decode_from_encoded, default_model_config, t5_spec
 
 PROMPT_LEN, DECODE_LEN, TOPK_FRAC = 512, 128, 0.03
@@ -365,4 +365,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    xla_flags.apply()  # before the first computation initialises a backend
     main()

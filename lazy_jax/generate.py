@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lazy_jax import sparse_mlp
+from lazy_jax import sparse_mlp, xla_flags
 from lazy_jax import workdir as wd
 from lazy_jax.data import tokenizer as tokenizer_lib
 from lazy_jax.errors import InputError
@@ -318,6 +318,7 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    xla_flags.apply()  # before the first computation initialises a backend
     from absl import app, flags
 
     flags.DEFINE_string("workdir", None, "a T5 training run's workdir: its config.json and newest checkpoint")

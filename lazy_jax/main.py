@@ -14,6 +14,7 @@ import threading
 
 from absl import app, flags, logging
 
+from lazy_jax import xla_flags
 from lazy_jax.config_checks import define_config_flag, parse_flags
 from lazy_jax.errors import InputError
 
@@ -113,4 +114,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    xla_flags.apply()  # before the first computation initialises a backend
     app.run(main, flags_parser=parse_flags)

@@ -42,7 +42,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from lazy_jax import flops, input_pipeline, report, sparsity
+from lazy_jax import flops, input_pipeline, report, sparsity, xla_flags
 from lazy_jax import sharding as shd
 from lazy_jax import workdir as wd
 from lazy_jax.errors import InputError
@@ -621,6 +621,7 @@ def _int(value: str, name: str) -> int:
 
 
 if __name__ == "__main__":
+    xla_flags.apply()  # before the first computation initialises a backend
     from absl import app, flags
 
     flags.DEFINE_string("workdir", None, "a training run's workdir: its config.json and newest checkpoint")

@@ -34,9 +34,10 @@ def trace(log_dir: str) -> Iterator[None]:
 
 
 def trace_files(log_dir: str) -> list[epath.Path]:
-    """The traces under log_dir (jax writes DIR/plugins/profile/<time>/<host>.trace.json.gz), or in it."""
+    """The traces in log_dir or one folder down (jax writes DIR/plugins/profile/<time>/<host>.trace.json.gz)."""
     root = epath.Path(log_dir)
-    return sorted([*root.glob("plugins/profile/*/*.trace.json.gz"), *root.glob("*.trace.json.gz")])
+    patterns = ("*.trace.json.gz", "plugins/profile/*/*.trace.json.gz", "*/plugins/profile/*/*.trace.json.gz")
+    return sorted(path for pattern in patterns for path in root.glob(pattern))
 
 
 def summarize(trace_file: str, top: int = 25) -> list[dict]:

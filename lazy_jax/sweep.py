@@ -45,6 +45,7 @@ import ml_collections
 from etils import epath
 
 from lazy_jax import workdir as wd
+from lazy_jax import xla_flags
 from lazy_jax.errors import InputError
 
 SWEEP_JSON = "sweep.json"  # in the sweep's workdir: the members and their overrides
@@ -274,6 +275,7 @@ def _exit(message: str) -> None:
 
 
 if __name__ == "__main__":
+    xla_flags.apply()  # before the first computation initialises a backend
     from absl import app, flags, logging
     from ml_collections import config_flags
 
