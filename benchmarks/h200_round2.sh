@@ -1,9 +1,14 @@
 #!/bin/bash
-# The second round of docs/performance.md and docs/inference.md, on a host with two H200s:
+# The second and third rounds of docs/performance.md and docs/inference.md, on a host with two
+# H200s. ROUND=2 (the default):
 #   GPU 0: ViT-B/16 (profiles, cuDNN attention, no Triton GEMMs, the real input loop), then the
 #          decoding measurements (kernel check, profiles, Top-k selection, command buffers, a
 #          trained T5 decoded both ways);
 #   GPU 1: T5-Base (profile, bf16 logits, statistics, Top-k, the real input loop, the peers).
+# ROUND=3, after the defaults changed by round 2 (cuDNN attention, bf16 T5 logits, cuBLAS GEMMs):
+#   GPU 0: ViT-B/16 against the peers, Top-k, profiles, the real loop, Triton GEMMs back on, a
+#          T5-Base-shape decode; GPU 1: T5-Base against the peers, the real loop, Top-k, profile;
+#   then both GPUs: ViT-B/16 and T5-Base data-parallel on 1 and 2 GPUs (the scaling).
 # Every measurement is its own process (a failing one does not stop the rest).
 #   OUT=/tmp/out bash benchmarks/h200_round2.sh
 #   ONLY='vit_dense|t5_dense' bash benchmarks/h200_round2.sh     # a subset (regex on the names)
@@ -112,8 +117,42 @@ t5_stream() {
   bench t5 t5_peers --config=configs/t5.py $TB --peers
 }
 
-END=$((SECONDS + LIMIT))
+round3_gpu0() {
+  export CUDA_VISIBLE_DEVICES=0
+  bench vit vit_peers --config=configs/vit.py $VB --peers
+  PROFILE=1 bench vit vit_topk --config=configs/vit.py:topk=128 $VB
+  PROFILE=1 bench vit vit_dense --config=configs/vit.py $VB
+  BATCH=256 realloop vit vit_realloop $VIT_REAL
+  bench vit vit_realloop_bench $VIT_REAL --per_device_batch=256 --num_classes=10
+  XLA_FLAGS=--xla_gpu_enable_triton_gemm=true bench vit vit_triton_gemm --config=configs/vit.py $VB
+  bench vit vit_topk_radix --config=configs/vit.py:topk=128 $VB --config.model.topk_impl=radix
+  decode dec_base --plan T5-Base:1 --impls off,pallas --repeats 5 --profile_dir /tmp/dprof/dec_base
+}
+
+round3_gpu1() {
+  export CUDA_VISIBLE_DEVICES=1
+  bench t5 t5_peers --config=configs/t5.py $TB --peers
+  BATCH=128 realloop t5 t5_realloop $T5_REAL
+  bench t5 t5_topk_bisect --config=configs/t5.py:topk=128 $TB
+  PROFILE=1 bench t5 t5_dense --config=configs/t5.py $TB
+  XLA_FLAGS=--xla_gpu_enable_triton_gemm=true bench t5 t5_triton_gemm --config=configs/t5.py $TB
+}
+
+round3_both() {  # after both streams: data parallel over the two GPUs
+  export CUDA_VISIBLE_DEVICES=0,1
+  END=$((SECONDS + ${LIMIT_BOTH:-100}))
+  bench both vit_2gpu --config=configs/vit.py $VB --meshes=1x1x1,2x1x1
+}
+
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv >"$OUT/gpu.txt" 2>&1
-vit_then_decode &
-t5_stream &
-wait
+END=$((SECONDS + LIMIT))
+if [ "${ROUND:-2}" = 3 ]; then
+  round3_gpu0 &
+  round3_gpu1 &
+  wait
+  round3_both
+else
+  vit_then_decode &
+  t5_stream &
+  wait
+fi
