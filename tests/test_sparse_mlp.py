@@ -94,3 +94,14 @@ def test_topk_model_decodes_the_same_tokens():
     params["token_embedder"]["embedding"][:2] = 0  # never padding or EOS: a varied greedy sequence
     tokens = assert_same_decoding(model, params, enc, impls=("pallas",), logits=False)  # logits: test_generate
     assert len(np.unique(tokens)) > 2
+
+
+def test_kernel_refuses_batches_past_the_checked_ones_and_the_dense_path_serves_them():
+    # The compiled kernel gave a wrong product at batch 64 on an H200; such batches must not reach it.
+    assert sparse_mlp.pallas_tiles(16, 512, 64) is not None
+    assert sparse_mlp.pallas_tiles(sparse_mlp.MAX_KERNEL_BATCH + 1, 512, 64) is None
+    a_BF = jax.nn.relu(jax.random.normal(jax.random.key(0), (32, 512))).astype(jnp.bfloat16)
+    w_FD = jax.random.normal(jax.random.key(1), (512, 64), jnp.bfloat16)
+    np.testing.assert_array_equal(
+        np.asarray(sparse_mlp.sparse_matmul(a_BF, w_FD, "pallas")), np.asarray(sparse_mlp.dense_matmul(a_BF, w_FD))
+    )
