@@ -85,8 +85,8 @@ def summarize(trace_file: str, top: int = 25) -> list[dict]:
 
 
 KINDS = (  # (kind, substrings of an event name), first match wins
-    ("matmul", ("gemm", "cublas", "xmma", "cutlass", "matmul", "dot", "wgmma")),
-    ("attention (fused)", ("cudnn", "flash", "fmha", "sdpa")),
+    ("attention (fused)", ("cudnn", "flash", "fmha", "sdpa")),  # before matmul: their names hold 'wgmma'
+    ("matmul", ("gemm", "cublas", "nvjet", "xmma", "cutlass", "matmul", "dot", "wgmma")),
     ("triton", ("triton",)),
     ("reduction", ("reduce", "reduction")),
     ("copy / memset", ("memcpy", "memset", "copy", "transpose")),
