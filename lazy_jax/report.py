@@ -43,8 +43,6 @@ import json
 import logging
 import math
 import re
-import shutil
-import tempfile
 import zipfile
 from collections.abc import Iterable
 from typing import Any
@@ -361,15 +359,8 @@ def write_report(workdir: wd.PathLike) -> epath.Path:
     Raises InputError naming the path if metrics.jsonl is missing or holds no valid rows.
     """
     workdir = wd.workdir_path(workdir)
-    if not wd.is_remote(workdir):
-        return _write_report(workdir, workdir / REPORT_DIR)
-    local = tempfile.mkdtemp(prefix="lazy_jax_report_")
-    try:
-        _write_report(workdir, epath.Path(local))
-        for path in sorted(epath.Path(local).iterdir()):
-            wd.replace_bytes(workdir / REPORT_DIR / path.name, path.read_bytes())
-    finally:
-        shutil.rmtree(local, ignore_errors=True)
+    with wd.local_output_dir(workdir / REPORT_DIR) as out_dir:
+        _write_report(workdir, out_dir)
     return workdir / REPORT_DIR / "report.md"
 
 
