@@ -9,6 +9,7 @@
 #   GPU 0: ViT-B/16 against the peers, Top-k, profiles, the real loop, Triton GEMMs back on, a
 #          T5-Base-shape decode; GPU 1: T5-Base against the peers, the real loop, Top-k, profile;
 #   then both GPUs: ViT-B/16 and T5-Base data-parallel on 1 and 2 GPUs (the scaling).
+# ROUND=4 (not yet run): the one-read Top-k kernel against dense and the bisection, both models.
 # Every measurement is its own process (a failing one does not stop the rest).
 #   OUT=/tmp/out bash benchmarks/h200_round2.sh
 #   ONLY='vit_dense|t5_dense' bash benchmarks/h200_round2.sh     # a subset (regex on the names)
@@ -138,6 +139,20 @@ round3_gpu1() {
   XLA_FLAGS=--xla_gpu_enable_triton_gemm=true bench t5 t5_triton_gemm --config=configs/t5.py $TB
 }
 
+round4_gpu0() {  # the one-read Top-k kernel (topk_impl=pallas), written after round 3: not yet run
+  export CUDA_VISIBLE_DEVICES=0
+  bench vit vit_dense --config=configs/vit.py $VB
+  PROFILE=1 bench vit vit_topk_pallas --config=configs/vit.py:topk=128 $VB --config.model.topk_impl=pallas
+  bench vit vit_topk_bisect --config=configs/vit.py:topk=128 $VB
+}
+
+round4_gpu1() {
+  export CUDA_VISIBLE_DEVICES=1
+  bench t5 t5_dense --config=configs/t5.py $TB
+  bench t5 t5_topk_pallas --config=configs/t5.py:topk=128 $TB --config.model.topk_impl=pallas
+  bench t5 t5_topk_bisect --config=configs/t5.py:topk=128 $TB
+}
+
 round3_both() {  # after both streams: data parallel over the two GPUs
   export CUDA_VISIBLE_DEVICES=0,1
   END=$((SECONDS + ${LIMIT_BOTH:-100}))
@@ -146,7 +161,11 @@ round3_both() {  # after both streams: data parallel over the two GPUs
 
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv >"$OUT/gpu.txt" 2>&1
 END=$((SECONDS + LIMIT))
-if [ "${ROUND:-2}" = 3 ]; then
+if [ "${ROUND:-2}" = 4 ]; then
+  round4_gpu0 &
+  round4_gpu1 &
+  wait
+elif [ "${ROUND:-2}" = 3 ]; then
   round3_gpu0 &
   round3_gpu1 &
   wait

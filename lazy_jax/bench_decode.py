@@ -327,7 +327,9 @@ def main(argv=None) -> None:
     p.add_argument("--sweep_batches", default="1,4,16,64", help=f"batch sizes for {SWEEP_SHAPE}")
     p.add_argument("--impls", default=",".join(IMPLS), help="implementations at batch 1")
     p.add_argument("--out", default=os.environ.get("OUT", "."), help="where bench_decode.json/.log go")
-    p.add_argument("--topk_impl", default=TOPK_IMPL, help="the random models' Top-k selection: bisect, radix or lax")
+    p.add_argument(
+        "--topk_impl", default=TOPK_IMPL, help="the random models' Top-k selection: bisect, radix, pallas or lax"
+    )
     p.add_argument("--profile_dir", default=None, help="trace one timed decode of every row here")
     p.add_argument("--workdir", default=None, help="time this trained T5 run instead (needs --input_file)")
     p.add_argument("--input_file", default=None, help="JSONL prompts for --workdir, as lazy_jax.generate reads")

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from lazy_jax import sparse_mlp
 from lazy_jax.errors import InputError
-from lazy_jax.topk import kth_largest_radix
+from lazy_jax.topk import kth_largest_pallas, kth_largest_radix
 
 Array = jax.Array
 
@@ -79,6 +79,7 @@ def kth_largest_positive(a_BTF: Array, k: int) -> Array:
 TOPK_IMPLS: dict[str, Callable[[Array, int], Array]] = {
     "bisect": kth_largest_positive,  # the default: exact, and much faster on GPUs than 'lax'
     "radix": kth_largest_radix,  # exact, 4-bit digits: 4 passes over a bf16 row (lazy_jax/topk.py)
+    "pallas": kth_largest_pallas,  # exact, the bisection from one read of the map (a GPU kernel; not yet timed)
     "lax": kth_largest_reference,
 }
 
@@ -91,7 +92,7 @@ def check_topk_impl(impl: str, *, key: str = "topk_impl") -> None:
 def topk_mask(a_BTF: Array, k: int, impl: str = "bisect") -> Array:
     """Keeps the entries of each row >= its k-th largest value (and > 0); the rest become 0.
 
-    `impl` picks how the k-th largest value is found ('bisect', 'radix' or 'lax', i.e.
+    `impl` picks how the k-th largest value is found ('bisect', 'radix', 'pallas' or 'lax', i.e.
     jax.lax.top_k, the reference); all give the same threshold on every row with at least k
     positives and so the same mask. The mask is a constant for autodiff: dropped entries get
     zero gradient, kept entries the gradient of the activation itself.
@@ -217,7 +218,8 @@ class MlpBlock(nn.Module):
       d_ff: hidden width.
       activation: a key of ACTIVATIONS (ReLU for the paper; GELU etc. to measure other models).
       topk: keep the k largest entries per token; 0 = dense.
-      topk_impl: how the k-th largest value is found: 'bisect' (default) or 'lax' (reference).
+      topk_impl: how the k-th largest value is found: 'bisect' (default), 'radix', 'pallas' or
+        'lax' (reference).
       use_bias: ViT/Mixer MLPs have biases, T5 v1.0 has none.
       dropout_rate: dropout after the activation (as in T5) and nowhere else.
       neuron_freq, count_hist_bins: the optional statistics of `activation_stats`.

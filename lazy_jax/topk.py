@@ -20,6 +20,8 @@ stacked form at 1.167x: so the bisection stays the default.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -74,3 +76,89 @@ def kth_largest_radix(a_BTF: Array, k: int, digit_bits: int = DIGIT_BITS, *, sta
                 digit_BT1 = digit_BT1 + (count_BT1 >= k).astype(jnp.int32)
         kth_BT1 = kth_BT1 | (digit_BT1 << shift).astype(int_dtype)
     return jax.lax.bitcast_convert_type(kth_BT1, a_BTF.dtype)
+
+
+# ----------------------------------------------------------------------------- one read: Pallas
+
+MAX_BLOCK_ROWS = 16  # rows a program holds: 16 x 3072 bf16 = 96 KB, read from HBM once
+MAX_CHUNK = 1024  # columns a load: a power of two (Triton's blocks are)
+
+
+def _pow2_divisor(n: int, cap: int) -> int:
+    p = 1
+    while p * 2 <= cap and n % (p * 2) == 0:
+        p *= 2
+    return p
+
+
+def kth_largest_pallas(a_BTF: Array, k: int, *, interpret: bool | None = None) -> Array:
+    """[..., 1]: the bisection's threshold (exactly `sparsity.kth_largest_positive`'s) from one read.
+
+    The bisection's 15 (bf16) or 31 (f32) count passes each read the whole map from HBM when XLA
+    runs them (on an H200, ViT-B/16: 14 passes x 12 layers = 11.9 ms of a 84.5 ms Top-k step,
+    docs/performance.md). Here one Pallas program owns a block of rows and makes every pass over
+    them, in `MAX_CHUNK`-column loads that after the first come from cache, so the map leaves HBM
+    once. Off a GPU (and where the shapes do not tile) it runs in Pallas' interpret mode or falls
+    back to the XLA bisection: the same threshold either way.
+    """
+    from jax.experimental import pallas as pl
+
+    from lazy_jax.sparsity import kth_largest_positive
+
+    *lead, f = a_BTF.shape
+    rows = 1
+    for n in lead:
+        rows *= n
+    int_dtype = {2: jnp.int16, 4: jnp.int32}.get(a_BTF.dtype.itemsize)
+    block_rows, chunk = _pow2_divisor(rows, MAX_BLOCK_ROWS), _pow2_divisor(f, MAX_CHUNK)
+    if int_dtype is None or chunk < 16 or not jnp.issubdtype(a_BTF.dtype, jnp.floating):
+        return kth_largest_positive(a_BTF, k)
+    if interpret is None:
+        interpret = jax.default_backend() != "gpu"
+    value_bits = 8 * a_BTF.dtype.itemsize - 1
+    kernel = functools.partial(
+        _kth_kernel, k=k, value_bits=value_bits, chunk=chunk, block_rows=block_rows, int_dtype=int_dtype
+    )
+    call = pl.pallas_call(
+        kernel,
+        grid=(rows // block_rows,),
+        in_specs=[pl.BlockSpec((block_rows, f), lambda i: (i, 0))],
+        out_specs=pl.BlockSpec((block_rows,), lambda i: (i,)),
+        out_shape=jax.ShapeDtypeStruct((rows,), jnp.int32),
+        interpret=interpret,
+        name="topk_kth_one_read",
+    )
+    # Inside a jit: Flax's nn.scan (scanned layers) refuses a bare pallas_call in its body.
+    # The threshold carries no gradient (topk_mask stops it); stopping it here, at the input, keeps
+    # autodiff from asking the pallas_call for a JVP rule it does not have.
+    kth_R = jax.jit(call)(jax.lax.stop_gradient(a_BTF).reshape(rows, f))
+    kth_BT1 = kth_R.astype(int_dtype).reshape(*lead, 1)
+    return jax.lax.bitcast_convert_type(kth_BT1, a_BTF.dtype)
+
+
+def _kth_kernel(a_ref, o_ref, *, k, value_bits, chunk, block_rows, int_dtype):
+    """a_ref [rows, F] (float), o_ref [rows] (int32 bit pattern of each row's k-th largest of max(a, 0))."""
+    n_chunks = a_ref.shape[1] // chunk
+
+    def bits(c):  # one chunk of max(a, 0) as order-preserving integers
+        x = a_ref[:, pl_ds(c * chunk, chunk)]
+        x = jnp.where(x > 0, x, jnp.zeros_like(x))
+        return jax.lax.bitcast_convert_type(x, int_dtype).astype(jnp.int32)
+
+    def count_ge(cand_R):
+        def body(c, acc_R):
+            return acc_R + jnp.sum((bits(c) >= cand_R[:, None]).astype(jnp.int32), axis=1)
+
+        return jax.lax.fori_loop(0, n_chunks, body, jnp.zeros((block_rows,), jnp.int32))
+
+    def bit_step(i, kth_R):
+        cand_R = kth_R | jnp.left_shift(jnp.int32(1), value_bits - 1 - i)
+        return jnp.where(count_ge(cand_R) >= k, cand_R, kth_R)
+
+    o_ref[...] = jax.lax.fori_loop(0, value_bits, bit_step, jnp.zeros((block_rows,), jnp.int32))
+
+
+def pl_ds(start, size):
+    from jax.experimental import pallas as pl
+
+    return pl.ds(start, size)

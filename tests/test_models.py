@@ -408,7 +408,12 @@ def test_explicit_num_classes_must_cover_the_datas():
         ("vit", "topk", 65, r"model.topk=65 is not allowed: use an integer 0 <= k <= d_ff=64 \(0 = dense\)"),
         ("mixer", "topk", 9, r"model.topk=9 is not allowed: use an integer 0 <= k <= tokens_mlp_dim=8"),
         ("mlp", "topk", -1, r"model.topk=-1 is not allowed: use an integer 0 <= k <= d_ff=96"),
-        ("mlp", "topk_impl", "sort", r"model.topk_impl='sort' is unknown; allowed: \['bisect', 'lax', 'radix'\]"),
+        (
+            "mlp",
+            "topk_impl",
+            "sort",
+            r"model.topk_impl='sort' is unknown; allowed: \['bisect', 'lax', 'pallas', 'radix'\]",
+        ),
         ("vit", "remat_policy", "some", r"model.remat_policy='some' is unknown; allowed: \[.*'full'"),
         ("mixer", "scan_layers", 1, r"model.scan_layers=1 is not allowed: use True or False"),
         ("vit", "pool", "max", r"model.pool='max' is unknown; allowed: \['cls', 'gap'\]"),

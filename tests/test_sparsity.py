@@ -289,7 +289,9 @@ def test_radix_digit_widths():
 
 
 def test_unknown_topk_impl_is_refused_by_name():
-    with pytest.raises(ValueError, match=r"topk_impl='sort' is unknown; allowed: \['bisect', 'lax', 'radix'\]"):
+    with pytest.raises(
+        ValueError, match=r"topk_impl='sort' is unknown; allowed: \['bisect', 'lax', 'pallas', 'radix'\]"
+    ):
         sparsity.topk_mask(jnp.ones((2, 4)), 2, "sort")
 
 
@@ -415,3 +417,38 @@ def test_stack_layer_stats_stacks_on_a_leading_axis():
     np.testing.assert_array_equal(stacked["nonzero_frac"], np.arange(4))
     assert stacked["neuron_freq"].shape == (4, 3)
     np.testing.assert_array_equal(stacked["neuron_freq"][:, 0], np.arange(4))
+
+
+@pytest.mark.parametrize("shape, dtype", [((2, 32, 3072), jnp.bfloat16), ((48, 96), jnp.float32)])
+def test_pallas_one_read_threshold_equals_the_bisection(shape, dtype):
+    """The Pallas kernel (interpret mode here) takes the kernel path, not its fallback, at a
+    ViT-B/16 width (3 column chunks) and at an f32 map whose rows need 3 x 32-column chunks."""
+    rows = int(np.prod(shape[:-1]))
+    assert topk._pow2_divisor(rows, topk.MAX_BLOCK_ROWS) > 1 and topk._pow2_divisor(shape[-1], topk.MAX_CHUNK) >= 16
+    a = jax.random.normal(jax.random.key(3), shape, jnp.float32)
+    a = jnp.round(a * 8) / 8  # ties
+    a = a.astype(dtype)
+    for k in (1, 7, 128 if shape[-1] > 128 else 40):
+        want = np.asarray(sparsity.kth_largest_positive(a, k), np.float32)
+        got = np.asarray(jax.jit(topk.kth_largest_pallas, static_argnums=1)(a, k), np.float32)
+        np.testing.assert_array_equal(got, want, err_msg=f"k={k}")
+
+
+def test_pallas_threshold_differentiates_inside_a_scan():
+    """Scanned layers linearize their body; the kernel's threshold must not ask for a JVP."""
+    x = jnp.asarray(_topk_input(k=6))
+    w_L = jnp.asarray([1.0, 2.0])
+
+    def loss(w_L):
+        def layer(h, w):
+            return sparsity.topk_mask(h * w, 6, "pallas"), None
+
+        return jnp.sum(jax.lax.scan(layer, x, w_L)[0])
+
+    def reference(w_L):
+        def layer(h, w):
+            return sparsity.topk_mask(h * w, 6, "bisect"), None
+
+        return jnp.sum(jax.lax.scan(layer, x, w_L)[0])
+
+    np.testing.assert_allclose(np.asarray(jax.grad(loss)(w_L)), np.asarray(jax.grad(reference)(w_L)), rtol=1e-6)
