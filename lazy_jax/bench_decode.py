@@ -219,9 +219,14 @@ def trained_rows(workdir: str, input_file: str, decode_len: int, repeats: int, l
     each implementation; ms/token is the sum over prompts of the median decode time, divided by
     the tokens. `union` is the run's last eval share of nonzero decoder activations (at batch 1
     the union is the token's own active set); `limit` is the byte-count bound at that share.
+    The kernel's row also compares logits step by step (`logit_check`): both implementations
+    replay the dense path's tokens (`models.t5.forced_decode_logits`), and at the first step
+    where the kernel's own greedy tokens part from the dense ones, the dense logits' top-2 gap
+    is set beside the largest logit difference of that step: a gap under the difference is a
+    near tie that the summation order decided, not a wrong product.
     """
     from lazy_jax import generate as gen
-    from lazy_jax.models.t5 import T5, decode_params
+    from lazy_jax.models.t5 import T5, decode_params, forced_decode_logits
 
     loaded = gen.load_workdir(workdir)
     prompts = gen.read_prompts(input_file, loaded.tokenizer, PROMPT_LEN)
@@ -229,14 +234,15 @@ def trained_rows(workdir: str, input_file: str, decode_len: int, repeats: int, l
     dense = gen.build_model(loaded.model_config, "off")
     params = jax.device_put(decode_params(loaded.params, dense.spec.dtype))
     encode = jax.jit(lambda p, t: dense.apply({"params": p}, t, t > 0, method=T5.encode)[0])
-    rows, base = [], None
+    inputs = [jnp.asarray(ids_BT) for ids_BT, _ in gen.batches(prompts, 1)]
+    encoded = [encode(params, ids_BT) for ids_BT in inputs]
+    rows, base, models = [], None, {}
     for impl in ("off", "pallas"):
-        model = dense if impl == "off" else gen.build_model(loaded.model_config, impl)
+        model = models[impl] = dense if impl == "off" else gen.build_model(loaded.model_config, impl)
         seconds, tokens = 0.0, []
-        for i, (ids_BT, _) in enumerate(gen.batches(prompts, 1)):
-            ids_BT = jnp.asarray(ids_BT)
+        for i, (ids_BT, enc_BSD) in enumerate(zip(inputs, encoded)):
             prof = profile_dir and i == 0 and os.path.join(profile_dir, f"trained_{impl}")
-            r = time_decode(model, params, 1, repeats, encode(params, ids_BT), ids_BT > 0, decode_len, prof)
+            r = time_decode(model, params, 1, repeats, enc_BSD, ids_BT > 0, decode_len, prof)
             seconds += r["ms_per_token"] * decode_len / 1e3
             tokens.append(r["tokens"])
         tokens = np.concatenate(tokens)
@@ -260,9 +266,46 @@ def trained_rows(workdir: str, input_file: str, decode_len: int, repeats: int, l
         )
         if base is None:
             base = dict(row, tokens=tokens)
+        else:
+            forced = jax.jit(forced_decode_logits, static_argnums=0)
+            row["logit_check"] = logit_check(
+                [
+                    forced(dense, {"params": params}, e, t > 0, jnp.asarray(d[None]))
+                    for e, t, d in zip(encoded, inputs, base["tokens"])
+                ],
+                [
+                    forced(model, {"params": params}, e, t > 0, jnp.asarray(d[None]))
+                    for e, t, d in zip(encoded, inputs, base["tokens"])
+                ],
+                base["tokens"],
+                tokens,
+            )
         rows.append(row)
         log(json.dumps(row))
     return rows
+
+
+def logit_check(dense_logits, sparse_logits, dense_tokens, sparse_tokens) -> dict:
+    """Per prompt: logits [1, L, V] of both paths on the dense tokens, and each path's own greedy
+    tokens [L] -> the largest logit difference, and for each prompt whose tokens part, the step,
+    the dense top-2 gap there and that step's largest difference (see trained_rows)."""
+    worst, partings = 0.0, []
+    for p, (d_LV, s_LV, d_L, s_L) in enumerate(zip(dense_logits, sparse_logits, dense_tokens, sparse_tokens)):
+        d_LV, s_LV = np.asarray(d_LV[0], np.float32), np.asarray(s_LV[0], np.float32)
+        diff_L = np.abs(d_LV - s_LV).max(-1)
+        worst = max(worst, float(diff_L.max()))
+        differ = np.nonzero(np.asarray(d_L) != np.asarray(s_L))[0]
+        if len(differ):
+            step = int(differ[0])
+            top2 = np.sort(d_LV[step])[-2:]
+            partings.append(
+                dict(prompt=p, step=step, top2_gap=float(top2[1] - top2[0]), max_logit_diff=float(diff_L[step]))
+            )
+    return dict(
+        max_logit_diff=worst,
+        partings=partings,
+        all_at_near_ties=all(x["top2_gap"] <= x["max_logit_diff"] for x in partings),
+    )
 
 
 def _last_eval_share(workdir: str) -> float | None:

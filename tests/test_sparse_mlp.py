@@ -105,3 +105,49 @@ def test_kernel_refuses_batches_past_the_checked_ones_and_the_dense_path_serves_
     np.testing.assert_array_equal(
         np.asarray(sparse_mlp.sparse_matmul(a_BF, w_FD, "pallas")), np.asarray(sparse_mlp.dense_matmul(a_BF, w_FD))
     )
+
+
+def test_forced_decode_logits_replay_greedy_decoding_and_compare_implementations():
+    """forced_decode_logits fed the greedy tokens gives logits whose argmax are those tokens, and
+    the kernel's forced logits equal the dense path's within bf16 rounding at every step."""
+    from lazy_jax.models.t5 import forced_decode_logits
+
+    model = get_model(tiny_config(topk=8, dtype="bfloat16", d_ff=128))
+    enc = jnp.asarray(np.random.default_rng(0).integers(3, 40, (2, 7)), jnp.int32)
+    batch = {"encoder_input_tokens": enc, "decoder_input_tokens": enc, "decoder_target_tokens": enc}
+    params = jax.tree.map(np.array, nn.unbox(model.init(jax.random.key(1), batch)["params"]))
+    params["token_embedder"]["embedding"][:2] = 0
+    params = decode_params(params, model.spec.dtype)
+    dense, sparse = with_impl(model, "off"), with_impl(model, "pallas")
+    tokens = jax.jit(greedy_decode, static_argnums=(0, 3))(dense, {"params": params}, enc, 6, eos_id=None)
+    encoded, _ = dense.apply({"params": params}, enc, enc > 0, method=T5.encode)
+    forced = jax.jit(forced_decode_logits, static_argnums=0)
+    dense_logits = np.asarray(forced(dense, {"params": params}, encoded, enc > 0, tokens))
+    np.testing.assert_array_equal(dense_logits.argmax(-1), np.asarray(tokens))
+    sparse_logits = np.asarray(forced(sparse, {"params": params}, encoded, enc > 0, tokens))
+    np.testing.assert_allclose(sparse_logits, dense_logits, atol=0.02 * np.abs(dense_logits).max())
+
+
+def test_logit_check_names_partings_and_whether_they_are_near_ties():
+    from lazy_jax.bench_decode import logit_check
+
+    dense = np.zeros((1, 3, 4), np.float32)
+    dense[0, :, 2] = 1.0
+    dense[0, 1, 3] = 0.999  # step 1: top-2 gap 0.001
+    sparse = dense.copy()
+    sparse[0, 1, 3] += 0.002  # flips step 1's argmax: a near tie
+    check = logit_check([dense], [sparse], [np.array([2, 2, 2])], [np.array([2, 3, 0])])
+    assert check["partings"] == [
+        {
+            "prompt": 0,
+            "step": 1,
+            "top2_gap": check["partings"][0]["top2_gap"],
+            "max_logit_diff": check["partings"][0]["max_logit_diff"],
+        }
+    ]
+    assert abs(check["partings"][0]["top2_gap"] - 0.001) < 1e-6 and check["all_at_near_ties"]
+    far = dense.copy()
+    far[0, 0, 0] = 5.0  # a large difference at step 0, where the tokens still agree
+    check = logit_check([dense], [far], [np.array([2, 2, 2])], [np.array([2, 2, 3])])
+    assert check["max_logit_diff"] == 5.0 and check["partings"][0]["step"] == 2
+    assert not check["all_at_near_ties"]  # step 2's gap (1.0) exceeds its difference (0)

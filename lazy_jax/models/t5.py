@@ -669,18 +669,8 @@ def decode_from_encoded(
     b = encoded_BSD.shape[0]
 
     def step(cache, tokens_B, encoded):
-        state = variables if cache is None else {**variables, "cache": cache}
-        (logits_B1V, _), new_vars = model.apply(
-            state,
-            encoded,
-            encoder_mask_BS,
-            tokens_B[:, None],
-            decode=True,
-            max_decode_length=max_decode_len,
-            method=T5.decode,
-            mutable=["cache"],
-        )
-        return new_vars["cache"], jnp.argmax(logits_B1V[:, 0], axis=-1).astype(jnp.int32)
+        cache, logits_BV = _decode_step(model, variables, cache, tokens_B, encoded, encoder_mask_BS, max_decode_len)
+        return cache, jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
 
     def advance(done_B, next_B):
         next_B = jnp.where(done_B, 0, next_B)
@@ -703,6 +693,41 @@ def decode_from_encoded(
 
     steps, _, _, _, out_BL = jax.lax.while_loop(cond, body, (jnp.int32(1), cache, first_B, done_B, out_BL))
     return out_BL, steps
+
+
+def _decode_step(model, variables, cache, tokens_B, encoded, encoder_mask_BS, max_decode_len):
+    """One cached decoding step: -> (cache, f32 logits [B, V]). `encoded` is given at the first
+    step (it fills the cache, cross-attention keys and values included) and None after."""
+    state = variables if cache is None else {**variables, "cache": cache}
+    (logits_B1V, _), new_vars = model.apply(
+        state,
+        encoded,
+        encoder_mask_BS,
+        tokens_B[:, None],
+        decode=True,
+        max_decode_length=max_decode_len,
+        method=T5.decode,
+        mutable=["cache"],
+    )
+    return new_vars["cache"], logits_B1V[:, 0].astype(jnp.float32)
+
+
+def forced_decode_logits(model: T5, variables: dict, encoded_BSD: Array, encoder_mask_BS: Array, tokens_BL: Array):
+    """The logits [B, L, V] that cached decoding gives at each step when fed BOS and then
+    `tokens_BL[:, :-1]` (teacher forcing): the same steps as `decode_from_encoded`, so two
+    implementations can be compared step by step on one token history."""
+    variables = {k: v for k, v in variables.items() if k != "cache"}
+    b, length = tokens_BL.shape
+    cache, first_BV = _decode_step(
+        model, variables, None, jnp.zeros((b,), jnp.int32), encoded_BSD, encoder_mask_BS, length
+    )
+
+    def body(cache, tokens_B):
+        cache, logits_BV = _decode_step(model, variables, cache, tokens_B, None, encoder_mask_BS, length)
+        return cache, logits_BV
+
+    _, rest_LBV = jax.lax.scan(body, cache, jnp.moveaxis(tokens_BL[:, :-1], 1, 0))
+    return jnp.concatenate([first_BV[:, None], jnp.moveaxis(rest_LBV, 0, 1)], axis=1)
 
 
 def greedy_decode(
