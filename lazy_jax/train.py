@@ -244,8 +244,13 @@ class Experiment:
             for local in local_batches:
                 if should_stop is not None and should_stop():
                     return None
-                out = self.eval_step(params, shd.global_batch(local, self.mesh))
-                total = out if total is None else jax.tree.map(jnp.add, total, out)
+                # Each batch's sums come to the host (a few numbers) and are added there. Adding
+                # them on the devices queued dozens of small multi-device programs behind the
+                # collective eval step; on a CPU mesh of fake devices XLA's in-process collective
+                # then now and then waited forever for participants stuck behind its in-flight
+                # limit (seen in the test suite on 2 cores).
+                out = jax.device_get(self.eval_step(params, shd.global_batch(local, self.mesh)))
+                total = out if total is None else jax.tree.map(np.add, total, out)
         if total is None:
             raise InputError(f"the eval split {self.config.data.eval_split!r} of {self.config.data.name!r} is empty")
-        return finalize_eval(jax.device_get(total))
+        return finalize_eval(total)
