@@ -110,8 +110,8 @@ def gather_matmul(a_BF: Array, w_FD: Array, capacity: int | None = None) -> Arra
 MAX_KERNEL_BATCH = 16
 
 
-def _pow2_divisor(n: int, cap: int) -> int:
-    """The largest power of two <= cap that divides n."""
+def pow2_divisor(n: int, cap: int) -> int:
+    """The largest power of two <= cap that divides n (Triton's block sizes are powers of two)."""
     p = 1
     while p * 2 <= cap and n % (p * 2) == 0:
         p *= 2
@@ -127,8 +127,8 @@ def pallas_tiles(b: int, f: int, d: int) -> tuple[int, int, int, int] | None:
     partials [F / (block_f * steps), B, D] stay under PARTIAL_BYTES_FRAC of W_out's bytes, as
     long as MIN_PROGRAMS programs are left to fill the GPU.
     """
-    block_d = _pow2_divisor(d, 128)
-    block_f = _pow2_divisor(f, 64)
+    block_d = pow2_divisor(d, 128)
+    block_f = pow2_divisor(f, 64)
     if block_d < 16 or block_f < 16 or b > MAX_KERNEL_BATCH:
         return None
     bp = 1 if b == 1 else max(16, 1 << (b - 1).bit_length())  # Triton blocks are powers of two

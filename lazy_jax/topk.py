@@ -84,13 +84,6 @@ MAX_BLOCK_ROWS = 16  # rows a program holds: 16 x 3072 bf16 = 96 KB, read from H
 MAX_CHUNK = 1024  # columns a load: a power of two (Triton's blocks are)
 
 
-def _pow2_divisor(n: int, cap: int) -> int:
-    p = 1
-    while p * 2 <= cap and n % (p * 2) == 0:
-        p *= 2
-    return p
-
-
 def kth_largest_pallas(a_BTF: Array, k: int, *, interpret: bool | None = None) -> Array:
     """[..., 1]: the bisection's threshold (exactly `sparsity.kth_largest_positive`'s) from one read.
 
@@ -103,6 +96,7 @@ def kth_largest_pallas(a_BTF: Array, k: int, *, interpret: bool | None = None) -
     """
     from jax.experimental import pallas as pl
 
+    from lazy_jax.sparse_mlp import pow2_divisor
     from lazy_jax.sparsity import kth_largest_positive
 
     *lead, f = a_BTF.shape
@@ -110,7 +104,7 @@ def kth_largest_pallas(a_BTF: Array, k: int, *, interpret: bool | None = None) -
     for n in lead:
         rows *= n
     int_dtype = {2: jnp.int16, 4: jnp.int32}.get(a_BTF.dtype.itemsize)
-    block_rows, chunk = _pow2_divisor(rows, MAX_BLOCK_ROWS), _pow2_divisor(f, MAX_CHUNK)
+    block_rows, chunk = pow2_divisor(rows, MAX_BLOCK_ROWS), pow2_divisor(f, MAX_CHUNK)
     if int_dtype is None or chunk < 16 or not jnp.issubdtype(a_BTF.dtype, jnp.floating):
         return kth_largest_positive(a_BTF, k)
     if interpret is None:
@@ -138,10 +132,12 @@ def kth_largest_pallas(a_BTF: Array, k: int, *, interpret: bool | None = None) -
 
 def _kth_kernel(a_ref, o_ref, *, k, value_bits, chunk, block_rows, int_dtype):
     """a_ref [rows, F] (float), o_ref [rows] (int32 bit pattern of each row's k-th largest of max(a, 0))."""
+    from jax.experimental import pallas as pl
+
     n_chunks = a_ref.shape[1] // chunk
 
     def bits(c):  # one chunk of max(a, 0) as order-preserving integers
-        x = a_ref[:, pl_ds(c * chunk, chunk)]
+        x = a_ref[:, pl.ds(c * chunk, chunk)]
         x = jnp.where(x > 0, x, jnp.zeros_like(x))
         return jax.lax.bitcast_convert_type(x, int_dtype).astype(jnp.int32)
 
@@ -156,9 +152,3 @@ def _kth_kernel(a_ref, o_ref, *, k, value_bits, chunk, block_rows, int_dtype):
         return jnp.where(count_ge(cand_R) >= k, cand_R, kth_R)
 
     o_ref[...] = jax.lax.fori_loop(0, value_bits, bit_step, jnp.zeros((block_rows,), jnp.int32))
-
-
-def pl_ds(start, size):
-    from jax.experimental import pallas as pl
-
-    return pl.ds(start, size)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lazy_jax import sparsity, topk
+from lazy_jax import sparse_mlp, sparsity, topk
 from lazy_jax.errors import InputError
 from lazy_jax.models import get_model, model_spec
 from lazy_jax.models import mixer as mixer_lib
@@ -424,7 +424,10 @@ def test_pallas_one_read_threshold_equals_the_bisection(shape, dtype):
     """The Pallas kernel (interpret mode here) takes the kernel path, not its fallback, at a
     ViT-B/16 width (3 column chunks) and at an f32 map whose rows need 3 x 32-column chunks."""
     rows = int(np.prod(shape[:-1]))
-    assert topk._pow2_divisor(rows, topk.MAX_BLOCK_ROWS) > 1 and topk._pow2_divisor(shape[-1], topk.MAX_CHUNK) >= 16
+    assert (
+        sparse_mlp.pow2_divisor(rows, topk.MAX_BLOCK_ROWS) > 1
+        and sparse_mlp.pow2_divisor(shape[-1], topk.MAX_CHUNK) >= 16
+    )
     a = jax.random.normal(jax.random.key(3), shape, jnp.float32)
     a = jnp.round(a * 8) / 8  # ties
     a = a.astype(dtype)
