@@ -391,15 +391,15 @@ def test_compare_shows_ece_label_noise_and_corruption_columns_when_the_rows_have
     assert compare.LABEL_NOISE_NOTE in md and compare.CORRUPTION_NOTE in md
 
 
+def report_cli(*args: str) -> subprocess.CompletedProcess:
+    """`python -m lazy_jax.report ARGS` from the repository root."""
+    command = [sys.executable, "-m", "lazy_jax.report", *args]
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+
+
 def test_compare_cli(trained, tmp_path):
     workdir, _, _ = trained
-    done = subprocess.run(
-        [sys.executable, "-m", "lazy_jax.report", "--compare", str(workdir)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = report_cli("--compare", str(workdir))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == str(workdir / "compare" / "compare.md")
     # The command-line overrides the sweep ran with (sweep.json's "extra") stand under the title.
@@ -412,13 +412,7 @@ def test_compare_cli(trained, tmp_path):
     # relative link back to the runs, as docs/figures has for docs/results.
     results = tmp_path / "results"
     shutil.copytree(workdir, results / "vit_width", ignore=shutil.ignore_patterns("checkpoints", "tb", "compare"))
-    redrawn = subprocess.run(
-        [sys.executable, "-m", "lazy_jax.report", f"--redraw={results}", f"--out_dir={tmp_path / 'figures'}"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    redrawn = report_cli(f"--redraw={results}", f"--out_dir={tmp_path / 'figures'}")
     assert redrawn.returncode == 0, redrawn.stderr
     out = tmp_path / "figures" / "vit_width"
     assert redrawn.stdout.split() == [str(out / "compare.md")]
@@ -428,21 +422,9 @@ def test_compare_cli(trained, tmp_path):
     )
     for png in ("nonzero_frac.png", "final_nonzero_frac.png", "final_per_layer.png"):
         assert (out / png).read_bytes() == (workdir / "compare" / png).read_bytes(), png
-    both = subprocess.run(
-        [sys.executable, "-m", "lazy_jax.report", f"--compare={workdir}", f"--workdir={workdir}"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    both = report_cli(f"--compare={workdir}", f"--workdir={workdir}")
     assert both.returncode != 0 and "give one of --workdir" in both.stderr
-    empty = subprocess.run(
-        [sys.executable, "-m", "lazy_jax.report", f"--compare={tmp_path}"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    empty = report_cli(f"--compare={tmp_path}")
     assert empty.returncode != 0 and f"{tmp_path} holds no run with metric rows" in empty.stderr
 
 
