@@ -98,13 +98,14 @@ def random_params(model: T5, seed: int = 0) -> dict:
     return jax.tree.unflatten(treedef, out)
 
 
-def weight_bytes(spec) -> dict[str, float]:
-    """Bytes of bf16 weights one decoding step reads, and W_out's share (the byte-count limit)."""
+def weight_bytes(spec, active_share: float = TOPK_FRAC) -> dict[str, float]:
+    """Bytes of bf16 weights one decoding step reads, W_out's, and the byte-count limit when only
+    `active_share` of W_out's rows are read: weights / (weights - skipped W_out)."""
     d, hk, f = spec.d_model, spec.num_heads * spec.d_kv, spec.d_ff
     per_layer = (4 + 2) * d * hk + 2 * d * f  # self q/k/v/o, cross q/o, W_in and W_out
     total = 2 * (spec.num_decoder_layers * per_layer + spec.vocab_size * d)
     w_out = 2 * spec.num_decoder_layers * d * f
-    return dict(total=total, w_out=w_out, limit=total / (total - (1 - TOPK_FRAC) * w_out))
+    return dict(total=total, w_out=w_out, limit=total / (total - (1 - active_share) * w_out))
 
 
 def union_share(model: T5, params: dict, batch: int, seed: int = 1) -> float:
@@ -236,9 +237,17 @@ def trained_rows(workdir: str, input_file: str, decode_len: int, repeats: int, l
     encode = jax.jit(lambda p, t: dense.apply({"params": p}, t, t > 0, method=T5.encode)[0])
     inputs = [jnp.asarray(ids_BT) for ids_BT, _ in gen.batches(prompts, 1)]
     encoded = [encode(params, ids_BT) for ids_BT in inputs]
-    rows, base, models = [], None, {}
+    forced = jax.jit(forced_decode_logits, static_argnums=0)
+
+    def replay(model, tokens_PL):  # each prompt's logits [1, L, V] when fed the tokens tokens_PL[p]
+        return [
+            forced(model, {"params": params}, e, t > 0, jnp.asarray(d[None]))
+            for e, t, d in zip(encoded, inputs, tokens_PL)
+        ]
+
+    rows, base = [], None
     for impl in ("off", "pallas"):
-        model = models[impl] = dense if impl == "off" else gen.build_model(loaded.model_config, impl)
+        model = dense if impl == "off" else gen.build_model(loaded.model_config, impl)
         seconds, tokens = 0.0, []
         for i, (ids_BT, enc_BSD) in enumerate(zip(inputs, encoded)):
             prof = profile_dir and i == 0 and os.path.join(profile_dir, f"trained_{impl}")
@@ -248,7 +257,7 @@ def trained_rows(workdir: str, input_file: str, decode_len: int, repeats: int, l
         tokens = np.concatenate(tokens)
         ms = 1e3 * seconds / (len(prompts) * decode_len)
         f = loaded.model_config.get("d_ff") or dense.spec.d_ff
-        limit = _limit(dense.spec, share) if share is not None else float("nan")
+        limit = weight_bytes(dense.spec, share)["limit"] if share is not None else float("nan")
         row = dict(
             shape=f"trained {os.path.basename(os.path.normpath(workdir))} (d_ff {f})",
             layers=dense.spec.num_decoder_layers,
@@ -267,18 +276,9 @@ def trained_rows(workdir: str, input_file: str, decode_len: int, repeats: int, l
         if base is None:
             base = dict(row, tokens=tokens)
         else:
-            forced = jax.jit(forced_decode_logits, static_argnums=0)
+            dense_tokens = base["tokens"]
             row["logit_check"] = logit_check(
-                [
-                    forced(dense, {"params": params}, e, t > 0, jnp.asarray(d[None]))
-                    for e, t, d in zip(encoded, inputs, base["tokens"])
-                ],
-                [
-                    forced(model, {"params": params}, e, t > 0, jnp.asarray(d[None]))
-                    for e, t, d in zip(encoded, inputs, base["tokens"])
-                ],
-                base["tokens"],
-                tokens,
+                replay(dense, dense_tokens), replay(model, dense_tokens), dense_tokens, tokens
             )
         rows.append(row)
         log(json.dumps(row))
@@ -309,20 +309,15 @@ def logit_check(dense_logits, sparse_logits, dense_tokens, sparse_tokens) -> dic
 
 
 def _last_eval_share(workdir: str) -> float | None:
-    path = os.path.join(workdir, "metrics.jsonl")
-    share = None
-    if os.path.exists(path):
-        for line in open(path):
-            row = json.loads(line)
-            if row.get("split") == "eval" and "nonzero_frac/decoder/mean" in row:
-                share = float(row["nonzero_frac/decoder/mean"])
-    return share
+    """The run's last eval share of nonzero decoder activations, or None without one."""
+    from lazy_jax import workdir as wd
 
-
-def _limit(spec, active_share: float) -> float:
-    """weights / (weights - skipped W_out) when only `active_share` of W_out's rows are read."""
-    b = weight_bytes(spec)
-    return b["total"] / (b["total"] - (1 - active_share) * b["w_out"])
+    shares = [
+        float(r["nonzero_frac/decoder/mean"])
+        for r in wd.read_metrics(workdir)
+        if r.get("split") == "eval" and "nonzero_frac/decoder/mean" in r
+    ]
+    return shares[-1] if shares else None
 
 
 CHECK_SHAPES = ((1, 3072, 768), (1, 65536, 1024), (4, 16384, 1024), (64, 16384, 1024))  # (B, F, D)
