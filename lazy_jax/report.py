@@ -598,14 +598,12 @@ def main(argv: list[str]) -> None:
         )
     if f.redraw is not None and f.out_dir is None:
         raise SystemExit("error: --redraw needs --out_dir (docs/figures for docs/results)")
+    from lazy_jax import compare  # here, not at the top: compare imports this module
+
     try:
         if f.compare is not None:
-            from lazy_jax import compare
-
             path = compare.write_compare(f.compare, f.out_dir)
         elif f.redraw is not None:
-            from lazy_jax import compare
-
             for path in compare.redraw(f.redraw, f.out_dir):
                 print(path)
             return

@@ -21,6 +21,7 @@ stacked form at 1.167x: so the bisection stays the default.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -100,9 +101,7 @@ def kth_largest_pallas(a_BTF: Array, k: int, *, interpret: bool | None = None) -
     from lazy_jax.sparsity import kth_largest_positive
 
     *lead, f = a_BTF.shape
-    rows = 1
-    for n in lead:
-        rows *= n
+    rows = math.prod(lead)
     int_dtype = {2: jnp.int16, 4: jnp.int32}.get(a_BTF.dtype.itemsize)
     block_rows, chunk = pow2_divisor(rows, MAX_BLOCK_ROWS), pow2_divisor(f, MAX_CHUNK)
     if int_dtype is None or chunk < 16 or not jnp.issubdtype(a_BTF.dtype, jnp.floating):
