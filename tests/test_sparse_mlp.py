@@ -151,3 +151,18 @@ def test_logit_check_names_partings_and_whether_they_are_near_ties():
     check = logit_check([dense], [far], [np.array([2, 2, 2])], [np.array([2, 2, 3])])
     assert check["max_logit_diff"] == 5.0 and check["partings"][0]["step"] == 2
     assert not check["all_at_near_ties"]  # step 2's gap (1.0) exceeds its difference (0)
+
+
+def test_decode_byte_count_limit_of_t5_base():
+    """docs/inference.md's table: T5-Base's decoder reads 16.5 MB of bf16 weights a layer, 28.6% of
+    them W_out; skipping 97% of W_out (12 layers, LM head included) bounds the speedup at 1.285x."""
+    from lazy_jax.bench_decode import model_config, weight_bytes
+    from lazy_jax.models.t5 import t5_spec
+
+    spec = t5_spec(model_config("base", 12))
+    b = weight_bytes(spec)
+    per_layer = (b["total"] - 2 * spec.vocab_size * spec.d_model) / 12
+    assert round(per_layer / 1e6, 1) == 16.5
+    assert round(100 * b["w_out"] / 12 / per_layer, 1) == 28.6
+    assert round(b["limit"], 3) == 1.285
+    assert weight_bytes(spec, active_share=1.0)["limit"] == 1.0  # nothing skipped, nothing gained

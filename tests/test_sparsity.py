@@ -183,8 +183,9 @@ def test_activation_stats_bool_mask_and_full_row_in_last_bin():
 # ----------------------------------------------------------------------------- Top-k
 
 
-def _topk_input(seed=0, k=6, d_ff=24):
-    """Random floats (no ties) with some rows holding fewer than k positives, one none."""
+def _topk_input(seed=0, k=6, d_ff=32):
+    """Random floats (no ties) with some rows holding fewer than k positives, one none. d_ff 32:
+    'pallas' runs its kernel (interpret mode) at a power-of-two width of 16 or more, not its fallback."""
     rng = np.random.default_rng(seed)
     a = rng.standard_normal((3, 5, d_ff)).astype(np.float32)
     a[0, 0] = -np.abs(a[0, 0])  # 0 positives
@@ -440,6 +441,7 @@ def test_pallas_one_read_threshold_equals_the_bisection(shape, dtype):
 def test_pallas_threshold_differentiates_inside_a_scan():
     """Scanned layers linearize their body; the kernel's threshold must not ask for a JVP."""
     x = jnp.asarray(_topk_input(k=6))
+    assert sparse_mlp.pow2_divisor(x.shape[-1], topk.MAX_CHUNK) >= 16  # the kernel, not the fallback
     w_L = jnp.asarray([1.0, 2.0])
 
     def loss(w_L):
