@@ -45,6 +45,7 @@ import ml_collections
 import numpy as np
 
 from lazy_jax import profiling, sparsity, xla_flags
+from lazy_jax.errors import InputError
 from lazy_jax.models.t5 import T5, decode_from_encoded, default_model_config, t5_spec
 
 PROMPT_LEN, DECODE_LEN, TOPK_FRAC = 512, 128, 0.03
@@ -373,7 +374,16 @@ def main(argv=None) -> None:
     p.add_argument("--input_file", default=None, help="JSONL prompts for --workdir, as lazy_jax.generate reads")
     p.add_argument("--max_decode_len", type=int, default=DECODE_LEN, help="tokens decoded per prompt (--workdir)")
     a = p.parse_args(argv)
-    sparsity.check_topk_impl(a.topk_impl, key="--topk_impl")
+    if a.workdir and not a.input_file:
+        p.error("--workdir needs --input_file=PROMPTS.jsonl (one object a line with 'text' or 'input_ids')")
+    try:
+        sparsity.check_topk_impl(a.topk_impl, key="--topk_impl")
+        if a.workdir:  # a bad workdir or prompt file: one line, before anything is written
+            from lazy_jax import generate as gen
+
+            gen.read_prompts(a.input_file, gen.load_workdir(a.workdir).tokenizer, PROMPT_LEN)
+    except InputError as e:
+        p.exit(2, f"error: {e}\n")
     TOPK_IMPL = a.topk_impl
     logf = open(os.path.join(a.out, "bench_decode.log"), "w")
 

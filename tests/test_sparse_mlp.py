@@ -166,3 +166,22 @@ def test_decode_byte_count_limit_of_t5_base():
     assert round(100 * b["w_out"] / 12 / per_layer, 1) == 28.6
     assert round(b["limit"], 3) == 1.285
     assert weight_bytes(spec, active_share=1.0)["limit"] == 1.0  # nothing skipped, nothing gained
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--workdir", "RUN"], "--workdir needs --input_file"),
+        (["--workdir", "MISSING", "--input_file", "p.jsonl"], "--workdir=MISSING: no config.json"),
+        (["--topk_impl", "sort"], "--topk_impl='sort' is unknown; allowed: ['bisect', 'lax', 'pallas', 'radix']"),
+    ],
+)
+def test_bench_decode_refuses_bad_input_with_one_line(args, message, tmp_path, monkeypatch, capsys):
+    from lazy_jax import bench_decode
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        bench_decode.main([*args, "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "bench_decode.log").exists()  # nothing written
