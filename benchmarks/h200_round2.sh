@@ -9,7 +9,9 @@
 #   GPU 0: ViT-B/16 against the peers, Top-k, profiles, the real loop, Triton GEMMs back on, a
 #          T5-Base-shape decode; GPU 1: T5-Base against the peers, the real loop, Top-k, profile;
 #   then both GPUs: ViT-B/16 and T5-Base data-parallel on 1 and 2 GPUs (the scaling).
-# ROUND=4 (not yet run): the one-read Top-k kernel against dense and the bisection, both models.
+# ROUND=4: the one-read Top-k kernel against dense and the bisection, both models (and alone,
+#   benchmarks/topk_kernel.py); ViT's token stream padded once vs per layer; T5-11B-shape decoding
+#   under XLA's GEMM choices (Triton GEMMs, dot strength reduction).
 # Every measurement is its own process (a failing one does not stop the rest).
 #   OUT=/tmp/out bash benchmarks/h200_round2.sh
 #   ONLY='vit_dense|t5_dense' bash benchmarks/h200_round2.sh     # a subset (regex on the names)
@@ -139,18 +141,25 @@ round3_gpu1() {
   XLA_FLAGS=--xla_gpu_enable_triton_gemm=true bench t5 t5_triton_gemm --config=configs/t5.py $TB
 }
 
-round4_gpu0() {  # the one-read Top-k kernel (topk_impl=pallas), written after round 3: not yet run
+round4_gpu0() {  # ViT: the token stream padded once (the new default) vs per layer; the Top-k kernel
   export CUDA_VISIBLE_DEVICES=0
-  bench vit vit_dense --config=configs/vit.py $VB
+  want topk_kernel && timeout 120 python3 benchmarks/topk_kernel.py --block_rows=8,16,32 >"$OUT/topk_kernel.jsonl" 2>"$OUT/topk_kernel.log"
+  PROFILE=1 bench vit vit_dense --config=configs/vit.py $VB
+  bench vit vit_pad_layer --config=configs/vit.py $VB --attention_pad=layer
   PROFILE=1 bench vit vit_topk_pallas --config=configs/vit.py:topk=128 $VB --config.model.topk_impl=pallas
   bench vit vit_topk_bisect --config=configs/vit.py:topk=128 $VB
 }
 
-round4_gpu1() {
+round4_gpu1() {  # T5: the Top-k kernel; then decoding under XLA's GEMM choices (batch-1 GEMVs)
   export CUDA_VISIBLE_DEVICES=1
   bench t5 t5_dense --config=configs/t5.py $TB
   bench t5 t5_topk_pallas --config=configs/t5.py:topk=128 $TB --config.model.topk_impl=pallas
   bench t5 t5_topk_bisect --config=configs/t5.py:topk=128 $TB
+  local D="--plan T5-11B:1 --impls off,pallas --repeats 5"
+  decode dec_default $D --profile_dir /tmp/dprof/dec_default
+  XLA_FLAGS=--xla_gpu_enable_triton_gemm=true decode dec_triton $D
+  XLA_FLAGS=--xla_gpu_enable_dot_strength_reduction=false decode dec_nosr $D --profile_dir /tmp/dprof/dec_nosr
+  XLA_FLAGS="--xla_gpu_enable_triton_gemm=true --xla_gpu_enable_dot_strength_reduction=false" decode dec_triton_nosr $D
 }
 
 round3_both() {  # after both streams: data parallel over the two GPUs

@@ -22,7 +22,8 @@ Model FLOPs are counted once, by `lazy_jax.flops.forward_flops` (a multiply-add 
 times 3 for a training step (forward + backward), the same count for every implementation;
 MFU divides by `--peak_tflops` (989: the H200's dense bf16 datasheet rate).
 
-`--attention=auto|xla|cudnn`, `--relpos=onehot|gather` and `--attention_logits=float32|activation`
+`--attention=auto|xla|cudnn`, `--relpos=onehot|gather`, `--attention_logits=float32|activation`
+and `--attention_pad=stream|layer`
 change `lazy_jax.models.attention.SETTINGS` (how attention is computed); `--nostats` measures a
 build whose per-layer statistics are constants (what returning them costs). `--profile_dir=DIR`
 traces 3 steps after the timed ones into DIR/<mesh> (`python -m lazy_jax.profiling DIR --steps=3`
@@ -66,6 +67,7 @@ flags.DEFINE_string("attention", None, "attention impl: auto, xla or cudnn (defa
 flags.DEFINE_string("relpos", None, "T5 relative bias: onehot or gather (default: the models')")
 flags.DEFINE_string("profile_dir", None, "after timing, trace 3 more steps here (lazy_jax.profiling summarises it)")
 flags.DEFINE_string("attention_logits", None, "T5 attention logits: float32 or activation (default: the models')")
+flags.DEFINE_string("attention_pad", None, "ViT's odd length for cuDNN: stream or layer (default: the models')")
 flags.mark_flag_as_required("config")
 
 
@@ -127,7 +129,12 @@ def check_flags(num_devices: int | None) -> list[tuple[int, int, int]]:
             raise InputError(f"--{name}={value} is not allowed: use a positive integer")
     if not FLAGS.peak_tflops > 0:
         raise InputError(f"--peak_tflops={FLAGS.peak_tflops} is not allowed: use a positive number (TFLOP/s)")
-    for flag, key in (("attention", "impl"), ("relpos", "relpos"), ("attention_logits", "logits")):
+    for flag, key in (
+        ("attention", "impl"),
+        ("relpos", "relpos"),
+        ("attention_logits", "logits"),
+        ("attention_pad", "pad"),
+    ):
         value = FLAGS[flag].value
         if value is not None and value not in attention.ATTENTION_CHOICES[key]:
             raise InputError(f"--{flag}={value!r} is not allowed; allowed: {list(attention.ATTENTION_CHOICES[key])}")
@@ -349,7 +356,12 @@ def main(argv):
             peers = run_peers(config, FLAGS.per_device_batch, sizes)
         else:
             meshes = check_flags(len(jax.devices()))
-        choices = {"impl": FLAGS.attention, "relpos": FLAGS.relpos, "logits": FLAGS.attention_logits}
+        choices = {
+            "impl": FLAGS.attention,
+            "relpos": FLAGS.relpos,
+            "logits": FLAGS.attention_logits,
+            "pad": FLAGS.attention_pad,
+        }
         attention.set_attention(**{k: v for k, v in choices.items() if v is not None})
         results = [measure(FLAGS.config, m) for m in meshes]
     except InputError as e:  # as lazy_jax.main: bad input is one line, anything else keeps its traceback

@@ -1,6 +1,7 @@
 """The attention settings (lazy_jax.models.attention) change speed, never the model; the peers' code runs.
 
 - the odd-length padding of the cuDNN path, run through XLA, gives the unpadded attention and gradients;
+- a ViT whose token stream is padded once for cuDNN gives the unpadded logits, statistics and gradients;
 - T5's relative bias by one-hot contraction equals the gather, logits to the bit;
 - bad settings are refused by name (cuDNN on a CPU too);
 - the T5 peer of `bench --peers` trains a tiny model in the Hugging Face environment (.venv-hf).
@@ -40,6 +41,27 @@ def test_odd_length_padding_gives_the_same_attention_and_gradients():
     )
     for got, want in zip(jax.grad(loss(True), (0, 1, 2))(q, k, v), jax.grad(loss(False), (0, 1, 2))(q, k, v)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_vit_with_its_token_stream_padded_gives_the_unpadded_model(monkeypatch):
+    config = load_config("configs/vit.py:test")
+    config.model.update(dict(variant="Mu/4", depth=2, dropout_rate=0.0))
+    config.model.topk = 16  # a pad token must not take part in the statistics or anyone's Top-k
+    model = get_model(config.model, num_classes=10, image_shape=(12, 12, 3))  # 9 patches + class token
+    batch = {"image": jnp.asarray(np.random.default_rng(0).standard_normal((2, 12, 12, 3)), jnp.float32)}
+    variables = model.init({"params": jax.random.key(0)}, batch)
+
+    def run(padded):
+        monkeypatch.setattr(attention, "pads_stream", lambda dtype, length: padded)
+        apply = lambda v: model.apply(v, batch)
+        grads = jax.grad(lambda v: jnp.sum(jnp.sin(apply(v)[0])))(variables)
+        return apply(variables), grads
+
+    (logits, stats), grads = run(True)
+    (logits0, stats0), grads0 = run(False)
+    np.testing.assert_allclose(logits, logits0, rtol=1e-5, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), stats, stats0)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grads, grads0)
 
 
 def test_t5_relative_bias_by_one_hot_equals_the_gather(restore_settings):

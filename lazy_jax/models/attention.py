@@ -18,6 +18,10 @@ decide how attention is computed; they change speed, not the model:
   logits  T5's attention logits and softmax: 'activation' (the default: in the activation dtype,
           as t5x without float32_logits; on an H200 T5-Base's step fell from 214.8 to 191.1 ms) or
           'float32' (f32 logits, bias and softmax; with f32 activations, as on a CPU, both are f32).
+  pad     where cuDNN's even length comes from for an odd token count (ViT's 197): 'stream' (the
+          default: the ViT pads its token stream by one masked token once, before the first
+          layer, and cuts it after the last) or 'layer' (each attention pads q/k/v and cuts its
+          output). Statistics never count the pad token either way.
 What each gave on an H200 is in docs/performance.md.
 """
 
@@ -36,6 +40,7 @@ ATTENTION_CHOICES = {
     "impl": ("auto", "xla", "cudnn"),
     "relpos": ("onehot", "gather"),
     "logits": ("float32", "activation"),
+    "pad": ("stream", "layer"),
 }
 
 
@@ -44,6 +49,7 @@ class AttentionSettings:
     impl: str = "auto"
     relpos: str = "onehot"
     logits: str = "activation"
+    pad: str = "stream"
 
 
 SETTINGS = AttentionSettings()
@@ -77,15 +83,32 @@ def fused_attention_impl(dtype: Any) -> str:
     return "cudnn" if cudnn_ok else "xla"
 
 
-def attend(q_BTHK, k_BTHK, v_BTHK, impl: str, *, pad_odd: bool | None = None):
-    """Softmax attention, no mask, default scale, through `jax.nn.dot_product_attention` with `impl`.
+def pads_stream(dtype: Any, length: int) -> bool:
+    """Whether a vision model pads its token stream of `length` tokens by one (see `attend`)."""
+    return length % 2 == 1 and SETTINGS.pad == "stream" and fused_attention_impl(dtype) == "cudnn"
+
+
+def attend(q_BTHK, k_BTHK, v_BTHK, impl: str, *, pad_odd: bool | None = None, length: int | None = None):
+    """Softmax attention, default scale, through `jax.nn.dot_product_attention` with `impl`.
 
     jax 0.11's cuDNN path refuses to train on an odd length ("Unsupported sequence length Q 197,
     KV 197" on an H200, for ViT-B/16's 197 tokens: it takes its empty bias placeholder for a bias),
     so an odd length is padded by one token that the sequence lengths mask out, and the output is
     cut back. `pad_odd` (default: impl == 'cudnn') lets the tests run that path through XLA.
+    `length`: only the first `length` tokens are real (the caller padded the rest, see
+    `pads_stream`); the others are masked out as keys and their outputs are not to be used.
     """
     b, t = q_BTHK.shape[:2]
+    if length is not None and length < t:
+        lengths_B = jnp.full((b,), length, jnp.int32)
+        return jax.nn.dot_product_attention(
+            q_BTHK,
+            k_BTHK,
+            v_BTHK,
+            query_seq_lengths=lengths_B,
+            key_value_seq_lengths=lengths_B,
+            implementation=impl,
+        )
     if (impl == "cudnn" if pad_odd is None else pad_odd) and t % 2:
         widths = ((0, 0), (0, 1), (0, 0), (0, 0))
         q_BTHK, k_BTHK, v_BTHK = (jnp.pad(x, widths) for x in (q_BTHK, k_BTHK, v_BTHK))
@@ -107,6 +130,7 @@ class SelfAttention(nn.Module):
     dtype: Any = jnp.float32
     dropout_rate: float = 0.0
     deterministic: bool = True
+    length: int | None = None  # tokens that are real (None: all); the rest padding (`pads_stream`)
 
     @nn.compact
     def __call__(self, x_BTD):
@@ -126,7 +150,7 @@ class SelfAttention(nn.Module):
         qkv_3BTHK = qkv_3BTHK + b_3HK[:, None, None].astype(self.dtype)
         q_BTHK, k_BTHK, v_BTHK = qkv_3BTHK
         q_BTHK = nn.with_logical_constraint(q_BTHK, ("batch", "length", "heads", "kv"))
-        o_BTHK = attend(q_BTHK, k_BTHK, v_BTHK, fused_attention_impl(q_BTHK.dtype))
+        o_BTHK = attend(q_BTHK, k_BTHK, v_BTHK, fused_attention_impl(q_BTHK.dtype), length=self.length)
         if self.dropout_rate and not self.deterministic:
             o_BTHK = nn.Dropout(self.dropout_rate)(o_BTHK, deterministic=False)
         w_HKD = param(

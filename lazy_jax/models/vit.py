@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from lazy_jax.errors import InputError
-from lazy_jax.models import checks, classifier
+from lazy_jax.models import attention, checks, classifier
 from lazy_jax.models.attention import SelfAttention
 from lazy_jax.models.classifier import layer_norm
 from lazy_jax.models.stack import StackSettings, layer_stack
@@ -103,12 +103,18 @@ class EncoderLayer(nn.Module):
 
     spec: ViTSpec
     train: bool
+    length: int | None = None  # real tokens, the rest padding (attention.pads_stream); None: all
 
     @nn.compact
     def __call__(self, x_BTD, mask_BT):
         s = self.spec
         y_BTD = SelfAttention(
-            s.num_heads, dtype=s.dtype, dropout_rate=s.dropout_rate, deterministic=not self.train, name="attention"
+            s.num_heads,
+            dtype=s.dtype,
+            dropout_rate=s.dropout_rate,
+            deterministic=not self.train,
+            length=self.length,
+            name="attention",
         )(layer_norm(s.dtype, "ln_attention")(x_BTD))
         x_BTD = x_BTD + nn.Dropout(s.dropout_rate)(y_BTD, deterministic=not self.train)
         x_BTD = nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
@@ -143,10 +149,18 @@ class ViT(nn.Module):
         x_BTD = nn.Dropout(s.dropout_rate)(x_BTD, deterministic=not train)
         x_BTD = nn.with_logical_constraint(x_BTD, ("batch", "length", "embed"))
 
-        mask_BT = jnp.broadcast_to(classifier.example_mask(batch, n)[:, None], x_BTD.shape[:2])
+        t = x_BTD.shape[1]
+        mask_BT = jnp.broadcast_to(classifier.example_mask(batch, n)[:, None], (n, t))
+        # cuDNN's attention wants an even length: one masked token, added once for all layers (the
+        # statistics' mask leaves it out), costs less than padding q/k/v in every layer.
+        length = t if attention.pads_stream(s.dtype, t) else None
+        if length is not None:
+            x_BTD = jnp.pad(x_BTD, ((0, 0), (0, 1), (0, 0)))
+            mask_BT = jnp.pad(mask_BT, ((0, 0), (0, 1)))
+        layer_kwargs = dict(spec=s, train=train, length=length)
         x_BTD, stats = layer_stack(
-            "encoderblock", EncoderLayer, dict(spec=s, train=train), s.depth, x_BTD, mask_BT, settings=s.stack
+            "encoderblock", EncoderLayer, layer_kwargs, s.depth, x_BTD, mask_BT, settings=s.stack
         )
-        x_BTD = layer_norm(s.dtype, "encoder_norm")(x_BTD)
+        x_BTD = layer_norm(s.dtype, "encoder_norm")(x_BTD[:, :t])
         x_BD = x_BTD[:, 0] if s.pool == "cls" else jnp.mean(x_BTD, axis=1)
         return classifier.head(x_BD, s.num_classes, s.dtype), {"encoder": stats}
