@@ -12,6 +12,8 @@
 # ROUND=4: the one-read Top-k kernel against dense and the bisection, both models (and alone,
 #   benchmarks/topk_kernel.py); ViT's token stream padded once vs per layer; T5-11B-shape decoding
 #   under XLA's GEMM choices (Triton GEMMs, dot strength reduction).
+# ROUND=5: ViT against the peers with q/k/v split and the stream padded once (and fused q/k/v),
+#   the register-held Top-k kernel (alone and in both models), decoding with Triton GEMMs.
 # Every measurement is its own process (a failing one does not stop the rest).
 #   OUT=/tmp/out bash benchmarks/h200_round2.sh
 #   ONLY='vit_dense|t5_dense' bash benchmarks/h200_round2.sh     # a subset (regex on the names)
@@ -162,6 +164,27 @@ round4_gpu1() {  # T5: the Top-k kernel; then decoding under XLA's GEMM choices 
   XLA_FLAGS="--xla_gpu_enable_triton_gemm=true --xla_gpu_enable_dot_strength_reduction=false" decode dec_triton_nosr $D
 }
 
+round5_gpu0() {  # ViT against the peers with q/k/v split and the stream padded once; Top-k kernel v2
+  export CUDA_VISIBLE_DEVICES=0
+  want topk_kernel && timeout 150 python3 benchmarks/topk_kernel.py --block_rows=4,8,16 --num_warps=4,8 >"$OUT/topk_kernel.jsonl" 2>"$OUT/topk_kernel.log"
+  bench vit vit_peers --config=configs/vit.py $VB --peers
+  PROFILE=1 bench vit vit_dense --config=configs/vit.py $VB
+  bench vit vit_qkv_fused --config=configs/vit.py $VB --attention_qkv=fused
+  PROFILE=1 bench vit vit_topk_pallas --config=configs/vit.py:topk=128 $VB --config.model.topk_impl=pallas
+  bench vit vit_topk_bisect --config=configs/vit.py:topk=128 $VB
+}
+
+round5_gpu1() {  # decoding with Triton GEMMs (the decode default now); T5 Top-k kernel v2
+  export CUDA_VISIBLE_DEVICES=1
+  local D="--plan T5-11B:1 --impls off,pallas --repeats 5"
+  decode dec_11b $D --profile_dir /tmp/dprof/dec_11b
+  XLA_FLAGS=--xla_gpu_enable_dot_strength_reduction=false decode dec_11b_nosr $D
+  decode dec_base --plan T5-Base:1 --impls off,pallas --repeats 5 --profile_dir /tmp/dprof/dec_base
+  decode dec_trained --workdir "$TRAINED" --input_file "$PROMPTS" --max_decode_len 64 --repeats 3
+  bench t5 t5_dense --config=configs/t5.py $TB
+  bench t5 t5_topk_pallas --config=configs/t5.py:topk=128 $TB --config.model.topk_impl=pallas
+}
+
 round3_both() {  # after both streams: data parallel over the two GPUs
   export CUDA_VISIBLE_DEVICES=0,1
   END=$((SECONDS + ${LIMIT_BOTH:-100}))
@@ -170,7 +193,11 @@ round3_both() {  # after both streams: data parallel over the two GPUs
 
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv >"$OUT/gpu.txt" 2>&1
 END=$((SECONDS + LIMIT))
-if [ "${ROUND:-2}" = 4 ]; then
+if [ "${ROUND:-2}" = 5 ]; then
+  round5_gpu0 &
+  round5_gpu1 &
+  wait
+elif [ "${ROUND:-2}" = 4 ]; then
   round4_gpu0 &
   round4_gpu1 &
   wait

@@ -1,10 +1,10 @@
 """Times the Top-k threshold implementations alone on one MLP map, and checks they agree to the bit.
 
     python benchmarks/topk_kernel.py                      # ViT-B/16's map: 256 x 197 tokens x 3072, bf16
-    python benchmarks/topk_kernel.py --rows=16384 --width=3072 --k=128 --block_rows=8,16,32
+    python benchmarks/topk_kernel.py --rows=16384 --width=3072 --k=128 --block_rows=4,8,16 --num_warps=4,8
 
 For each implementation of `lazy_jax.sparsity.TOPK_IMPLS` (and the Pallas kernel at each
-`--block_rows`), one JSON line: the median ms of a jitted threshold over `--repeats` calls, the
+`--block_rows` and `--num_warps`), one JSON line: the median ms of a jitted threshold over `--repeats` calls, the
 bytes of the map over that time (GB/s: the one-read kernel's bound is the map read once), and
 whether its threshold equals the bisection's on every row. On a CPU the Pallas kernel runs in
 interpret mode: use small `--rows` there.
@@ -41,7 +41,8 @@ def main(argv=None) -> None:
     p.add_argument("--k", type=int, default=128)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--block_rows", default="16", help="comma-separated rows per Pallas program")
+    p.add_argument("--block_rows", default="8", help="comma-separated rows per Pallas program")
+    p.add_argument("--num_warps", default="8", help="comma-separated warps per Pallas program")
     p.add_argument("--impls", default="bisect,radix,lax,pallas")
     a = p.parse_args(argv)
     # A ReLU map: about half the entries positive, a few ties.
@@ -51,20 +52,20 @@ def main(argv=None) -> None:
     want = jax.jit(lambda x: sparsity.kth_largest_positive(x, a.k))(x_RF)
     rows = []
     for impl in a.impls.split(","):
-        for block in a.block_rows.split(",") if impl == "pallas" else [None]:
+        grid = [(b, w) for b in a.block_rows.split(",") for w in a.num_warps.split(",")]
+        for block, warps in grid if impl == "pallas" else [(None, None)]:
             if block is not None:
-                topk.MAX_BLOCK_ROWS = int(block)
+                topk.MAX_BLOCK_ROWS, topk.NUM_WARPS = int(block), int(warps)
             fn = jax.jit(lambda x, impl=impl: sparsity.TOPK_IMPLS[impl](x, a.k))
             try:
                 ms = time_ms(fn, x_RF, a.repeats)
                 got = fn(x_RF)
                 # 'lax' is the k-th largest itself, the others of max(row, 0): equal where >= k positives.
                 same = bool(np.array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32)))
-                row = dict(
-                    impl=impl, block_rows=block, ms=round(ms, 4), gb_per_s=round(nbytes / ms / 1e6, 1), same=same
-                )
+                gb_per_s = round(nbytes / ms / 1e6, 1)
+                row = dict(impl=impl, block_rows=block, num_warps=warps, ms=round(ms, 4), gb_per_s=gb_per_s, same=same)
             except Exception as e:  # a kernel that does not compile here is a result too
-                row = dict(impl=impl, block_rows=block, error=f"{type(e).__name__}: {str(e)[:400]}")
+                row = dict(impl=impl, block_rows=block, num_warps=warps, error=f"{type(e).__name__}: {str(e)[:400]}")
             rows.append(row)
             print(json.dumps(dict(rows=a.rows, width=a.width, k=a.k, dtype=a.dtype, **row)), flush=True)
 

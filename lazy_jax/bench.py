@@ -23,7 +23,7 @@ times 3 for a training step (forward + backward), the same count for every imple
 MFU divides by `--peak_tflops` (989: the H200's dense bf16 datasheet rate).
 
 `--attention=auto|xla|cudnn`, `--relpos=onehot|gather`, `--attention_logits=float32|activation`
-and `--attention_pad=stream|layer`
+`--attention_pad=stream|layer` and `--attention_qkv=split|fused`
 change `lazy_jax.models.attention.SETTINGS` (how attention is computed); `--nostats` measures a
 build whose per-layer statistics are constants (what returning them costs). `--profile_dir=DIR`
 traces 3 steps after the timed ones into DIR/<mesh> (`python -m lazy_jax.profiling DIR --steps=3`
@@ -68,6 +68,7 @@ flags.DEFINE_string("relpos", None, "T5 relative bias: onehot or gather (default
 flags.DEFINE_string("profile_dir", None, "after timing, trace 3 more steps here (lazy_jax.profiling summarises it)")
 flags.DEFINE_string("attention_logits", None, "T5 attention logits: float32 or activation (default: the models')")
 flags.DEFINE_string("attention_pad", None, "ViT's odd length for cuDNN: stream or layer (default: the models')")
+flags.DEFINE_string("attention_qkv", None, "vision q/k/v projections: split or fused (default: the models')")
 flags.mark_flag_as_required("config")
 
 
@@ -134,6 +135,7 @@ def check_flags(num_devices: int | None) -> list[tuple[int, int, int]]:
         ("relpos", "relpos"),
         ("attention_logits", "logits"),
         ("attention_pad", "pad"),
+        ("attention_qkv", "qkv"),
     ):
         value = FLAGS[flag].value
         if value is not None and value not in attention.ATTENTION_CHOICES[key]:
@@ -361,6 +363,7 @@ def main(argv):
             "relpos": FLAGS.relpos,
             "logits": FLAGS.attention_logits,
             "pad": FLAGS.attention_pad,
+            "qkv": FLAGS.attention_qkv,
         }
         attention.set_attention(**{k: v for k, v in choices.items() if v is not None})
         results = [measure(FLAGS.config, m) for m in meshes]

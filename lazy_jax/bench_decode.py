@@ -415,5 +415,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    xla_flags.apply()  # before the first computation initialises a backend
+    xla_flags.apply(defaults=xla_flags.DECODING)  # before the first computation initialises a backend
     main()

@@ -318,7 +318,7 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    xla_flags.apply()  # before the first computation initialises a backend
+    xla_flags.apply(defaults=xla_flags.DECODING)  # before the first computation initialises a backend
     from absl import app, flags
 
     flags.DEFINE_string("workdir", None, "a T5 training run's workdir: its config.json and newest checkpoint")

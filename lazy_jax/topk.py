@@ -81,8 +81,10 @@ def kth_largest_radix(a_BTF: Array, k: int, digit_bits: int = DIGIT_BITS, *, sta
 
 # ----------------------------------------------------------------------------- one read: Pallas
 
-MAX_BLOCK_ROWS = 16  # rows a program holds: 16 x 3072 bf16 = 96 KB, read from HBM once
-MAX_CHUNK = 1024  # columns a load: a power of two (Triton's blocks are)
+MAX_BLOCK_ROWS = 8  # rows a program holds in registers: 8 x 3072 as int32 = 96 values a thread
+NUM_WARPS = 8  # 256 threads a program
+MAX_CHUNK = 1024  # columns a load: a power of two (Triton's arrays are)
+MAX_CHUNKS = 8  # at most this many loads a row (held at once); wider rows take the XLA bisection
 
 
 def kth_largest_pallas(a_BTF: Array, k: int, *, interpret: bool | None = None) -> Array:
@@ -90,12 +92,14 @@ def kth_largest_pallas(a_BTF: Array, k: int, *, interpret: bool | None = None) -
 
     The bisection's 15 (bf16) or 31 (f32) count passes each read the whole map from HBM when XLA
     runs them (on an H200, ViT-B/16: 14 passes x 12 layers = 11.9 ms of a 84.5 ms Top-k step,
-    docs/performance.md). Here one Pallas program owns a block of rows and makes every pass over
-    them, in `MAX_CHUNK`-column loads that after the first come from cache, so the map leaves HBM
-    once. Off a GPU (and where the shapes do not tile) it runs in Pallas' interpret mode or falls
-    back to the XLA bisection: the same threshold either way.
+    docs/performance.md). Here one Pallas program loads a block of rows once, as integers held in
+    registers, and makes every pass over them there; the counts of a pass add up elementwise over
+    the row's chunks before the one reduction across threads. Off a GPU (and where the shapes do
+    not tile) it runs in Pallas' interpret mode or falls back to the XLA bisection: the same
+    threshold either way.
     """
     from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plt
 
     from lazy_jax.sparse_mlp import pow2_divisor
     from lazy_jax.sparsity import kth_largest_positive
@@ -104,14 +108,12 @@ def kth_largest_pallas(a_BTF: Array, k: int, *, interpret: bool | None = None) -
     rows = math.prod(lead)
     int_dtype = {2: jnp.int16, 4: jnp.int32}.get(a_BTF.dtype.itemsize)
     block_rows, chunk = pow2_divisor(rows, MAX_BLOCK_ROWS), pow2_divisor(f, MAX_CHUNK)
-    if int_dtype is None or chunk < 16 or not jnp.issubdtype(a_BTF.dtype, jnp.floating):
+    if int_dtype is None or chunk < 16 or f // chunk > MAX_CHUNKS or not jnp.issubdtype(a_BTF.dtype, jnp.floating):
         return kth_largest_positive(a_BTF, k)
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
     value_bits = 8 * a_BTF.dtype.itemsize - 1
-    kernel = functools.partial(
-        _kth_kernel, k=k, value_bits=value_bits, chunk=chunk, block_rows=block_rows, int_dtype=int_dtype
-    )
+    kernel = functools.partial(_kth_kernel, k=k, value_bits=value_bits, chunk=chunk, int_dtype=int_dtype)
     call = pl.pallas_call(
         kernel,
         grid=(rows // block_rows,),
@@ -119,6 +121,7 @@ def kth_largest_pallas(a_BTF: Array, k: int, *, interpret: bool | None = None) -
         out_specs=pl.BlockSpec((block_rows,), lambda i: (i,)),
         out_shape=jax.ShapeDtypeStruct((rows,), jnp.int32),
         interpret=interpret,
+        compiler_params=plt.CompilerParams(num_warps=NUM_WARPS),
         name="topk_kth_one_read",
     )
     # Inside a jit: Flax's nn.scan (scanned layers) refuses a bare pallas_call in its body.
@@ -129,25 +132,20 @@ def kth_largest_pallas(a_BTF: Array, k: int, *, interpret: bool | None = None) -
     return jax.lax.bitcast_convert_type(kth_BT1, a_BTF.dtype)
 
 
-def _kth_kernel(a_ref, o_ref, *, k, value_bits, chunk, block_rows, int_dtype):
+def _kth_kernel(a_ref, o_ref, *, k, value_bits, chunk, int_dtype):
     """a_ref [rows, F] (float), o_ref [rows] (int32 bit pattern of each row's k-th largest of max(a, 0))."""
     from jax.experimental import pallas as pl
 
-    n_chunks = a_ref.shape[1] // chunk
-
-    def bits(c):  # one chunk of max(a, 0) as order-preserving integers
+    def bits(c):  # one chunk of max(a, 0) as order-preserving int32s
         x = a_ref[:, pl.ds(c * chunk, chunk)]
         x = jnp.where(x > 0, x, jnp.zeros_like(x))
         return jax.lax.bitcast_convert_type(x, int_dtype).astype(jnp.int32)
 
-    def count_ge(cand_R):
-        def body(c, acc_R):
-            return acc_R + jnp.sum((bits(c) >= cand_R[:, None]).astype(jnp.int32), axis=1)
-
-        return jax.lax.fori_loop(0, n_chunks, body, jnp.zeros((block_rows,), jnp.int32))
+    chunks = [bits(c) for c in range(a_ref.shape[1] // chunk)]  # the only read of the block
 
     def bit_step(i, kth_R):
-        cand_R = kth_R | jnp.left_shift(jnp.int32(1), value_bits - 1 - i)
-        return jnp.where(count_ge(cand_R) >= k, cand_R, kth_R)
+        cand_R1 = (kth_R | jnp.left_shift(jnp.int32(1), value_bits - 1 - i))[:, None]
+        hits_RC = sum((c >= cand_R1).astype(jnp.int32) for c in chunks)
+        return jnp.where(jnp.sum(hits_RC, axis=1) >= k, cand_R1[:, 0], kth_R)
 
-    o_ref[...] = jax.lax.fori_loop(0, value_bits, bit_step, jnp.zeros((block_rows,), jnp.int32))
+    o_ref[...] = jax.lax.fori_loop(0, value_bits, bit_step, jnp.zeros((a_ref.shape[0],), jnp.int32))

@@ -2,6 +2,7 @@
 
 - the odd-length padding of the cuDNN path, run through XLA, gives the unpadded attention and gradients;
 - a ViT whose token stream is padded once for cuDNN gives the unpadded logits, statistics and gradients;
+- a ViT with q/k/v projected by three einsums gives the fused projection's logits and gradients;
 - T5's relative bias by one-hot contraction equals the gather, logits to the bit;
 - bad settings are refused by name (cuDNN on a CPU too);
 - the T5 peer of `bench --peers` trains a tiny model in the Hugging Face environment (.venv-hf).
@@ -62,6 +63,22 @@ def test_vit_with_its_token_stream_padded_gives_the_unpadded_model(monkeypatch):
     np.testing.assert_allclose(logits, logits0, rtol=1e-5, atol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), stats, stats0)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grads, grads0)
+
+
+def test_vit_split_qkv_projections_equal_the_fused_one(restore_settings):
+    config = load_config("configs/vit.py:test")
+    model = get_model(config.model, num_classes=10, image_shape=(8, 8, 3))
+    batch = {"image": jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 8, 3)), jnp.float32)}
+    variables = model.init({"params": jax.random.key(0)}, batch)
+
+    def logits_and_grads(qkv):
+        attention.set_attention(qkv=qkv)
+        apply = lambda v: model.apply(v, batch)[0]
+        return apply(variables), jax.grad(lambda v: jnp.sum(jnp.sin(apply(v))))(variables)
+
+    split, fused = logits_and_grads("split"), logits_and_grads("fused")
+    np.testing.assert_allclose(split[0], fused[0], rtol=1e-6, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), split[1], fused[1])
 
 
 def test_t5_relative_bias_by_one_hot_equals_the_gather(restore_settings):

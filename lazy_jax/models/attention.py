@@ -22,6 +22,10 @@ decide how attention is computed; they change speed, not the model:
           default: the ViT pads its token stream by one masked token once, before the first
           layer, and cuts it after the last) or 'layer' (each attention pads q/k/v and cuts its
           output). Statistics never count the pad token either way.
+  qkv     how the vision models project q, k and v from their one [3, D, H, K] kernel: 'split'
+          (the default: three einsums, each straight into the [B, T, H, K] layout attention reads)
+          or 'fused' (one einsum into [3, B, T, H, K], which XLA writes through a transpose, and
+          whose gradient it concatenates). The same products either way.
 What each gave on an H200 is in docs/performance.md.
 """
 
@@ -41,6 +45,7 @@ ATTENTION_CHOICES = {
     "relpos": ("onehot", "gather"),
     "logits": ("float32", "activation"),
     "pad": ("stream", "layer"),
+    "qkv": ("split", "fused"),
 }
 
 
@@ -50,6 +55,7 @@ class AttentionSettings:
     relpos: str = "onehot"
     logits: str = "activation"
     pad: str = "stream"
+    qkv: str = "split"
 
 
 SETTINGS = AttentionSettings()
@@ -146,9 +152,13 @@ class SelfAttention(nn.Module):
             nn.initializers.xavier_uniform(in_axis=1, out_axis=(2, 3), batch_axis=(0,)),
         )
         b_3HK = param("qkv_bias", (None, "heads", "kv"), (3, self.num_heads, dh), nn.initializers.zeros)
-        qkv_3BTHK = jnp.einsum("btd,sdhk->sbthk", x_BTD.astype(self.dtype), w_3DHK.astype(self.dtype))
-        qkv_3BTHK = qkv_3BTHK + b_3HK[:, None, None].astype(self.dtype)
-        q_BTHK, k_BTHK, v_BTHK = qkv_3BTHK
+        x_BTD, w_3DHK, b_3HK = (a.astype(self.dtype) for a in (x_BTD, w_3DHK, b_3HK))
+        if SETTINGS.qkv == "split":
+            q_BTHK, k_BTHK, v_BTHK = (
+                jnp.einsum("btd,dhk->bthk", x_BTD, w_3DHK[i]) + b_3HK[i][None, None] for i in range(3)
+            )
+        else:
+            q_BTHK, k_BTHK, v_BTHK = jnp.einsum("btd,sdhk->sbthk", x_BTD, w_3DHK) + b_3HK[:, None, None]
         q_BTHK = nn.with_logical_constraint(q_BTHK, ("batch", "length", "heads", "kv"))
         o_BTHK = attend(q_BTHK, k_BTHK, v_BTHK, fused_attention_impl(q_BTHK.dtype), length=self.length)
         if self.dropout_rate and not self.deterministic:
