@@ -4,9 +4,10 @@
     python benchmarks/topk_kernel.py --rows=16384 --width=3072 --k=128 --block_rows=4,8,16 --num_warps=4,8
 
 For each implementation of `lazy_jax.sparsity.TOPK_IMPLS` (and the Pallas kernel at each
-`--block_rows` and `--num_warps`), one JSON line: the median ms of a jitted threshold over `--repeats` calls, the
-bytes of the map over that time (GB/s: the one-read kernel's bound is the map read once), and
-whether its threshold equals the bisection's on every row. On a CPU the Pallas kernel runs in
+`--block_rows` and `--num_warps`), one JSON line: ms per jitted threshold (`--repeats` calls
+queued back to back, the median of 5 rounds), the bytes of the map over that time (GB/s: the
+one-read kernel's bound is the map read once), and whether its threshold equals the
+bisection's on every row. On a CPU the Pallas kernel runs in
 interpret mode: use small `--rows` there.
 """
 
@@ -25,12 +26,13 @@ from lazy_jax import sparsity, topk, xla_flags
 
 
 def time_ms(fn, x, repeats: int) -> float:
+    """The median over 5 rounds of `repeats` calls queued back to back, per call (no sync between)."""
     jax.block_until_ready(fn(x))  # compile
     times = []
-    for _ in range(repeats):
+    for _ in range(5):
         t0 = time.perf_counter()
-        jax.block_until_ready(fn(x))
-        times.append(1e3 * (time.perf_counter() - t0))
+        jax.block_until_ready([fn(x) for _ in range(repeats)])
+        times.append(1e3 * (time.perf_counter() - t0) / repeats)
     return statistics.median(times)
 
 

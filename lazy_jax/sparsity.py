@@ -89,18 +89,23 @@ def check_topk_impl(impl: str, *, key: str = "topk_impl") -> None:
         raise InputError(f"{key}={impl!r} is unknown; allowed: {sorted(TOPK_IMPLS)}")
 
 
-def topk_mask(a_BTF: Array, k: int, impl: str = "bisect") -> Array:
+def topk_mask(a_BTF: Array, k: int, impl: str = "bisect", *, scores_BTF: Array | None = None) -> Array:
     """Keeps the entries of each row >= its k-th largest value (and > 0); the rest become 0.
 
     `impl` picks how the k-th largest value is found ('bisect', 'radix', 'pallas' or 'lax', i.e.
     jax.lax.top_k, the reference); all give the same threshold on every row with at least k
     positives and so the same mask. The mask is a constant for autodiff: dropped entries get
     zero gradient, kept entries the gradient of the activation itself.
+    `scores_BTF`: where the threshold is found instead of `a_BTF`, for a = ReLU(scores): every
+    implementation finds the k-th largest of max(row, 0) (or, 'lax', one that keeps the same
+    positives), so the pre-activation gives the same mask, and the ReLU'd map need not be
+    written out for the threshold's read (a 'pallas' kernel's input is materialised).
     """
     if k == 0:
         return a_BTF
     check_topk_impl(impl)
-    kth_BT1 = jax.lax.stop_gradient(TOPK_IMPLS[impl](a_BTF, k))  # no backward pass through it
+    scores_BTF = a_BTF if scores_BTF is None else scores_BTF
+    kth_BT1 = jax.lax.stop_gradient(TOPK_IMPLS[impl](scores_BTF, k))  # no backward pass through it
     keep_BTF = (a_BTF >= kth_BT1) & (a_BTF > 0)  # boolean: carries no gradient
     return jnp.where(keep_BTF, a_BTF, jnp.zeros_like(a_BTF))
 
@@ -270,7 +275,8 @@ class MlpBlock(nn.Module):
         )
         h_BTF = dense(self.d_ff, (self.embed_axis, "mlp"), "wi")(x_BTD)
         a_BTF = ACTIVATIONS[self.activation](h_BTF)
-        a_BTF = topk_mask(a_BTF, self.topk, self.topk_impl)
+        scores_BTF = h_BTF if self.activation == "relu" else None  # the same mask (see topk_mask)
+        a_BTF = topk_mask(a_BTF, self.topk, self.topk_impl, scores_BTF=scores_BTF)
         a_BTF = nn.with_logical_constraint(a_BTF, (*self.act_axes, "mlp"))
         stats = activation_stats(a_BTF, mask_BT, neuron_freq=self.neuron_freq, count_hist_bins=self.count_hist_bins)
         # Not at init (one example), nor when decoding with a KV cache (one position per sequence).

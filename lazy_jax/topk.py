@@ -81,8 +81,8 @@ def kth_largest_radix(a_BTF: Array, k: int, digit_bits: int = DIGIT_BITS, *, sta
 
 # ----------------------------------------------------------------------------- one read: Pallas
 
-MAX_BLOCK_ROWS = 8  # rows a program holds in registers: 8 x 3072 as int32 = 96 values a thread
-NUM_WARPS = 8  # 256 threads a program
+MAX_BLOCK_ROWS = 16  # rows a program holds in registers: 16 x 3072 as int32 = 192 values a thread
+NUM_WARPS = 8  # 256 threads a program (with 4 warps, 16 rows spill: 6x slower on an H200)
 MAX_CHUNK = 1024  # columns a load: a power of two (Triton's arrays are)
 MAX_CHUNKS = 8  # at most this many loads a row (held at once); wider rows take the XLA bisection
 

@@ -228,6 +228,17 @@ def test_topk_gradient_flows_only_through_kept_entries(impl):
     np.testing.assert_array_equal(ones_grad, kept.astype(np.float32))
 
 
+@pytest.mark.parametrize("impl", sorted(sparsity.TOPK_IMPLS))
+@pytest.mark.parametrize("k", [1, 6, 24])
+def test_topk_threshold_from_the_pre_activation_gives_the_relu_maps_mask(k, impl):
+    h = jnp.asarray(_topk_input(k=max(k, 2)))
+    h = h.at[0, 2, :8].set(-0.0).at[1, 0, :8].set(0.25)  # negative zeros, ties
+    a = jax.nn.relu(h)
+    np.testing.assert_array_equal(
+        np.asarray(sparsity.topk_mask(a, k, impl, scores_BTF=h)), np.asarray(sparsity.topk_mask(a, k, impl))
+    )
+
+
 def test_topk_zero_is_identity():
     a = jnp.asarray(_topk_input())
     np.testing.assert_array_equal(np.asarray(sparsity.topk_mask(a, 0)), np.asarray(a))
