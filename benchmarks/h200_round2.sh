@@ -14,6 +14,8 @@
 #   under XLA's GEMM choices (Triton GEMMs, dot strength reduction).
 # ROUND=5: ViT against the peers with q/k/v split and the stream padded once (and fused q/k/v),
 #   the register-held Top-k kernel (alone and in both models), decoding with Triton GEMMs.
+# ROUND=6: Top-k with its threshold on the pre-activation against dense (both models), ViT's
+#   statistics and real loop with the round-5 defaults, the T5-3B decode batch sweep.
 # Every measurement is its own process (a failing one does not stop the rest).
 #   OUT=/tmp/out bash benchmarks/h200_round2.sh
 #   ONLY='vit_dense|t5_dense' bash benchmarks/h200_round2.sh     # a subset (regex on the names)
@@ -185,6 +187,23 @@ round5_gpu1() {  # decoding with Triton GEMMs (the decode default now); T5 Top-k
   bench t5 t5_topk_pallas --config=configs/t5.py:topk=128 $TB --config.model.topk_impl=pallas
 }
 
+round6_gpu0() {  # ViT: Top-k (threshold on the pre-activation, 16-row kernel) against dense; statistics; real loop
+  export CUDA_VISIBLE_DEVICES=0
+  want topk_kernel && timeout 150 python3 benchmarks/topk_kernel.py --block_rows=8,16,32 --num_warps=8,16 >"$OUT/topk_kernel.jsonl" 2>"$OUT/topk_kernel.log"
+  bench vit vit_dense --config=configs/vit.py $VB
+  PROFILE=1 bench vit vit_topk_pallas --config=configs/vit.py:topk=128 $VB --config.model.topk_impl=pallas
+  bench vit vit_nostats --config=configs/vit.py $VB --nostats
+  BATCH=256 realloop vit vit_realloop $VIT_REAL
+  bench vit vit_realloop_bench $VIT_REAL --per_device_batch=256 --num_classes=10
+}
+
+round6_gpu1() {  # T5: Top-k against dense; the T5-3B batch sweep with Triton GEMMs
+  export CUDA_VISIBLE_DEVICES=1
+  bench t5 t5_dense --config=configs/t5.py $TB
+  bench t5 t5_topk_pallas --config=configs/t5.py:topk=128 $TB --config.model.topk_impl=pallas
+  decode dec_sweep --impls off,pallas --repeats 5 --plan T5-3B:1,T5-3B:4,T5-3B:16
+}
+
 round3_both() {  # after both streams: data parallel over the two GPUs
   export CUDA_VISIBLE_DEVICES=0,1
   END=$((SECONDS + ${LIMIT_BOTH:-100}))
@@ -193,7 +212,11 @@ round3_both() {  # after both streams: data parallel over the two GPUs
 
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv >"$OUT/gpu.txt" 2>&1
 END=$((SECONDS + LIMIT))
-if [ "${ROUND:-2}" = 5 ]; then
+if [ "${ROUND:-2}" = 6 ]; then
+  round6_gpu0 &
+  round6_gpu1 &
+  wait
+elif [ "${ROUND:-2}" = 5 ]; then
   round5_gpu0 &
   round5_gpu1 &
   wait
