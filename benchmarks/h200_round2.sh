@@ -16,6 +16,7 @@
 #   the register-held Top-k kernel (alone and in both models), decoding with Triton GEMMs.
 # ROUND=6: Top-k with its threshold on the pre-activation against dense (both models), ViT's
 #   statistics and real loop with the round-5 defaults, the T5-3B decode batch sweep.
+# ROUND=7: the Top-k kernel with two bf16 values a lane (8 rows) against dense, ViT's peers.
 # Every measurement is its own process (a failing one does not stop the rest).
 #   OUT=/tmp/out bash benchmarks/h200_round2.sh
 #   ONLY='vit_dense|t5_dense' bash benchmarks/h200_round2.sh     # a subset (regex on the names)
@@ -204,6 +205,20 @@ round6_gpu1() {  # T5: Top-k against dense; the T5-3B batch sweep with Triton GE
   decode dec_sweep --impls off,pallas --repeats 5 --plan T5-3B:1,T5-3B:4,T5-3B:16
 }
 
+round7_gpu0() {  # ViT: the packed Top-k kernel against dense, and against the peers
+  export CUDA_VISIBLE_DEVICES=0
+  want topk_kernel && timeout 150 python3 benchmarks/topk_kernel.py --impls=bisect,pallas --block_rows=8,16 --pack=0,1 >"$OUT/topk_kernel.jsonl" 2>"$OUT/topk_kernel.log"
+  bench vit vit_dense --config=configs/vit.py $VB
+  PROFILE=1 bench vit vit_topk_pallas --config=configs/vit.py:topk=128 $VB --config.model.topk_impl=pallas
+  bench vit vit_peers --config=configs/vit.py $VB --peers
+}
+
+round7_gpu1() {  # T5: the packed Top-k kernel against dense
+  export CUDA_VISIBLE_DEVICES=1
+  bench t5 t5_dense --config=configs/t5.py $TB
+  bench t5 t5_topk_pallas --config=configs/t5.py:topk=128 $TB --config.model.topk_impl=pallas
+}
+
 round3_both() {  # after both streams: data parallel over the two GPUs
   export CUDA_VISIBLE_DEVICES=0,1
   END=$((SECONDS + ${LIMIT_BOTH:-100}))
@@ -212,7 +227,11 @@ round3_both() {  # after both streams: data parallel over the two GPUs
 
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv >"$OUT/gpu.txt" 2>&1
 END=$((SECONDS + LIMIT))
-if [ "${ROUND:-2}" = 6 ]; then
+if [ "${ROUND:-2}" = 7 ]; then
+  round7_gpu0 &
+  round7_gpu1 &
+  wait
+elif [ "${ROUND:-2}" = 6 ]; then
   round6_gpu0 &
   round6_gpu1 &
   wait

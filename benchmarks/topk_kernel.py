@@ -4,7 +4,7 @@
     python benchmarks/topk_kernel.py --rows=16384 --width=3072 --k=128 --block_rows=4,8,16 --num_warps=4,8
 
 For each implementation of `lazy_jax.sparsity.TOPK_IMPLS` (and the Pallas kernel at each
-`--block_rows` and `--num_warps`), one JSON line: ms per jitted threshold (`--repeats` calls
+`--block_rows`, `--num_warps` and `--pack`), one JSON line: ms per jitted threshold (`--repeats` calls
 queued back to back, the median of 5 rounds), the bytes of the map over that time (GB/s: the
 one-read kernel's bound is the map read once), and whether its threshold equals the
 bisection's on every row. On a CPU the Pallas kernel runs in
@@ -45,6 +45,7 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--block_rows", default="8", help="comma-separated rows per Pallas program")
     p.add_argument("--num_warps", default="8", help="comma-separated warps per Pallas program")
+    p.add_argument("--pack", default="1", help="comma-separated 0/1: the Pallas kernel's PACK_PAIRS")
     p.add_argument("--impls", default="bisect,radix,lax,pallas")
     a = p.parse_args(argv)
     # A ReLU map: about half the entries positive, a few ties.
@@ -54,10 +55,10 @@ def main(argv=None) -> None:
     want = jax.jit(lambda x: sparsity.kth_largest_positive(x, a.k))(x_RF)
     rows = []
     for impl in a.impls.split(","):
-        grid = [(b, w) for b in a.block_rows.split(",") for w in a.num_warps.split(",")]
-        for block, warps in grid if impl == "pallas" else [(None, None)]:
+        grid = [(b, w, q) for b in a.block_rows.split(",") for w in a.num_warps.split(",") for q in a.pack.split(",")]
+        for block, warps, pack in grid if impl == "pallas" else [(None, None, None)]:
             if block is not None:
-                topk.MAX_BLOCK_ROWS, topk.NUM_WARPS = int(block), int(warps)
+                topk.MAX_BLOCK_ROWS, topk.NUM_WARPS, topk.PACK_PAIRS = int(block), int(warps), pack == "1"
             fn = jax.jit(lambda x, impl=impl: sparsity.TOPK_IMPLS[impl](x, a.k))
             try:
                 ms = time_ms(fn, x_RF, a.repeats)
@@ -65,9 +66,19 @@ def main(argv=None) -> None:
                 # 'lax' is the k-th largest itself, the others of max(row, 0): equal where >= k positives.
                 same = bool(np.array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32)))
                 gb_per_s = round(nbytes / ms / 1e6, 1)
-                row = dict(impl=impl, block_rows=block, num_warps=warps, ms=round(ms, 4), gb_per_s=gb_per_s, same=same)
+                row = dict(
+                    impl=impl,
+                    block_rows=block,
+                    num_warps=warps,
+                    pack=pack,
+                    ms=round(ms, 4),
+                    gb_per_s=gb_per_s,
+                    same=same,
+                )
             except Exception as e:  # a kernel that does not compile here is a result too
-                row = dict(impl=impl, block_rows=block, num_warps=warps, error=f"{type(e).__name__}: {str(e)[:400]}")
+                row = dict(
+                    impl=impl, block_rows=block, num_warps=warps, pack=pack, error=f"{type(e).__name__}: {str(e)[:400]}"
+                )
             rows.append(row)
             print(json.dumps(dict(rows=a.rows, width=a.width, k=a.k, dtype=a.dtype, **row)), flush=True)
 

@@ -81,8 +81,9 @@ def kth_largest_radix(a_BTF: Array, k: int, digit_bits: int = DIGIT_BITS, *, sta
 
 # ----------------------------------------------------------------------------- one read: Pallas
 
-MAX_BLOCK_ROWS = 16  # rows a program holds in registers: 16 x 3072 as int32 = 192 values a thread
-NUM_WARPS = 8  # 256 threads a program (with 4 warps, 16 rows spill: 6x slower on an H200)
+MAX_BLOCK_ROWS = 8  # rows a program holds in registers (16 and 32 were slower on an H200)
+NUM_WARPS = 8  # 256 threads a program
+PACK_PAIRS = True  # a 16-bit map: two values a 32-bit lane, compared and counted together
 MAX_CHUNK = 1024  # columns a load: a power of two (Triton's arrays are)
 MAX_CHUNKS = 8  # at most this many loads a row (held at once); wider rows take the XLA bisection
 
@@ -94,7 +95,8 @@ def kth_largest_pallas(a_BTF: Array, k: int, *, interpret: bool | None = None) -
     runs them (on an H200, ViT-B/16: 14 passes x 12 layers = 11.9 ms of a 84.5 ms Top-k step,
     docs/performance.md). Here one Pallas program loads a block of rows once, as integers held in
     registers, and makes every pass over them there; the counts of a pass add up elementwise over
-    the row's chunks before the one reduction across threads. Off a GPU (and where the shapes do
+    the row's chunks before the one reduction across threads. A 16-bit map packs two values into
+    each 32-bit integer and compares both with one subtraction (see `_kth_kernel`). Off a GPU (and where the shapes do
     not tile) it runs in Pallas' interpret mode or falls back to the XLA bisection: the same
     threshold either way.
     """
@@ -107,13 +109,15 @@ def kth_largest_pallas(a_BTF: Array, k: int, *, interpret: bool | None = None) -
     *lead, f = a_BTF.shape
     rows = math.prod(lead)
     int_dtype = {2: jnp.int16, 4: jnp.int32}.get(a_BTF.dtype.itemsize)
-    block_rows, chunk = pow2_divisor(rows, MAX_BLOCK_ROWS), pow2_divisor(f, MAX_CHUNK)
-    if int_dtype is None or chunk < 16 or f // chunk > MAX_CHUNKS or not jnp.issubdtype(a_BTF.dtype, jnp.floating):
+    pack = PACK_PAIRS and int_dtype == jnp.int16 and f % 2 == 0
+    cols = f // 2 if pack else f  # the 32-bit columns a row is held in
+    block_rows, chunk = pow2_divisor(rows, MAX_BLOCK_ROWS), pow2_divisor(cols, MAX_CHUNK)
+    if int_dtype is None or chunk < 16 or cols // chunk > MAX_CHUNKS or not jnp.issubdtype(a_BTF.dtype, jnp.floating):
         return kth_largest_positive(a_BTF, k)
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
     value_bits = 8 * a_BTF.dtype.itemsize - 1
-    kernel = functools.partial(_kth_kernel, k=k, value_bits=value_bits, chunk=chunk, int_dtype=int_dtype)
+    kernel = functools.partial(_kth_kernel, k=k, value_bits=value_bits, chunk=chunk, int_dtype=int_dtype, pack=pack)
     call = pl.pallas_call(
         kernel,
         grid=(rows // block_rows,),
@@ -132,20 +136,38 @@ def kth_largest_pallas(a_BTF: Array, k: int, *, interpret: bool | None = None) -
     return jax.lax.bitcast_convert_type(kth_BT1, a_BTF.dtype)
 
 
-def _kth_kernel(a_ref, o_ref, *, k, value_bits, chunk, int_dtype):
-    """a_ref [rows, F] (float), o_ref [rows] (int32 bit pattern of each row's k-th largest of max(a, 0))."""
+def _kth_kernel(a_ref, o_ref, *, k, value_bits, chunk, int_dtype, pack):
+    """a_ref [rows, F] (float), o_ref [rows] (int32 bit pattern of each row's k-th largest of max(a, 0)).
+
+    pack (16-bit maps): columns j and F/2 + j share an int32 lane, `hi << 16 | lo | 0x80008000`.
+    Both values and the candidate c are below 2**15, so (v | 0x8000) - c lies in [1, 0xffff]:
+    one 32-bit subtraction of `c << 16 | c` compares both halves without a borrow crossing them,
+    and bit 15 (31) of the difference is set exactly when lo >= c (hi >= c). Those bits, moved to
+    bits 0 and 16, add up per half (at most F/2 < 2**16 each) until the row's sum is split.
+    """
     from jax.experimental import pallas as pl
 
-    def bits(c):  # one chunk of max(a, 0) as order-preserving int32s
-        x = a_ref[:, pl.ds(c * chunk, chunk)]
+    def bits(col):  # one chunk of max(a, 0) as order-preserving int32s
+        x = a_ref[:, pl.ds(col, chunk)]
         x = jnp.where(x > 0, x, jnp.zeros_like(x))
         return jax.lax.bitcast_convert_type(x, int_dtype).astype(jnp.int32)
 
-    chunks = [bits(c) for c in range(a_ref.shape[1] // chunk)]  # the only read of the block
+    f = a_ref.shape[1]
+    if pack:
+        high = jnp.int32(-0x7FFF8000)  # 0x80008000
+        chunks = [jnp.left_shift(bits(f // 2 + c), 16) | bits(c) | high for c in range(0, f // 2, chunk)]
+    else:
+        chunks = [bits(c) for c in range(0, f, chunk)]  # the only read of the block
+
+    def count_ge(cand_R1):
+        if not pack:
+            return jnp.sum(sum((c >= cand_R1).astype(jnp.int32) for c in chunks), axis=1)
+        cand2_R1 = jnp.left_shift(cand_R1, 16) | cand_R1
+        halves_R = jnp.sum(sum(jnp.right_shift(c - cand2_R1, 15) & 0x10001 for c in chunks), axis=1)
+        return (halves_R & 0xFFFF) + jnp.right_shift(halves_R, 16)
 
     def bit_step(i, kth_R):
         cand_R1 = (kth_R | jnp.left_shift(jnp.int32(1), value_bits - 1 - i))[:, None]
-        hits_RC = sum((c >= cand_R1).astype(jnp.int32) for c in chunks)
-        return jnp.where(jnp.sum(hits_RC, axis=1) >= k, cand_R1[:, 0], kth_R)
+        return jnp.where(count_ge(cand_R1) >= k, cand_R1[:, 0], kth_R)
 
     o_ref[...] = jax.lax.fori_loop(0, value_bits, bit_step, jnp.zeros((a_ref.shape[0],), jnp.int32))
