@@ -17,6 +17,7 @@
 # ROUND=6: Top-k with its threshold on the pre-activation against dense (both models), ViT's
 #   statistics and real loop with the round-5 defaults, the T5-3B decode batch sweep.
 # ROUND=7: the Top-k kernel with two bf16 values a lane (8 rows) against dense, ViT's peers.
+# ROUND=8 (one GPU): that kernel counting with a logical shift, against dense (ViT).
 # Every measurement is its own process (a failing one does not stop the rest).
 #   OUT=/tmp/out bash benchmarks/h200_round2.sh
 #   ONLY='vit_dense|t5_dense' bash benchmarks/h200_round2.sh     # a subset (regex on the names)
@@ -219,6 +220,13 @@ round7_gpu1() {  # T5: the packed Top-k kernel against dense
   bench t5 t5_topk_pallas --config=configs/t5.py:topk=128 $TB --config.model.topk_impl=pallas
 }
 
+round8_gpu0() {  # ViT: the packed kernel counting with a logical shift, against dense
+  export CUDA_VISIBLE_DEVICES=0
+  want topk_kernel && timeout 100 python3 benchmarks/topk_kernel.py --impls=pallas --block_rows=8 --num_warps=4,8 >"$OUT/topk_kernel.jsonl" 2>"$OUT/topk_kernel.log"
+  bench vit vit_dense --config=configs/vit.py $VB
+  PROFILE=1 bench vit vit_topk_pallas --config=configs/vit.py:topk=128 $VB --config.model.topk_impl=pallas
+}
+
 round3_both() {  # after both streams: data parallel over the two GPUs
   export CUDA_VISIBLE_DEVICES=0,1
   END=$((SECONDS + ${LIMIT_BOTH:-100}))
@@ -227,7 +235,9 @@ round3_both() {  # after both streams: data parallel over the two GPUs
 
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv >"$OUT/gpu.txt" 2>&1
 END=$((SECONDS + LIMIT))
-if [ "${ROUND:-2}" = 7 ]; then
+if [ "${ROUND:-2}" = 8 ]; then
+  round8_gpu0
+elif [ "${ROUND:-2}" = 7 ]; then
   round7_gpu0 &
   round7_gpu1 &
   wait

@@ -143,7 +143,7 @@ def _kth_kernel(a_ref, o_ref, *, k, value_bits, chunk, int_dtype, pack):
     Both values and the candidate c are below 2**15, so (v | 0x8000) - c lies in [1, 0xffff]:
     one 32-bit subtraction of `c << 16 | c` compares both halves without a borrow crossing them,
     and bit 15 (31) of the difference is set exactly when lo >= c (hi >= c). Those bits, moved to
-    bits 0 and 16, add up per half (at most F/2 < 2**16 each) until the row's sum is split.
+    bits 0 and 16 (by a logical shift), add up per half (at most F/2 < 2**16 each) until the row's sum is split.
     """
     from jax.experimental import pallas as pl
 
@@ -153,8 +153,8 @@ def _kth_kernel(a_ref, o_ref, *, k, value_bits, chunk, int_dtype, pack):
         return jax.lax.bitcast_convert_type(x, int_dtype).astype(jnp.int32)
 
     f = a_ref.shape[1]
+    high = jnp.int32(-0x7FFF8000)  # 0x80008000
     if pack:
-        high = jnp.int32(-0x7FFF8000)  # 0x80008000
         chunks = [jnp.left_shift(bits(f // 2 + c), 16) | bits(c) | high for c in range(0, f // 2, chunk)]
     else:
         chunks = [bits(c) for c in range(0, f, chunk)]  # the only read of the block
@@ -163,7 +163,9 @@ def _kth_kernel(a_ref, o_ref, *, k, value_bits, chunk, int_dtype, pack):
         if not pack:
             return jnp.sum(sum((c >= cand_R1).astype(jnp.int32) for c in chunks), axis=1)
         cand2_R1 = jnp.left_shift(cand_R1, 16) | cand_R1
-        halves_R = jnp.sum(sum(jnp.right_shift(c - cand2_R1, 15) & 0x10001 for c in chunks), axis=1)
+        # (d & 0x80008000) >>> 15: the two compare bits at 0 and 16, a shift-and-add for the GPU.
+        hits = (jax.lax.shift_right_logical((c - cand2_R1) & high, 15) for c in chunks)
+        halves_R = jnp.sum(sum(hits), axis=1)
         return (halves_R & 0xFFFF) + jnp.right_shift(halves_R, 16)
 
     def bit_step(i, kth_R):
