@@ -412,7 +412,7 @@ def test_explicit_num_classes_must_cover_the_datas():
             "mlp",
             "topk_impl",
             "sort",
-            r"model.topk_impl='sort' is unknown; allowed: \['bisect', 'lax', 'pallas', 'radix'\]",
+            r"model.topk_impl='sort' is unknown; allowed: \['auto', 'bisect', 'lax', 'pallas', 'radix'\]",
         ),
         ("vit", "remat_policy", "some", r"model.remat_policy='some' is unknown; allowed: \[.*'full'"),
         ("mixer", "scan_layers", 1, r"model.scan_layers=1 is not allowed: use True or False"),

@@ -173,7 +173,10 @@ def test_decode_byte_count_limit_of_t5_base():
     [
         (["--workdir", "RUN"], "--workdir needs --input_file"),
         (["--workdir", "MISSING", "--input_file", "p.jsonl"], "--workdir=MISSING: no config.json"),
-        (["--topk_impl", "sort"], "--topk_impl='sort' is unknown; allowed: ['bisect', 'lax', 'pallas', 'radix']"),
+        (
+            ["--topk_impl", "sort"],
+            "--topk_impl='sort' is unknown; allowed: ['auto', 'bisect', 'lax', 'pallas', 'radix']",
+        ),
     ],
 )
 def test_bench_decode_refuses_bad_input_with_one_line(args, message, tmp_path, monkeypatch, capsys):

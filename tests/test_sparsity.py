@@ -302,7 +302,7 @@ def test_radix_digit_widths():
 
 def test_unknown_topk_impl_is_refused_by_name():
     with pytest.raises(
-        ValueError, match=r"topk_impl='sort' is unknown; allowed: \['bisect', 'lax', 'pallas', 'radix'\]"
+        ValueError, match=r"topk_impl='sort' is unknown; allowed: \['auto', 'bisect', 'lax', 'pallas', 'radix'\]"
     ):
         sparsity.topk_mask(jnp.ones((2, 4)), 2, "sort")
 
