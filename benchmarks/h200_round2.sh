@@ -18,6 +18,8 @@
 #   statistics and real loop with the round-5 defaults, the T5-3B decode batch sweep.
 # ROUND=7: the Top-k kernel with two bf16 values a lane (8 rows) against dense, ViT's peers.
 # ROUND=8 (one GPU): that kernel counting with a logical shift, against dense (ViT).
+# ROUND=9 (not yet run; LIMIT=540): every bar of docs/performance.md with the committed code in
+#   one call (peers, Top-k with topk_impl='auto', statistics, real loops; T5's --nostats on GPU 0).
 # Every measurement is its own process (a failing one does not stop the rest).
 #   OUT=/tmp/out bash benchmarks/h200_round2.sh
 #   ONLY='vit_dense|t5_dense' bash benchmarks/h200_round2.sh     # a subset (regex on the names)
@@ -227,6 +229,24 @@ round8_gpu0() {  # ViT: the packed kernel counting with a logical shift, against
   PROFILE=1 bench vit vit_topk_pallas --config=configs/vit.py:topk=128 $VB --config.model.topk_impl=pallas
 }
 
+round9_gpu0() {  # every bar with the committed code, ViT side (Top-k: the default 'auto' = the kernel)
+  export CUDA_VISIBLE_DEVICES=0
+  bench vit vit_peers --config=configs/vit.py $VB --peers
+  bench vit vit_topk --config=configs/vit.py:topk=128 $VB
+  bench vit vit_nostats --config=configs/vit.py $VB --nostats
+  BATCH=256 realloop vit vit_realloop $VIT_REAL
+  bench vit vit_realloop_bench $VIT_REAL --per_device_batch=256 --num_classes=10
+  bench vit t5_nostats --config=configs/t5.py $TB --nostats
+}
+
+round9_gpu1() {  # every bar with the committed code, T5 side
+  export CUDA_VISIBLE_DEVICES=1
+  bench t5 t5_peers --config=configs/t5.py $TB --peers
+  bench t5 t5_topk --config=configs/t5.py:topk=128 $TB
+  BATCH=128 realloop t5 t5_realloop $T5_REAL
+  bench t5 t5_realloop_bench $T5_REAL --per_device_batch=128
+}
+
 round3_both() {  # after both streams: data parallel over the two GPUs
   export CUDA_VISIBLE_DEVICES=0,1
   END=$((SECONDS + ${LIMIT_BOTH:-100}))
@@ -235,7 +255,11 @@ round3_both() {  # after both streams: data parallel over the two GPUs
 
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv >"$OUT/gpu.txt" 2>&1
 END=$((SECONDS + LIMIT))
-if [ "${ROUND:-2}" = 8 ]; then
+if [ "${ROUND:-2}" = 9 ]; then
+  round9_gpu0 &
+  round9_gpu1 &
+  wait
+elif [ "${ROUND:-2}" = 8 ]; then
   round8_gpu0
 elif [ "${ROUND:-2}" = 7 ]; then
   round7_gpu0 &
