@@ -19,7 +19,8 @@
 # ROUND=7: the Top-k kernel with two bf16 values a lane (8 rows) against dense, ViT's peers.
 # ROUND=8 (one GPU): that kernel counting with a logical shift, against dense (ViT).
 # ROUND=9 (not yet run; LIMIT=540): every bar of docs/performance.md with the committed code in
-#   one call (peers, Top-k with topk_impl='auto', statistics, real loops; T5's --nostats on GPU 0).
+#   one call (peers, Top-k with topk_impl='auto' and 'pallas_fused', statistics, real loops; T5's
+#   --nostats on GPU 0).
 # Every measurement is its own process (a failing one does not stop the rest).
 #   OUT=/tmp/out bash benchmarks/h200_round2.sh
 #   ONLY='vit_dense|t5_dense' bash benchmarks/h200_round2.sh     # a subset (regex on the names)
@@ -233,6 +234,7 @@ round9_gpu0() {  # every bar with the committed code, ViT side (Top-k: the defau
   export CUDA_VISIBLE_DEVICES=0
   bench vit vit_peers --config=configs/vit.py $VB --peers
   bench vit vit_topk --config=configs/vit.py:topk=128 $VB
+  PROFILE=1 bench vit vit_topk_fused --config=configs/vit.py:topk=128 $VB --config.model.topk_impl=pallas_fused
   bench vit vit_nostats --config=configs/vit.py $VB --nostats
   BATCH=256 realloop vit vit_realloop $VIT_REAL
   bench vit vit_realloop_bench $VIT_REAL --per_device_batch=256 --num_classes=10
@@ -243,6 +245,7 @@ round9_gpu1() {  # every bar with the committed code, T5 side
   export CUDA_VISIBLE_DEVICES=1
   bench t5 t5_peers --config=configs/t5.py $TB --peers
   bench t5 t5_topk --config=configs/t5.py:topk=128 $TB
+  bench t5 t5_topk_fused --config=configs/t5.py:topk=128 $TB --config.model.topk_impl=pallas_fused
   BATCH=128 realloop t5 t5_realloop $T5_REAL
   bench t5 t5_realloop_bench $T5_REAL --per_device_batch=128
 }

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from lazy_jax import sparse_mlp
 from lazy_jax.errors import InputError
-from lazy_jax.topk import kth_largest_pallas, kth_largest_radix
+from lazy_jax.topk import kth_largest_pallas, kth_largest_radix, relu_topk_pallas
 
 Array = jax.Array
 
@@ -99,6 +99,9 @@ TOPK_IMPLS: dict[str, Callable[[Array, int], Array]] = {
     "bisect": kth_largest_positive,  # exact, 15 XLA passes over a bf16 map; much faster on GPUs than 'lax'
     "radix": kth_largest_radix,  # exact, 4-bit digits: 4 passes over a bf16 row (lazy_jax/topk.py)
     "pallas": kth_largest_pallas,  # exact, the bisection from one read of the map (a GPU kernel, lazy_jax/topk.py)
+    # 'pallas' whose kernel also writes the masked map, for ReLU MLPs (topk_mask's scores_BTF);
+    # exact; not yet timed on a GPU (the candidate for ViT-B/16's last ~1%, docs/performance.md)
+    "pallas_fused": kth_largest_pallas,
     "lax": kth_largest_reference,
 }
 
@@ -123,6 +126,8 @@ def topk_mask(a_BTF: Array, k: int, impl: str = "auto", *, scores_BTF: Array | N
     if k == 0:
         return a_BTF
     check_topk_impl(impl)
+    if impl == "pallas_fused" and scores_BTF is not None:
+        return relu_topk_pallas(scores_BTF, k)  # a_BTF is ReLU(scores_BTF)
     scores_BTF = a_BTF if scores_BTF is None else scores_BTF
     kth_BT1 = jax.lax.stop_gradient(TOPK_IMPLS[impl](scores_BTF, k))  # no backward pass through it
     keep_BTF = (a_BTF >= kth_BT1) & (a_BTF > 0)  # boolean: carries no gradient

@@ -103,11 +103,64 @@ def kth_largest_pallas(a_BTF: Array, k: int, *, interpret: bool | None = None) -
     (docs/performance.md). Off a GPU (and where the shapes do not tile) it runs in Pallas'
     interpret mode or falls back to the XLA bisection: the same threshold either way.
     """
+    from lazy_jax.sparsity import kth_largest_positive
+
+    call = _one_read_call(a_BTF, k, masked=False, interpret=interpret)
+    if call is None:
+        return kth_largest_positive(a_BTF, k)
+    # The threshold carries no gradient (topk_mask stops it); stopping it here, at the input, keeps
+    # autodiff from asking the pallas_call for a JVP rule it does not have.
+    kth_R = call(jax.lax.stop_gradient(a_BTF).reshape(-1, a_BTF.shape[-1]))
+    int_dtype = {2: jnp.int16, 4: jnp.int32}[a_BTF.dtype.itemsize]
+    kth_BT1 = kth_R.astype(int_dtype).reshape(*a_BTF.shape[:-1], 1)
+    return jax.lax.bitcast_convert_type(kth_BT1, a_BTF.dtype)
+
+
+def relu_topk_pallas(h_BTF: Array, k: int, *, interpret: bool | None = None) -> Array:
+    """ReLU(h) with all but each row's k largest entries zeroed (ties at the k-th kept), in one kernel.
+
+    What `sparsity.topk_mask(relu(h), k, scores_BTF=h)` gives, to the bit, but the kernel that
+    finds the threshold also writes the masked map from the rows it holds, so XLA writes no mask
+    of its own; the backward pass is ReLU's backward of that map, `g * (out > 0)` (a kept entry is
+    positive, and its derivative is 1). topk_impl='pallas_fused' (for ReLU MLPs; elsewhere it is
+    'pallas'). Where the kernel does not apply it is the XLA bisection and mask.
+    """
+    return _relu_topk(h_BTF, k, interpret)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _relu_topk(h_BTF, k, interpret):
+    call = _one_read_call(h_BTF, k, masked=True, interpret=interpret)
+    if call is None:
+        from lazy_jax.sparsity import kth_largest_positive
+
+        a_BTF = jnp.maximum(h_BTF, jnp.zeros_like(h_BTF))
+        kth_BT1 = kth_largest_positive(h_BTF, k)
+        return jnp.where((h_BTF >= kth_BT1) & (h_BTF > 0), a_BTF, jnp.zeros_like(a_BTF))
+    _, out_RF = call(h_BTF.reshape(-1, h_BTF.shape[-1]))
+    return out_RF.reshape(h_BTF.shape)
+
+
+def _relu_topk_fwd(h_BTF, k, interpret):
+    out_BTF = _relu_topk(h_BTF, k, interpret)
+    return out_BTF, out_BTF
+
+
+def _relu_topk_bwd(k, interpret, out_BTF, g_BTF):
+    del k, interpret
+    return (jnp.where(out_BTF > 0, g_BTF, jnp.zeros_like(g_BTF)),)
+
+
+_relu_topk.defvjp(_relu_topk_fwd, _relu_topk_bwd)
+
+
+def _one_read_call(a_BTF: Array, k: int, *, masked: bool, interpret: bool | None):
+    """The jitted pallas_call [rows, F] -> kth [rows] int32 (and, masked, the masked ReLU map
+    [rows, F]); None where the shapes do not tile (the caller falls back to XLA)."""
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plt
 
     from lazy_jax.sparse_mlp import pow2_divisor
-    from lazy_jax.sparsity import kth_largest_positive
 
     *lead, f = a_BTF.shape
     rows = math.prod(lead)
@@ -116,31 +169,30 @@ def kth_largest_pallas(a_BTF: Array, k: int, *, interpret: bool | None = None) -
     cols = f // 2 if pack else f  # the 32-bit columns a row is held in
     block_rows, chunk = pow2_divisor(rows, MAX_BLOCK_ROWS), pow2_divisor(cols, MAX_CHUNK)
     if int_dtype is None or chunk < 16 or cols // chunk > MAX_CHUNKS or not jnp.issubdtype(a_BTF.dtype, jnp.floating):
-        return kth_largest_positive(a_BTF, k)
+        return None
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
     value_bits = 8 * a_BTF.dtype.itemsize - 1
     kernel = functools.partial(_kth_kernel, k=k, value_bits=value_bits, chunk=chunk, int_dtype=int_dtype, pack=pack)
+    kth_spec, kth_shape = pl.BlockSpec((block_rows,), lambda i: (i,)), jax.ShapeDtypeStruct((rows,), jnp.int32)
+    map_spec, map_shape = pl.BlockSpec((block_rows, f), lambda i: (i, 0)), jax.ShapeDtypeStruct((rows, f), a_BTF.dtype)
     call = pl.pallas_call(
         kernel,
         grid=(rows // block_rows,),
-        in_specs=[pl.BlockSpec((block_rows, f), lambda i: (i, 0))],
-        out_specs=pl.BlockSpec((block_rows,), lambda i: (i,)),
-        out_shape=jax.ShapeDtypeStruct((rows,), jnp.int32),
+        in_specs=[map_spec],
+        out_specs=(kth_spec, map_spec) if masked else kth_spec,
+        out_shape=(kth_shape, map_shape) if masked else kth_shape,
         interpret=interpret,
         compiler_params=plt.CompilerParams(num_warps=NUM_WARPS),
-        name="topk_kth_one_read",
+        name="topk_relu_one_read" if masked else "topk_kth_one_read",
     )
     # Inside a jit: Flax's nn.scan (scanned layers) refuses a bare pallas_call in its body.
-    # The threshold carries no gradient (topk_mask stops it); stopping it here, at the input, keeps
-    # autodiff from asking the pallas_call for a JVP rule it does not have.
-    kth_R = jax.jit(call)(jax.lax.stop_gradient(a_BTF).reshape(rows, f))
-    kth_BT1 = kth_R.astype(int_dtype).reshape(*lead, 1)
-    return jax.lax.bitcast_convert_type(kth_BT1, a_BTF.dtype)
+    return jax.jit(call)
 
 
-def _kth_kernel(a_ref, o_ref, *, k, value_bits, chunk, int_dtype, pack):
-    """a_ref [rows, F] (float), o_ref [rows] (int32 bit pattern of each row's k-th largest of max(a, 0)).
+def _kth_kernel(a_ref, o_ref, *masked_ref, k, value_bits, chunk, int_dtype, pack):
+    """a_ref [rows, F] (float), o_ref [rows] (int32 bit pattern of each row's k-th largest of max(a, 0));
+    masked_ref (optional) [rows, F]: max(a, 0) where a >= that k-th largest, else 0.
 
     pack (16-bit maps): columns j and F/2 + j share an int32 lane, `hi << 16 | lo | 0x80008000`.
     Both values and the candidate c are below 2**15, so (v | 0x8000) - c lies in [1, 0xffff]:
@@ -175,4 +227,10 @@ def _kth_kernel(a_ref, o_ref, *, k, value_bits, chunk, int_dtype, pack):
         cand_R1 = (kth_R | jnp.left_shift(jnp.int32(1), value_bits - 1 - i))[:, None]
         return jnp.where(count_ge(cand_R1) >= k, cand_R1[:, 0], kth_R)
 
-    o_ref[...] = jax.lax.fori_loop(0, value_bits, bit_step, jnp.zeros((a_ref.shape[0],), jnp.int32))
+    kth_R = jax.lax.fori_loop(0, value_bits, bit_step, jnp.zeros((a_ref.shape[0],), jnp.int32))
+    o_ref[...] = kth_R
+    if masked_ref:  # the rows again, from cache: kept where their bits reach the threshold
+        for col in range(0, f, chunk):
+            x = a_ref[:, pl.ds(col, chunk)]
+            keep = (bits(col) >= kth_R[:, None]) & (x > 0)
+            masked_ref[0][:, pl.ds(col, chunk)] = jnp.where(keep, x, jnp.zeros_like(x))

@@ -239,6 +239,19 @@ def test_topk_threshold_from_the_pre_activation_gives_the_relu_maps_mask(k, impl
     )
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_fused_relu_topk_kernel_gives_the_mask_and_gradient_of_the_bisection(dtype):
+    k = 6
+    h = jnp.asarray(_topk_input(k=k)).at[0, 2, :8].set(-0.0).at[1, 0, :8].set(0.25).astype(dtype)
+    w = jnp.asarray(np.random.default_rng(1).uniform(0.5, 1.5, h.shape), dtype)
+    fused = lambda x: sparsity.topk_mask(jax.nn.relu(x), k, "pallas_fused", scores_BTF=x)
+    want = lambda x: sparsity.topk_mask(jax.nn.relu(x), k, "bisect")
+    np.testing.assert_array_equal(np.asarray(fused(h), np.float32), np.asarray(want(h), np.float32))
+    grad = lambda f: np.asarray(jax.grad(lambda x: jnp.sum((f(x) * w).astype(jnp.float32)))(h), np.float32)
+    np.testing.assert_array_equal(grad(fused), grad(want))
+    assert np.count_nonzero(grad(fused)) == np.count_nonzero(np.asarray(want(h), np.float32))
+
+
 def test_topk_zero_is_identity():
     a = jnp.asarray(_topk_input())
     np.testing.assert_array_equal(np.asarray(sparsity.topk_mask(a, 0)), np.asarray(a))
@@ -302,7 +315,8 @@ def test_radix_digit_widths():
 
 def test_unknown_topk_impl_is_refused_by_name():
     with pytest.raises(
-        ValueError, match=r"topk_impl='sort' is unknown; allowed: \['auto', 'bisect', 'lax', 'pallas', 'radix'\]"
+        ValueError,
+        match=r"topk_impl='sort' is unknown; allowed: \['auto', 'bisect', 'lax', 'pallas', 'pallas_fused', 'radix'\]",
     ):
         sparsity.topk_mask(jnp.ones((2, 4)), 2, "sort")
 
