@@ -48,15 +48,14 @@ def test_vit_with_its_token_stream_padded_gives_the_unpadded_model(monkeypatch):
     config = load_config("configs/vit.py:test")
     config.model.update(dict(variant="Mu/4", depth=2, dropout_rate=0.0))
     config.model.topk = 16  # a pad token must not take part in the statistics or anyone's Top-k
-    model = get_model(config.model, num_classes=10, image_shape=(12, 12, 3))  # 9 patches + class token
-    batch = {"image": jnp.asarray(np.random.default_rng(0).standard_normal((2, 12, 12, 3)), jnp.float32)}
+    model = get_model(config.model, num_classes=10, image_shape=(8, 8, 3))  # 4 patches + class token: odd
+    batch = {"image": jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 8, 3)), jnp.float32)}
     variables = model.init({"params": jax.random.key(0)}, batch)
 
     def run(padded):
         monkeypatch.setattr(attention, "pads_stream", lambda dtype, length: padded)
         apply = lambda v: model.apply(v, batch)
-        grads = jax.grad(lambda v: jnp.sum(jnp.sin(apply(v)[0])))(variables)
-        return apply(variables), grads
+        return jax.jit(lambda v: (apply(v), jax.grad(lambda w: jnp.sum(jnp.sin(apply(w)[0])))(v)))(variables)
 
     (logits, stats), grads = run(True)
     (logits0, stats0), grads0 = run(False)
@@ -74,7 +73,7 @@ def test_vit_split_qkv_projections_equal_the_fused_one(restore_settings):
     def logits_and_grads(qkv):
         attention.set_attention(qkv=qkv)
         apply = lambda v: model.apply(v, batch)[0]
-        return apply(variables), jax.grad(lambda v: jnp.sum(jnp.sin(apply(v))))(variables)
+        return jax.jit(lambda v: (apply(v), jax.grad(lambda w: jnp.sum(jnp.sin(apply(w))))(v)))(variables)
 
     split, fused = logits_and_grads("split"), logits_and_grads("fused")
     np.testing.assert_allclose(split[0], fused[0], rtol=1e-6, atol=1e-6)
