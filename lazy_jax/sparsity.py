@@ -114,14 +114,15 @@ def check_topk_impl(impl: str, *, key: str = "topk_impl") -> None:
 def topk_mask(a_BTF: Array, k: int, impl: str = "auto", *, scores_BTF: Array | None = None) -> Array:
     """Keeps the entries of each row >= its k-th largest value (and > 0); the rest become 0.
 
-    `impl` picks how the k-th largest value is found ('auto', 'bisect', 'radix', 'pallas' or
-    'lax', i.e. jax.lax.top_k, the reference); all give the same threshold on every row with at least k
+    `impl` picks how the k-th largest value is found (a key of TOPK_IMPLS; 'lax' is
+    jax.lax.top_k, the reference); all give the same threshold on every row with at least k
     positives and so the same mask. The mask is a constant for autodiff: dropped entries get
     zero gradient, kept entries the gradient of the activation itself.
     `scores_BTF`: where the threshold is found instead of `a_BTF`, for a = ReLU(scores): every
     implementation finds the k-th largest of max(row, 0) (or, 'lax', one that keeps the same
     positives), so the pre-activation gives the same mask, and the ReLU'd map need not be
-    written out for the threshold's read (a 'pallas' kernel's input is materialised).
+    written out for the threshold's read (a 'pallas' kernel's input is materialised); with
+    'pallas_fused' the kernel also writes the masked map (`topk.relu_topk_pallas`).
     """
     if k == 0:
         return a_BTF
@@ -247,8 +248,7 @@ class MlpBlock(nn.Module):
       d_ff: hidden width.
       activation: a key of ACTIVATIONS (ReLU for the paper; GELU etc. to measure other models).
       topk: keep the k largest entries per token; 0 = dense.
-      topk_impl: how the k-th largest value is found: 'auto' (default), 'bisect', 'radix',
-        'pallas' or 'lax' (reference).
+      topk_impl: how the k-th largest value is found: a key of TOPK_IMPLS, 'auto' by default.
       use_bias: ViT/Mixer MLPs have biases, T5 v1.0 has none.
       dropout_rate: dropout after the activation (as in T5) and nowhere else.
       neuron_freq, count_hist_bins: the optional statistics of `activation_stats`.

@@ -23,7 +23,7 @@ COMMON_DEFAULTS = dict(
     dropout_rate=0.0,
     activation="relu",  # a key of sparsity.ACTIVATIONS
     topk=0,  # Top-k per token in every MLP; 0 = dense
-    topk_impl="auto",  # how the k-th largest is found: 'auto', 'bisect', 'radix', 'pallas' or 'lax' (lax.top_k)
+    topk_impl="auto",  # how the k-th largest is found: a key of sparsity.TOPK_IMPLS
     neuron_freq=False,  # per-neuron activation frequency [F] per layer
     count_hist_bins=0,  # histogram of per-token nonzero counts; 0 = off
     union_sizes="",  # eval only: share of neurons active on any of n pooled tokens, e.g. '1,2,4,8'; '' = off
