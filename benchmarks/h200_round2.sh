@@ -239,6 +239,9 @@ round9_gpu0() {  # every bar with the committed code, ViT side (Top-k: the defau
   BATCH=256 realloop vit vit_realloop $VIT_REAL
   bench vit vit_realloop_bench $VIT_REAL --per_device_batch=256 --num_classes=10
   bench vit t5_nostats --config=configs/t5.py $TB --nostats
+  # the kernel at other widths and in f32 (compiled on a GPU only at d_ff 3072, bf16, before)
+  bench vit vit_ti_topk --config=configs/vit.py:variant=Ti/16,topk=32 $VB
+  bench vit vit_ti_topk_f32 --config=configs/vit.py:variant=Ti/16,topk=32 $VB --config.model.dtype=float32
 }
 
 round9_gpu1() {  # every bar with the committed code, T5 side
