@@ -53,7 +53,6 @@ def main(argv=None) -> None:
     x_RF = jnp.round(jax.nn.relu(x_RF) * 64).astype(a.dtype) / 64
     nbytes = x_RF.size * x_RF.dtype.itemsize
     want = jax.jit(lambda x: sparsity.kth_largest_positive(x, a.k))(x_RF)
-    rows = []
     for impl in a.impls.split(","):
         grid = [(b, w, q) for b in a.block_rows.split(",") for w in a.num_warps.split(",") for q in a.pack.split(",")]
         for block, warps, pack in grid if impl == "pallas" else [(None, None, None)]:
@@ -79,7 +78,6 @@ def main(argv=None) -> None:
                 row = dict(
                     impl=impl, block_rows=block, num_warps=warps, pack=pack, error=f"{type(e).__name__}: {str(e)[:400]}"
                 )
-            rows.append(row)
             print(json.dumps(dict(rows=a.rows, width=a.width, k=a.k, dtype=a.dtype, **row)), flush=True)
 
 

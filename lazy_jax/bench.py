@@ -70,6 +70,14 @@ flags.DEFINE_string("attention_logits", None, "T5 attention logits: float32 or a
 flags.DEFINE_string("attention_pad", None, "ViT's odd length for cuDNN: stream or layer (default: the models')")
 flags.DEFINE_string("attention_qkv", None, "vision q/k/v projections: split or fused (default: the models')")
 flags.mark_flag_as_required("config")
+# command-line flag -> the attention.SETTINGS key it sets
+ATTENTION_FLAGS = {
+    "attention": "impl",
+    "relpos": "relpos",
+    "attention_logits": "logits",
+    "attention_pad": "pad",
+    "attention_qkv": "qkv",
+}
 
 
 T5_VOCAB_SIZE = 32128  # T5's SentencePiece ids (32100) padded to a multiple of 128
@@ -130,13 +138,7 @@ def check_flags(num_devices: int | None) -> list[tuple[int, int, int]]:
             raise InputError(f"--{name}={value} is not allowed: use a positive integer")
     if not FLAGS.peak_tflops > 0:
         raise InputError(f"--peak_tflops={FLAGS.peak_tflops} is not allowed: use a positive number (TFLOP/s)")
-    for flag, key in (
-        ("attention", "impl"),
-        ("relpos", "relpos"),
-        ("attention_logits", "logits"),
-        ("attention_pad", "pad"),
-        ("attention_qkv", "qkv"),
-    ):
+    for flag, key in ATTENTION_FLAGS.items():
         value = FLAGS[flag].value
         if value is not None and value not in attention.ATTENTION_CHOICES[key]:
             raise InputError(f"--{flag}={value!r} is not allowed; allowed: {list(attention.ATTENTION_CHOICES[key])}")
@@ -358,13 +360,7 @@ def main(argv):
             peers = run_peers(config, FLAGS.per_device_batch, sizes)
         else:
             meshes = check_flags(len(jax.devices()))
-        choices = {
-            "impl": FLAGS.attention,
-            "relpos": FLAGS.relpos,
-            "logits": FLAGS.attention_logits,
-            "pad": FLAGS.attention_pad,
-            "qkv": FLAGS.attention_qkv,
-        }
+        choices = {key: FLAGS[flag].value for flag, key in ATTENTION_FLAGS.items()}
         attention.set_attention(**{k: v for k, v in choices.items() if v is not None})
         results = [measure(FLAGS.config, m) for m in meshes]
     except InputError as e:  # as lazy_jax.main: bad input is one line, anything else keeps its traceback

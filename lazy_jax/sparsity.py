@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from lazy_jax import sparse_mlp
 from lazy_jax.errors import InputError
-from lazy_jax.topk import kth_largest_pallas, kth_largest_radix, relu_topk_pallas
+from lazy_jax.topk import INT_DTYPES, kth_largest_pallas, kth_largest_radix, one_read_applies, relu_topk_pallas
 
 Array = jax.Array
 
@@ -64,7 +64,7 @@ def kth_largest_positive(a_BTF: Array, k: int) -> Array:
     positives, so both thresholds give the same mask.
     """
     x_BTF = jnp.where(a_BTF > 0, a_BTF, jnp.zeros_like(a_BTF))  # also turns -0.0 into +0.0
-    int_dtype = {2: jnp.int16, 4: jnp.int32}.get(x_BTF.dtype.itemsize)
+    int_dtype = INT_DTYPES.get(x_BTF.dtype.itemsize)
     if int_dtype is None or not jnp.issubdtype(x_BTF.dtype, jnp.floating):
         raise ValueError(f"Top-k by bisection needs a 16- or 32-bit float map, got {x_BTF.dtype}")
     bits_BTF = jax.lax.bitcast_convert_type(x_BTF, int_dtype)
@@ -127,7 +127,7 @@ def topk_mask(a_BTF: Array, k: int, impl: str = "auto", *, scores_BTF: Array | N
     if k == 0:
         return a_BTF
     check_topk_impl(impl)
-    if impl == "pallas_fused" and scores_BTF is not None:
+    if impl == "pallas_fused" and scores_BTF is not None and one_read_applies(scores_BTF):
         return relu_topk_pallas(scores_BTF, k)  # a_BTF is ReLU(scores_BTF)
     scores_BTF = a_BTF if scores_BTF is None else scores_BTF
     kth_BT1 = jax.lax.stop_gradient(TOPK_IMPLS[impl](scores_BTF, k))  # no backward pass through it

@@ -30,13 +30,14 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
+INT_DTYPES = {2: jnp.int16, 4: jnp.int32}  # the integer of a float's bit pattern, by its size in bytes
 DIGIT_BITS = 4  # the registry's 'radix': 4 passes over a bf16 row, 8 over an f32 row
 
 
 def _int_bits(a_BTF: Array) -> Array:
     """max(a, 0) as its bit pattern (int16 / int32); -0.0 and negatives become +0."""
     x_BTF = jnp.where(a_BTF > 0, a_BTF, jnp.zeros_like(a_BTF))
-    int_dtype = {2: jnp.int16, 4: jnp.int32}.get(x_BTF.dtype.itemsize)
+    int_dtype = INT_DTYPES.get(x_BTF.dtype.itemsize)
     if int_dtype is None or not jnp.issubdtype(x_BTF.dtype, jnp.floating):
         raise ValueError(f"Top-k by radix select needs a 16- or 32-bit float map, got {x_BTF.dtype}")
     return jax.lax.bitcast_convert_type(x_BTF, int_dtype)
@@ -105,14 +106,13 @@ def kth_largest_pallas(a_BTF: Array, k: int, *, interpret: bool | None = None) -
     """
     from lazy_jax.sparsity import kth_largest_positive
 
-    call = _one_read_call(a_BTF, k, masked=False, interpret=interpret)
-    if call is None:
+    if not one_read_applies(a_BTF):
         return kth_largest_positive(a_BTF, k)
+    call = _one_read_call(a_BTF, k, masked=False, interpret=interpret)
     # The threshold carries no gradient (topk_mask stops it); stopping it here, at the input, keeps
     # autodiff from asking the pallas_call for a JVP rule it does not have.
     kth_R = call(jax.lax.stop_gradient(a_BTF).reshape(-1, a_BTF.shape[-1]))
-    int_dtype = {2: jnp.int16, 4: jnp.int32}[a_BTF.dtype.itemsize]
-    kth_BT1 = kth_R.astype(int_dtype).reshape(*a_BTF.shape[:-1], 1)
+    kth_BT1 = kth_R.astype(INT_DTYPES[a_BTF.dtype.itemsize]).reshape(*a_BTF.shape[:-1], 1)
     return jax.lax.bitcast_convert_type(kth_BT1, a_BTF.dtype)
 
 
@@ -123,21 +123,16 @@ def relu_topk_pallas(h_BTF: Array, k: int, *, interpret: bool | None = None) -> 
     finds the threshold also writes the masked map from the rows it holds, so XLA writes no mask
     of its own; the backward pass is ReLU's backward of that map, `g * (out > 0)` (a kept entry is
     positive, and its derivative is 1). topk_impl='pallas_fused' (for ReLU MLPs; elsewhere it is
-    'pallas'). Where the kernel does not apply it is the XLA bisection and mask.
+    'pallas'). Only where `one_read_applies(h_BTF)`: topk_mask takes the XLA path elsewhere.
     """
+    if not one_read_applies(h_BTF):
+        raise ValueError(f"the one-read kernel does not tile a {h_BTF.dtype} map of shape {h_BTF.shape}")
     return _relu_topk(h_BTF, k, interpret)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _relu_topk(h_BTF, k, interpret):
-    call = _one_read_call(h_BTF, k, masked=True, interpret=interpret)
-    if call is None:
-        from lazy_jax.sparsity import kth_largest_positive
-
-        a_BTF = jnp.maximum(h_BTF, jnp.zeros_like(h_BTF))
-        kth_BT1 = kth_largest_positive(h_BTF, k)
-        return jnp.where((h_BTF >= kth_BT1) & (h_BTF > 0), a_BTF, jnp.zeros_like(a_BTF))
-    _, out_RF = call(h_BTF.reshape(-1, h_BTF.shape[-1]))
+    _, out_RF = _one_read_call(h_BTF, k, masked=True, interpret=interpret)(h_BTF.reshape(-1, h_BTF.shape[-1]))
     return out_RF.reshape(h_BTF.shape)
 
 
@@ -154,22 +149,36 @@ def _relu_topk_bwd(k, interpret, out_BTF, g_BTF):
 _relu_topk.defvjp(_relu_topk_fwd, _relu_topk_bwd)
 
 
-def _one_read_call(a_BTF: Array, k: int, *, masked: bool, interpret: bool | None):
-    """The jitted pallas_call [rows, F] -> kth [rows] int32 (and, masked, the masked ReLU map
-    [rows, F]); None where the shapes do not tile (the caller falls back to XLA)."""
-    from jax.experimental import pallas as pl
-    from jax.experimental.pallas import triton as plt
-
+def _one_read_layout(a_BTF: Array):
+    """(rows, F, block_rows, chunk, pack) of the kernel over a [..., F] map, or None where it does
+    not tile: not a 16/32-bit float, or a row that is not a few power-of-two chunks."""
     from lazy_jax.sparse_mlp import pow2_divisor
 
     *lead, f = a_BTF.shape
     rows = math.prod(lead)
-    int_dtype = {2: jnp.int16, 4: jnp.int32}.get(a_BTF.dtype.itemsize)
-    pack = PACK_PAIRS and int_dtype == jnp.int16 and f % 2 == 0
+    if a_BTF.dtype.itemsize not in INT_DTYPES or not jnp.issubdtype(a_BTF.dtype, jnp.floating):
+        return None
+    pack = PACK_PAIRS and a_BTF.dtype.itemsize == 2 and f % 2 == 0
     cols = f // 2 if pack else f  # the 32-bit columns a row is held in
     block_rows, chunk = pow2_divisor(rows, MAX_BLOCK_ROWS), pow2_divisor(cols, MAX_CHUNK)
-    if int_dtype is None or chunk < 16 or cols // chunk > MAX_CHUNKS or not jnp.issubdtype(a_BTF.dtype, jnp.floating):
+    if chunk < 16 or cols // chunk > MAX_CHUNKS:
         return None
+    return rows, f, block_rows, chunk, pack
+
+
+def one_read_applies(a_BTF: Array) -> bool:
+    """Whether the one-read kernel takes this map (else the callers use the XLA bisection)."""
+    return _one_read_layout(a_BTF) is not None
+
+
+def _one_read_call(a_BTF: Array, k: int, *, masked: bool, interpret: bool | None):
+    """The jitted pallas_call [rows, F] -> kth [rows] int32 (and, masked, the masked ReLU map
+    [rows, F]), for a map where `one_read_applies`."""
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plt
+
+    rows, f, block_rows, chunk, pack = _one_read_layout(a_BTF)
+    int_dtype = INT_DTYPES[a_BTF.dtype.itemsize]
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
     value_bits = 8 * a_BTF.dtype.itemsize - 1
@@ -202,10 +211,12 @@ def _kth_kernel(a_ref, o_ref, *masked_ref, k, value_bits, chunk, int_dtype, pack
     """
     from jax.experimental import pallas as pl
 
-    def bits(col):  # one chunk of max(a, 0) as order-preserving int32s
-        x = a_ref[:, pl.ds(col, chunk)]
+    def as_bits(x):  # max(x, 0) as order-preserving int32s
         x = jnp.where(x > 0, x, jnp.zeros_like(x))
         return jax.lax.bitcast_convert_type(x, int_dtype).astype(jnp.int32)
+
+    def bits(col):  # one chunk of the block, loaded
+        return as_bits(a_ref[:, pl.ds(col, chunk)])
 
     f = a_ref.shape[1]
     high = jnp.int32(-0x7FFF8000)  # 0x80008000
@@ -232,5 +243,5 @@ def _kth_kernel(a_ref, o_ref, *masked_ref, k, value_bits, chunk, int_dtype, pack
     if masked_ref:  # the rows again, from cache: kept where their bits reach the threshold
         for col in range(0, f, chunk):
             x = a_ref[:, pl.ds(col, chunk)]
-            keep = (bits(col) >= kth_R[:, None]) & (x > 0)
+            keep = (as_bits(x) >= kth_R[:, None]) & (x > 0)
             masked_ref[0][:, pl.ds(col, chunk)] = jnp.where(keep, x, jnp.zeros_like(x))

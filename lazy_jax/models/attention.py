@@ -107,6 +107,10 @@ def attend(q_BTHK, k_BTHK, v_BTHK, impl: str, *, pad_odd: bool | None = None, le
     `pads_stream`); the others are masked out as keys and their outputs are not to be used.
     """
     b, t = q_BTHK.shape[:2]
+    if length is None and (impl == "cudnn" if pad_odd is None else pad_odd) and t % 2:
+        widths = ((0, 0), (0, 1), (0, 0), (0, 0))
+        padded = (jnp.pad(x, widths) for x in (q_BTHK, k_BTHK, v_BTHK))
+        return attend(*padded, impl, length=t)[:, :t]
     if length is not None and length < t:
         lengths_B = jnp.full((b,), length, jnp.int32)
         return jax.nn.dot_product_attention(
@@ -117,19 +121,6 @@ def attend(q_BTHK, k_BTHK, v_BTHK, impl: str, *, pad_odd: bool | None = None, le
             key_value_seq_lengths=lengths_B,
             implementation=impl,
         )
-    if (impl == "cudnn" if pad_odd is None else pad_odd) and t % 2:
-        widths = ((0, 0), (0, 1), (0, 0), (0, 0))
-        q_BTHK, k_BTHK, v_BTHK = (jnp.pad(x, widths) for x in (q_BTHK, k_BTHK, v_BTHK))
-        lengths_B = jnp.full((b,), t, jnp.int32)
-        o_BTHK = jax.nn.dot_product_attention(
-            q_BTHK,
-            k_BTHK,
-            v_BTHK,
-            query_seq_lengths=lengths_B,
-            key_value_seq_lengths=lengths_B,
-            implementation=impl,
-        )
-        return o_BTHK[:, :t]
     return jax.nn.dot_product_attention(q_BTHK, k_BTHK, v_BTHK, implementation=impl)
 
 
