@@ -18,9 +18,12 @@
 #   statistics and real loop with the round-5 defaults, the T5-3B decode batch sweep.
 # ROUND=7: the Top-k kernel with two bf16 values a lane (8 rows) against dense, ViT's peers.
 # ROUND=8 (one GPU): that kernel counting with a logical shift, against dense (ViT).
-# ROUND=9 (not yet run; LIMIT=520, ~450 s a GPU): every bar of docs/performance.md with the committed code in
-#   one call (peers, Top-k with topk_impl='auto' and 'pallas_fused', statistics, real loops; T5's
+# ROUND=9 (LIMIT=520): every bar of docs/performance.md with the committed code in one call
+#   (peers, Top-k with topk_impl='auto' and 'pallas_fused', statistics, ViT's real loop; T5's
 #   --nostats on GPU 0).
+# ROUND=10 (LIMIT=310 LIMIT_BOTH=200): T5's real loop; the kernel on an f32 map; a T5-Base shape
+#   trained for ~170 s and decoded both ways (its logit check); then ViT dense and Top-k on one
+#   and two GPUs (the kernel per device under the mesh).
 # Every measurement is its own process (a failing one does not stop the rest).
 #   OUT=/tmp/out bash benchmarks/h200_round2.sh
 #   ONLY='vit_dense|t5_dense' bash benchmarks/h200_round2.sh     # a subset (regex on the names)
@@ -252,6 +255,37 @@ round9_gpu1() {  # every bar with the committed code, T5 side
   # T5's real loop (0.989x in round 3) does not fit this call; its dense code is unchanged since.
 }
 
+round10_gpu0() {  # T5's real loop against its bench, with the current code
+  export CUDA_VISIBLE_DEVICES=0
+  BATCH=128 realloop t5 t5_realloop $T5_REAL
+  bench t5 t5_realloop_bench $T5_REAL --per_device_batch=128
+}
+
+round10_gpu1() {  # the kernel on an f32 map; a trained T5-Base shape decoded both ways
+  export CUDA_VISIBLE_DEVICES=1
+  bench vit vit_ti_topk_f32 --config=configs/vit.py:variant=Ti/16,topk=32 $VB --config.model.dtype=float32
+  # configs/sweeps/t5_size.py's base member, stopped by SIGTERM after 170 s (it checkpoints)
+  local wd=/tmp/t5_base
+  echo "=== t5_base_train" >>"$OUT/decode.log"
+  timeout -s TERM 170 python3 -m lazy_jax.main --config=configs/t5.py:local --workdir=$wd \
+    --config.optimizer.name=adafactor --config.optimizer.schedule=t5_rsqrt --config.optimizer.learning_rate=0.01 \
+    --config.optimizer.warmup_steps=10000 --config.optimizer.weight_decay=0.0 --config.model.dtype=bfloat16 \
+    --config.batch_size=128 --config.total_steps=1000000 --config.log_every_steps=100 --config.eval_every_steps=500 \
+    --config.checkpoint_every_steps=1000 --config.model.d_model=768 --config.model.num_encoder_layers=12 \
+    --config.model.num_decoder_layers=12 --config.model.d_ff=3072 --config.model.num_heads=12 --config.model.d_kv=64 \
+    >>"$OUT/decode.log" 2>&1
+  echo "=== t5_base_train rc=$?" >>"$OUT/decode.log"
+  tail -n 3 $wd/metrics.jsonl >>"$OUT/decode.log"
+  decode dec_trained_base --workdir $wd --input_file "$PROMPTS" --max_decode_len 64 --repeats 2
+}
+
+round10_both() {  # ViT on one and two GPUs, dense and Top-k (the kernel on each GPU's rows)
+  export CUDA_VISIBLE_DEVICES=0,1
+  END=$((SECONDS + ${LIMIT_BOTH:-200}))
+  bench both vit_2gpu --config=configs/vit.py $VB --meshes=1x1x1,2x1x1
+  bench both vit_topk_2gpu --config=configs/vit.py:topk=128 $VB --meshes=1x1x1,2x1x1
+}
+
 round3_both() {  # after both streams: data parallel over the two GPUs
   export CUDA_VISIBLE_DEVICES=0,1
   END=$((SECONDS + ${LIMIT_BOTH:-100}))
@@ -260,7 +294,12 @@ round3_both() {  # after both streams: data parallel over the two GPUs
 
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv >"$OUT/gpu.txt" 2>&1
 END=$((SECONDS + LIMIT))
-if [ "${ROUND:-2}" = 9 ]; then
+if [ "${ROUND:-2}" = 10 ]; then
+  round10_gpu0 &
+  round10_gpu1 &
+  wait
+  round10_both
+elif [ "${ROUND:-2}" = 9 ]; then
   round9_gpu0 &
   round9_gpu1 &
   wait

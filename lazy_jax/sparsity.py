@@ -15,6 +15,7 @@ statistics. Definitions (docs/design.md):
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 
 from lazy_jax import sparse_mlp
 from lazy_jax.errors import InputError
-from lazy_jax.topk import INT_DTYPES, kth_largest_pallas, kth_largest_radix, one_read_applies, relu_topk_pallas
+from lazy_jax.topk import INT_DTYPES, kth_largest_pallas, kth_largest_radix, per_device_map
 
 Array = jax.Array
 
@@ -80,16 +81,17 @@ AUTO_PALLAS_MIN_ROWS = 1024  # 'auto' takes the kernel for maps of at least this
 
 
 def kth_largest_auto(a_BTF: Array, k: int) -> Array:
-    """The default: the Pallas kernel on a process with one GPU, for maps of >= AUTO_PALLAS_MIN_ROWS
-    tokens (training and eval); else the bisection. Both give the same threshold.
+    """The default: the Pallas kernel on GPUs for maps of >= AUTO_PALLAS_MIN_ROWS tokens a device
+    (training and eval), each device on its own rows under a mesh; else the bisection. Both give
+    the same threshold.
 
-    On an H200 the kernel took ViT-B/16's Top-k step from 1.22x to 1.06x the dense one, T5-Base's
-    from 1.13x to 1.04x (docs/performance.md). With more devices XLA's partitioner cannot split a
-    custom call (it would gather the map onto every device), and small maps (a decoding step's
-    few tokens) gain nothing: those keep the bisection, as measured there.
+    On an H200 the kernel took ViT-B/16's Top-k step from 1.22x the dense one to 1.002x, T5-Base's
+    from 1.13x to 1.005x (docs/performance.md). Where the mesh splits a row over devices (the
+    'mlp' axis sharded) the kernel cannot run per device, and small maps (a decoding step's few
+    tokens) gain nothing: those keep the bisection.
     """
-    rows = a_BTF.size // a_BTF.shape[-1]
-    if jax.default_backend() == "gpu" and jax.device_count() == 1 and rows >= AUTO_PALLAS_MIN_ROWS:
+    split = per_device_map(a_BTF)
+    if jax.default_backend() == "gpu" and split is not None and math.prod(split[1][:-1]) >= AUTO_PALLAS_MIN_ROWS:
         return kth_largest_pallas(a_BTF, k)
     return kth_largest_positive(a_BTF, k)
 
@@ -99,9 +101,6 @@ TOPK_IMPLS: dict[str, Callable[[Array, int], Array]] = {
     "bisect": kth_largest_positive,  # exact, 15 XLA passes over a bf16 map; much faster on GPUs than 'lax'
     "radix": kth_largest_radix,  # exact, 4-bit digits: 4 passes over a bf16 row (lazy_jax/topk.py)
     "pallas": kth_largest_pallas,  # exact, the bisection from one read of the map (a GPU kernel, lazy_jax/topk.py)
-    # 'pallas' whose kernel also writes the masked map, for ReLU MLPs (topk_mask's scores_BTF);
-    # exact; not yet timed on a GPU (the candidate for ViT-B/16's last ~1%, docs/performance.md)
-    "pallas_fused": kth_largest_pallas,
     "lax": kth_largest_reference,
 }
 
@@ -121,14 +120,11 @@ def topk_mask(a_BTF: Array, k: int, impl: str = "auto", *, scores_BTF: Array | N
     `scores_BTF`: where the threshold is found instead of `a_BTF`, for a = ReLU(scores): every
     implementation finds the k-th largest of max(row, 0) (or, 'lax', one that keeps the same
     positives), so the pre-activation gives the same mask, and the ReLU'd map need not be
-    written out for the threshold's read (a 'pallas' kernel's input is materialised); with
-    'pallas_fused' the kernel also writes the masked map (`topk.relu_topk_pallas`).
+    written out for the threshold's read (a 'pallas' kernel's input is materialised).
     """
     if k == 0:
         return a_BTF
     check_topk_impl(impl)
-    if impl == "pallas_fused" and scores_BTF is not None and one_read_applies(scores_BTF):
-        return relu_topk_pallas(scores_BTF, k)  # a_BTF is ReLU(scores_BTF)
     scores_BTF = a_BTF if scores_BTF is None else scores_BTF
     kth_BT1 = jax.lax.stop_gradient(TOPK_IMPLS[impl](scores_BTF, k))  # no backward pass through it
     keep_BTF = (a_BTF >= kth_BT1) & (a_BTF > 0)  # boolean: carries no gradient

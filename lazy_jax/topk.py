@@ -100,53 +100,59 @@ def kth_largest_pallas(a_BTF: Array, k: int, *, interpret: bool | None = None) -
     every pass over them there; the counts of a pass add up elementwise over the row's chunks
     before the one reduction across threads. A 16-bit map packs two values into each 32-bit
     integer and compares both with one subtraction (see `_kth_kernel`). On the same GPU this is
-    0.28 ms a layer, and ViT-B/16's Top-k step is 1.061x the dense one, T5-Base's 1.039x
-    (docs/performance.md). Off a GPU (and where the shapes do not tile) it runs in Pallas'
-    interpret mode or falls back to the XLA bisection: the same threshold either way.
+    0.28 ms a layer, and ViT-B/16's Top-k step took 1.002x the dense one, T5-Base's 1.005x
+    (docs/performance.md). Under a mesh of several devices each device runs the kernel on its own
+    rows (`jax.shard_map`: XLA cannot split a custom call, it would gather the map); where a row
+    is split over devices, or the shapes do not tile, it falls back to the XLA bisection, and off
+    a GPU it runs in Pallas' interpret mode: the same threshold every way.
     """
     from lazy_jax.sparsity import kth_largest_positive
 
-    if not one_read_applies(a_BTF):
+    split = per_device_map(a_BTF)
+    if split is None or not one_read_applies(jax.ShapeDtypeStruct(split[1], a_BTF.dtype)):
         return kth_largest_positive(a_BTF, k)
-    call = _one_read_call(a_BTF, k, masked=False, interpret=interpret)
     # The threshold carries no gradient (topk_mask stops it); stopping it here, at the input, keeps
     # autodiff from asking the pallas_call for a JVP rule it does not have.
-    kth_R = call(jax.lax.stop_gradient(a_BTF).reshape(-1, a_BTF.shape[-1]))
+    a_BTF = jax.lax.stop_gradient(a_BTF)
+    kth = functools.partial(_kth_one_read, k=k, interpret=interpret)
+    rows_spec = split[0]
+    if rows_spec is None:
+        return kth(a_BTF)
+    # Inside a jit: Flax's nn.scan (scanned layers) refuses a bare shard_map in its body.
+    return jax.jit(jax.shard_map(kth, in_specs=rows_spec, out_specs=rows_spec, check_vma=False))(a_BTF)
+
+
+def per_device_map(a_BTF: Array):
+    """(rows_spec, shape) of each device's part of the map as the kernel splits it over the current
+    mesh: rows_spec None (no mesh of several devices, or one whose rules leave the batch whole:
+    one call over the map) or a PartitionSpec splitting the leading (batch) axis over the mesh
+    axes Flax's rules give 'batch'. None where the kernel cannot run per device: the rows do not
+    divide evenly, or the rules shard 'mlp' (a row's entries live on several devices)."""
+    import flax.linen as nn
+
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return None, a_BTF.shape
+    spec = nn.logical_to_mesh_axes(("batch",) + (None,) * (a_BTF.ndim - 2) + ("mlp",))
+    rows_split, row_split = (math.prod(mesh.shape[a] for a in _axes(entry)) for entry in (spec[0], spec[-1]))
+    if row_split > 1 or a_BTF.shape[0] % rows_split:
+        return None
+    if rows_split == 1:
+        return None, a_BTF.shape
+    return jax.sharding.PartitionSpec(spec[0], *(None,) * (a_BTF.ndim - 1)), (
+        a_BTF.shape[0] // rows_split,
+        *a_BTF.shape[1:],
+    )
+
+
+def _axes(entry) -> tuple:
+    return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def _kth_one_read(a_BTF: Array, *, k: int, interpret: bool | None) -> Array:
+    kth_R = _one_read_call(a_BTF, k, interpret=interpret)(a_BTF.reshape(-1, a_BTF.shape[-1]))
     kth_BT1 = kth_R.astype(INT_DTYPES[a_BTF.dtype.itemsize]).reshape(*a_BTF.shape[:-1], 1)
     return jax.lax.bitcast_convert_type(kth_BT1, a_BTF.dtype)
-
-
-def relu_topk_pallas(h_BTF: Array, k: int, *, interpret: bool | None = None) -> Array:
-    """ReLU(h) with all but each row's k largest entries zeroed (ties at the k-th kept), in one kernel.
-
-    What `sparsity.topk_mask(relu(h), k, scores_BTF=h)` gives, to the bit, but the kernel that
-    finds the threshold also writes the masked map from the rows it holds, so XLA writes no mask
-    of its own; the backward pass is ReLU's backward of that map, `g * (out > 0)` (a kept entry is
-    positive, and its derivative is 1). topk_impl='pallas_fused' (for ReLU MLPs; elsewhere it is
-    'pallas'). Only where `one_read_applies(h_BTF)`: topk_mask takes the XLA path elsewhere.
-    """
-    if not one_read_applies(h_BTF):
-        raise ValueError(f"the one-read kernel does not tile a {h_BTF.dtype} map of shape {h_BTF.shape}")
-    return _relu_topk(h_BTF, k, interpret)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _relu_topk(h_BTF, k, interpret):
-    _, out_RF = _one_read_call(h_BTF, k, masked=True, interpret=interpret)(h_BTF.reshape(-1, h_BTF.shape[-1]))
-    return out_RF.reshape(h_BTF.shape)
-
-
-def _relu_topk_fwd(h_BTF, k, interpret):
-    out_BTF = _relu_topk(h_BTF, k, interpret)
-    return out_BTF, out_BTF
-
-
-def _relu_topk_bwd(k, interpret, out_BTF, g_BTF):
-    del k, interpret
-    return (jnp.where(out_BTF > 0, g_BTF, jnp.zeros_like(g_BTF)),)
-
-
-_relu_topk.defvjp(_relu_topk_fwd, _relu_topk_bwd)
 
 
 def _one_read_layout(a_BTF: Array):
@@ -171,9 +177,8 @@ def one_read_applies(a_BTF: Array) -> bool:
     return _one_read_layout(a_BTF) is not None
 
 
-def _one_read_call(a_BTF: Array, k: int, *, masked: bool, interpret: bool | None):
-    """The jitted pallas_call [rows, F] -> kth [rows] int32 (and, masked, the masked ReLU map
-    [rows, F]), for a map where `one_read_applies`."""
+def _one_read_call(a_BTF: Array, k: int, *, interpret: bool | None):
+    """The jitted pallas_call [rows, F] -> kth [rows] int32, for a map where `one_read_applies`."""
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plt
 
@@ -183,25 +188,22 @@ def _one_read_call(a_BTF: Array, k: int, *, masked: bool, interpret: bool | None
         interpret = jax.default_backend() != "gpu"
     value_bits = 8 * a_BTF.dtype.itemsize - 1
     kernel = functools.partial(_kth_kernel, k=k, value_bits=value_bits, chunk=chunk, int_dtype=int_dtype, pack=pack)
-    kth_spec, kth_shape = pl.BlockSpec((block_rows,), lambda i: (i,)), jax.ShapeDtypeStruct((rows,), jnp.int32)
-    map_spec, map_shape = pl.BlockSpec((block_rows, f), lambda i: (i, 0)), jax.ShapeDtypeStruct((rows, f), a_BTF.dtype)
     call = pl.pallas_call(
         kernel,
         grid=(rows // block_rows,),
-        in_specs=[map_spec],
-        out_specs=(kth_spec, map_spec) if masked else kth_spec,
-        out_shape=(kth_shape, map_shape) if masked else kth_shape,
+        in_specs=[pl.BlockSpec((block_rows, f), lambda i: (i, 0))],
+        out_specs=pl.BlockSpec((block_rows,), lambda i: (i,)),
+        out_shape=jax.ShapeDtypeStruct((rows,), jnp.int32),
         interpret=interpret,
         compiler_params=plt.CompilerParams(num_warps=NUM_WARPS),
-        name="topk_relu_one_read" if masked else "topk_kth_one_read",
+        name="topk_kth_one_read",
     )
     # Inside a jit: Flax's nn.scan (scanned layers) refuses a bare pallas_call in its body.
     return jax.jit(call)
 
 
-def _kth_kernel(a_ref, o_ref, *masked_ref, k, value_bits, chunk, int_dtype, pack):
-    """a_ref [rows, F] (float), o_ref [rows] (int32 bit pattern of each row's k-th largest of max(a, 0));
-    masked_ref (optional) [rows, F]: max(a, 0) where a >= that k-th largest, else 0.
+def _kth_kernel(a_ref, o_ref, *, k, value_bits, chunk, int_dtype, pack):
+    """a_ref [rows, F] (float), o_ref [rows] (int32 bit pattern of each row's k-th largest of max(a, 0)).
 
     pack (16-bit maps): columns j and F/2 + j share an int32 lane, `hi << 16 | lo | 0x80008000`.
     Both values and the candidate c are below 2**15, so (v | 0x8000) - c lies in [1, 0xffff]:
@@ -240,8 +242,3 @@ def _kth_kernel(a_ref, o_ref, *masked_ref, k, value_bits, chunk, int_dtype, pack
 
     kth_R = jax.lax.fori_loop(0, value_bits, bit_step, jnp.zeros((a_ref.shape[0],), jnp.int32))
     o_ref[...] = kth_R
-    if masked_ref:  # the rows again, from cache: kept where their bits reach the threshold
-        for col in range(0, f, chunk):
-            x = a_ref[:, pl.ds(col, chunk)]
-            keep = (as_bits(x) >= kth_R[:, None]) & (x > 0)
-            masked_ref[0][:, pl.ds(col, chunk)] = jnp.where(keep, x, jnp.zeros_like(x))

@@ -51,7 +51,7 @@ def test_unknown_topk_impl(digits_dir, tmp_path):
     c.model.update(topk=8, topk_impl="sort")
     with pytest.raises(
         ValueError,
-        match=r"topk_impl='sort' is unknown; allowed: \['auto', 'bisect', 'lax', 'pallas', 'pallas_fused', 'radix'\]",
+        match=r"topk_impl='sort' is unknown; allowed: \['auto', 'bisect', 'lax', 'pallas', 'radix'\]",
     ):
         train_and_evaluate(c, tmp_path)
     assert not (tmp_path / "metrics.jsonl").exists()

@@ -229,8 +229,8 @@ def test_topk_bisection_and_lax_top_k_give_the_same_model(kind, dtype):
     """Same logits, statistics and gradients whichever way the k-th largest value is found."""
     variables = _variables(kind, _config(kind))
     k = 3
-    # radix and the fused kernel (interpret mode): one model is enough
-    impls = ("bisect", "radix", "pallas_fused", "lax") if kind == "vit" else ("bisect", "lax")
+    # radix and the kernel (interpret mode): one model is enough
+    impls = ("bisect", "radix", "pallas", "lax") if kind == "vit" else ("bisect", "lax")
     *gots, want = (
         _jitted(kind, _config(kind, topk=k, topk_impl=impl, dtype=dtype), "grad")(variables, _batch()) for impl in impls
     )
@@ -413,7 +413,7 @@ def test_explicit_num_classes_must_cover_the_datas():
             "mlp",
             "topk_impl",
             "sort",
-            r"model.topk_impl='sort' is unknown; allowed: \['auto', 'bisect', 'lax', 'pallas', 'pallas_fused', 'radix'\]",
+            r"model.topk_impl='sort' is unknown; allowed: \['auto', 'bisect', 'lax', 'pallas', 'radix'\]",
         ),
         ("vit", "remat_policy", "some", r"model.remat_policy='some' is unknown; allowed: \[.*'full'"),
         ("mixer", "scan_layers", 1, r"model.scan_layers=1 is not allowed: use True or False"),

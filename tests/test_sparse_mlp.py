@@ -175,7 +175,7 @@ def test_decode_byte_count_limit_of_t5_base():
         (["--workdir", "MISSING", "--input_file", "p.jsonl"], "--workdir=MISSING: no config.json"),
         (
             ["--topk_impl", "sort"],
-            "--topk_impl='sort' is unknown; allowed: ['auto', 'bisect', 'lax', 'pallas', 'pallas_fused', 'radix']",
+            "--topk_impl='sort' is unknown; allowed: ['auto', 'bisect', 'lax', 'pallas', 'radix']",
         ),
     ],
 )

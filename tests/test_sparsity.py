@@ -239,19 +239,6 @@ def test_topk_threshold_from_the_pre_activation_gives_the_relu_maps_mask(k, impl
     )
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_fused_relu_topk_kernel_gives_the_mask_and_gradient_of_the_bisection(dtype):
-    k = 6
-    h = jnp.asarray(_topk_input(k=k)).at[0, 2, :8].set(-0.0).at[1, 0, :8].set(0.25).astype(dtype)
-    w = jnp.asarray(np.random.default_rng(1).uniform(0.5, 1.5, h.shape), dtype)
-    fused = lambda x: sparsity.topk_mask(jax.nn.relu(x), k, "pallas_fused", scores_BTF=x)
-    want = lambda x: sparsity.topk_mask(jax.nn.relu(x), k, "bisect")
-    np.testing.assert_array_equal(np.asarray(fused(h), np.float32), np.asarray(want(h), np.float32))
-    grad = lambda f: np.asarray(jax.grad(lambda x: jnp.sum((f(x) * w).astype(jnp.float32)))(h), np.float32)
-    np.testing.assert_array_equal(grad(fused), grad(want))
-    assert np.count_nonzero(grad(fused)) == np.count_nonzero(np.asarray(want(h), np.float32))
-
-
 def test_topk_zero_is_identity():
     a = jnp.asarray(_topk_input())
     np.testing.assert_array_equal(np.asarray(sparsity.topk_mask(a, 0)), np.asarray(a))
@@ -316,7 +303,7 @@ def test_radix_digit_widths():
 def test_unknown_topk_impl_is_refused_by_name():
     with pytest.raises(
         ValueError,
-        match=r"topk_impl='sort' is unknown; allowed: \['auto', 'bisect', 'lax', 'pallas', 'pallas_fused', 'radix'\]",
+        match=r"topk_impl='sort' is unknown; allowed: \['auto', 'bisect', 'lax', 'pallas', 'radix'\]",
     ):
         sparsity.topk_mask(jnp.ones((2, 4)), 2, "sort")
 
@@ -482,3 +469,24 @@ def test_pallas_threshold_differentiates_inside_a_scan():
         return jnp.sum(jax.lax.scan(layer, x, w_L)[0])
 
     np.testing.assert_allclose(np.asarray(jax.grad(loss)(w_L)), np.asarray(jax.grad(reference)(w_L)), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "mesh, per_device_rows",
+    [(dict(data=2, fsdp=4, model=1), 2), (dict(data=8, fsdp=1, model=1), 2), (dict(data=2, fsdp=1, model=4), None)],
+)
+def test_pallas_threshold_runs_on_each_devices_rows_under_a_mesh(mesh, per_device_rows, monkeypatch):
+    """Under a mesh the kernel gets each device's rows (a shard_map over the batch axes); where the
+    rules split a row over devices ('mlp' on a model axis of 4) the bisection takes over."""
+    from lazy_jax import sharding as shd
+
+    seen = []
+    kernel = topk._kth_one_read
+    monkeypatch.setattr(topk, "_kth_one_read", lambda a, **kw: seen.append(a.shape) or kernel(a, **kw))
+    a = jnp.asarray(np.round(np.random.default_rng(0).standard_normal((16, 8, 64)) * 3) / 4, jnp.bfloat16)
+    m = shd.make_mesh(mesh)
+    with jax.set_mesh(m), nn.logical_axis_rules(shd.DEFAULT_RULES):
+        got = jax.jit(topk.kth_largest_pallas, static_argnums=1)(jax.device_put(a, shd.batch_sharding(m)), 5)
+    want = sparsity.kth_largest_positive(a, 5)
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+    assert seen == ([] if per_device_rows is None else [(per_device_rows, 8, 64)])

@@ -67,6 +67,29 @@ def test_eight_device_mesh_matches_one_device(digits_dir, mesh):
             np.testing.assert_allclose(a[k], b[k], rtol=2e-4, atol=2e-5, err_msg=k)
 
 
+def test_topk_kernel_on_an_eight_device_mesh_matches_the_bisection_on_one(digits_dir, monkeypatch):
+    """topk_impl='pallas' (interpret mode here) on a data x fsdp mesh: each device's kernel sees its
+    own 2 of the 16 rows, and the step's metrics are the one-device bisection's."""
+    from lazy_jax import topk
+
+    seen = []
+    kernel = topk._kth_one_read
+    monkeypatch.setattr(topk, "_kth_one_read", lambda a, **kw: seen.append(a.shape[0]) or kernel(a, **kw))
+    c1 = tiny_config(digits_dir)
+    c1.mesh.update(data=1, fsdp=1, model=1)
+    c1.model.topk, c1.model.topk_impl = 8, "bisect"
+    c8 = tiny_config(digits_dir)
+    c8.mesh.update(data=2, fsdp=4, model=1)
+    c8.model.topk, c8.model.topk_impl = 8, "pallas"
+    single = one_step(c1, jax.devices()[:1])
+    sharded = one_step(c8, jax.devices())
+    assert 2 in seen and 16 not in seen  # never the whole batch (1: the abstract init, off the mesh)
+    for a, b in zip(single, sharded):
+        for k in a:
+            np.testing.assert_allclose(a[k], b[k], rtol=2e-4, atol=2e-5, err_msg=k)
+    assert single[0]["nonzero_frac/mean"] <= 8 / 512 + 1e-6  # Top-k was applied
+
+
 def test_golden_one_step(digits_dir):
     """Loss and statistics of one step of a fixed tiny ViT on a fixed batch (values recorded once)."""
     c = tiny_config(digits_dir)

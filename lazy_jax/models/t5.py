@@ -47,7 +47,7 @@ Config fields (config.model, see `default_model_config`):
   activation      'relu' (T5 v1.0); any key of sparsity.ACTIVATIONS to measure other choices
   topk            Top-k per token in every MLP (same k per layer); 0 = dense
   topk_impl       how the k-th largest is found: 'auto' (default: 'pallas' on one GPU, else 'bisect'),
-                  'bisect', 'radix', 'pallas', 'pallas_fused' or 'lax' (jax.lax.top_k); sparsity.TOPK_IMPLS
+                  'bisect', 'radix', 'pallas' or 'lax' (jax.lax.top_k); sparsity.TOPK_IMPLS
   scan_layers     nn.scan over the layers of each stack (params get a leading 'layers' axis)
   remat_policy    'none' | 'minimal' | 'full' | 'save_dots' (models.stack.REMAT_POLICIES)
   neuron_freq     also return per-neuron activation frequency [d_ff] per layer
