@@ -24,6 +24,8 @@
 # ROUND=10 (LIMIT=310 LIMIT_BOTH=200): T5's real loop; the kernel on an f32 map; a T5-Base shape
 #   trained for ~170 s and decoded both ways (its logit check); then ViT dense and Top-k on one
 #   and two GPUs (the kernel per device under the mesh).
+# ROUND=11 (one GPU, LIMIT=330): decoding at full depth (T5-3B and T5-11B shape, 24 layers) beside
+#   T5-Base, then the T5-3B (8 layers) batch sweep 1, 4, 16, 64.
 # Every measurement is its own process (a failing one does not stop the rest).
 #   OUT=/tmp/out bash benchmarks/h200_round2.sh
 #   ONLY='vit_dense|t5_dense' bash benchmarks/h200_round2.sh     # a subset (regex on the names)
@@ -286,6 +288,12 @@ round10_both() {  # ViT on one and two GPUs, dense and Top-k (the kernel on each
   bench both vit_topk_2gpu --config=configs/vit.py:topk=128 $VB --meshes=1x1x1,2x1x1
 }
 
+round11() {  # decoding: full-depth T5-3B and T5-11B shapes, then the batch sweep
+  export CUDA_VISIBLE_DEVICES=0
+  decode dec_full --plan T5-Base:1,T5-3B-full:1,T5-11B-full:1 --impls off,pallas --repeats 5 --budget_s 400
+  decode dec_sweep --plan T5-3B:1,T5-3B:4,T5-3B:16,T5-3B:64 --impls off,pallas --repeats 3 --budget_s 400
+}
+
 round3_both() {  # after both streams: data parallel over the two GPUs
   export CUDA_VISIBLE_DEVICES=0,1
   END=$((SECONDS + ${LIMIT_BOTH:-100}))
@@ -294,7 +302,9 @@ round3_both() {  # after both streams: data parallel over the two GPUs
 
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv >"$OUT/gpu.txt" 2>&1
 END=$((SECONDS + LIMIT))
-if [ "${ROUND:-2}" = 10 ]; then
+if [ "${ROUND:-2}" = 11 ]; then
+  round11
+elif [ "${ROUND:-2}" = 10 ]; then
   round10_gpu0 &
   round10_gpu1 &
   wait

@@ -1,6 +1,6 @@
 """Dense vs sparse-W_out greedy decoding of T5 decoders, one process, one table.
 
-    python -m lazy_jax.bench_decode                 # the H200 run of docs/inference.md
+    python -m lazy_jax.bench_decode                 # the H200 runs of docs/inference.md (their --plan there)
     python -m lazy_jax.bench_decode --tiny          # seconds on a CPU: checks the script runs
 
 Batch B greedy decoding of 128 tokens after a 512-token prompt (`models.t5.decode_from_encoded`:
@@ -49,8 +49,15 @@ from lazy_jax.errors import InputError
 from lazy_jax.models.t5 import T5, decode_from_encoded, default_model_config, t5_spec
 
 PROMPT_LEN, DECODE_LEN, TOPK_FRAC = 512, 128, 0.03
-# (name, size, decoder layers timed): fewer than the model's where its time would not fit one call.
-SHAPES = (("T5-Base", "base", 12), ("T5-3B", "3B", 8), ("T5-11B", "11B", 4))
+# (name, size, decoder layers timed). T5-3B and T5-11B time 8 and 4 of their 24 layers (the first
+# calls' budget); the -full shapes all 24 (11.3 GB of T5-11B weights, on one H200).
+SHAPES = (
+    ("T5-Base", "base", 12),
+    ("T5-3B", "3B", 8),
+    ("T5-11B", "11B", 4),
+    ("T5-3B-full", "3B", 24),
+    ("T5-11B-full", "11B", 24),
+)
 SWEEP_SHAPE = "T5-3B"
 IMPLS = ("off", "pallas", "gather")
 
@@ -172,10 +179,20 @@ def time_decode(
 
 
 def default_plan(shapes, sweep_shape: str, sweep_batches) -> list[tuple[str, int]]:
-    """(shape name, batch): batch 1 of each shape, the batch sweep before the largest shape."""
-    plan = [(n, 1) for n, _, _ in shapes[:-1]]
-    plan += [(sweep_shape, b) for b in sweep_batches if b != 1]
-    return plan + [(shapes[-1][0], 1)]
+    """(shape name, batch): batch 1 of each shape, then the batch sweep of one shape."""
+    return [(n, 1) for n, _, _ in shapes] + [(sweep_shape, b) for b in sweep_batches if b != 1]
+
+
+def parse_plan(text: str, shapes) -> list[tuple[str, int]]:
+    """'T5-11B-full:1,T5-3B:4' -> [(name, batch)], every name one of `shapes`."""
+    names = [n for n, _, _ in shapes]
+    plan = []
+    for item in text.split(","):
+        name, _, batch = item.rpartition(":")
+        if name not in names or not batch.isdigit() or int(batch) < 1:
+            raise InputError(f"--plan item {item!r} is not NAME:BATCH with NAME one of {names} and BATCH >= 1")
+        plan.append((name, int(batch)))
+    return plan
 
 
 def run(shapes, plan, repeats: int, budget_s: float, log, impls=IMPLS, profile_dir=None) -> list[dict]:
@@ -393,6 +410,7 @@ def main(argv=None) -> None:
         p.error("--workdir needs --input_file=PROMPTS.jsonl (one object a line with 'text' or 'input_ids')")
     try:
         sparsity.check_topk_impl(a.topk_impl, key="--topk_impl")
+        plan = parse_plan(a.plan, SHAPES) if a.plan else None
         if a.workdir:  # a bad workdir or prompt file: one line, before anything is written
             from lazy_jax import generate as gen
 
@@ -420,9 +438,8 @@ def main(argv=None) -> None:
         shapes = (("tiny-a", tiny, 2), ("tiny-b", tiny, 3), ("tiny-c", tiny, 1))
         rows = run(shapes, default_plan(shapes, "tiny-b", (1, 4)), 2, a.budget_s, log, IMPLS, a.profile_dir)
     else:
-        plan = default_plan(SHAPES, SWEEP_SHAPE, tuple(int(b) for b in a.sweep_batches.split(",")))
-        if a.plan:  # e.g. T5-11B:1,T5-3B:4
-            plan = [(item.rpartition(":")[0], int(item.rpartition(":")[2])) for item in a.plan.split(",")]
+        if plan is None:  # --plan, e.g. T5-11B-full:1,T5-3B:4, else the default
+            plan = default_plan(SHAPES, SWEEP_SHAPE, tuple(int(b) for b in a.sweep_batches.split(",")))
         rows = run(SHAPES, plan, a.repeats, a.budget_s, log, tuple(a.impls.split(",")), a.profile_dir)
     with open(os.path.join(a.out, "bench_decode.json"), "w") as f:
         json.dump(rows, f, indent=1)

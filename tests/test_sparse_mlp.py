@@ -177,6 +177,8 @@ def test_decode_byte_count_limit_of_t5_base():
             ["--topk_impl", "sort"],
             "--topk_impl='sort' is unknown; allowed: ['auto', 'bisect', 'lax', 'pallas', 'radix']",
         ),
+        (["--plan", "T5-11B-full:1,T5-22B:1"], "--plan item 'T5-22B:1' is not NAME:BATCH with NAME one of ['T5-Base',"),
+        (["--plan", "T5-3B:0"], "--plan item 'T5-3B:0' is not NAME:BATCH"),
     ],
 )
 def test_bench_decode_refuses_bad_input_with_one_line(args, message, tmp_path, monkeypatch, capsys):
