@@ -26,6 +26,8 @@
 #   and two GPUs (the kernel per device under the mesh).
 # ROUND=11 (one GPU, LIMIT=330): decoding at full depth (T5-3B and T5-11B shape, 24 layers) beside
 #   T5-Base, then the T5-3B (8 layers) batch sweep 1, 4, 16, 64.
+# ROUND=12 (one GPU, LIMIT=300): decoding's Top-k selection by the one-read kernel (one row a
+#   program, up to 64 loads) against the bisection, three shapes, then T5-11B at full depth.
 # Every measurement is its own process (a failing one does not stop the rest).
 #   OUT=/tmp/out bash benchmarks/h200_round2.sh
 #   ONLY='vit_dense|t5_dense' bash benchmarks/h200_round2.sh     # a subset (regex on the names)
@@ -294,6 +296,13 @@ round11() {  # decoding: full-depth T5-3B and T5-11B shapes, then the batch swee
   decode dec_sweep --plan T5-3B:1,T5-3B:4,T5-3B:16,T5-3B:64 --impls off,pallas --repeats 3 --budget_s 400
 }
 
+round12() {  # decoding: the Top-k threshold of a batch-1 step by the kernel, against the bisection
+  export CUDA_VISIBLE_DEVICES=0
+  decode dec_sel_bisect --plan T5-11B:1,T5-3B:1,T5-Base:1 --impls off,pallas --repeats 5
+  decode dec_sel_kernel --plan T5-11B:1,T5-3B:1,T5-Base:1 --impls off,pallas --repeats 5 --topk_impl pallas
+  decode dec_sel_kernel_full --plan T5-11B-full:1 --impls off,pallas --repeats 5 --topk_impl pallas
+}
+
 round3_both() {  # after both streams: data parallel over the two GPUs
   export CUDA_VISIBLE_DEVICES=0,1
   END=$((SECONDS + ${LIMIT_BOTH:-100}))
@@ -302,7 +311,9 @@ round3_both() {  # after both streams: data parallel over the two GPUs
 
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv >"$OUT/gpu.txt" 2>&1
 END=$((SECONDS + LIMIT))
-if [ "${ROUND:-2}" = 11 ]; then
+if [ "${ROUND:-2}" = 12 ]; then
+  round12
+elif [ "${ROUND:-2}" = 11 ]; then
   round11
 elif [ "${ROUND:-2}" = 10 ]; then
   round10_gpu0 &

@@ -88,7 +88,8 @@ MAX_BLOCK_ROWS = 8  # rows a program holds in registers (16 and 32 were slower o
 NUM_WARPS = 8  # 256 threads a program
 PACK_PAIRS = True  # a 16-bit map: two values a 32-bit lane, compared and counted together
 MAX_CHUNK = 1024  # columns a load: a power of two (Triton's arrays are)
-MAX_CHUNKS = 8  # at most this many loads a row (held at once); wider rows take the XLA bisection
+MAX_CHUNKS = 8  # loads a row (held at once) in a block of MAX_BLOCK_ROWS; fewer rows, more loads each
+# (a decoding step's one row of T5-11B's 65536: 32 loads); wider blocks take the XLA bisection
 
 
 def kth_largest_pallas(a_BTF: Array, k: int, *, interpret: bool | None = None) -> Array:
@@ -167,7 +168,7 @@ def _one_read_layout(a_BTF: Array):
     pack = PACK_PAIRS and a_BTF.dtype.itemsize == 2 and f % 2 == 0
     cols = f // 2 if pack else f  # the 32-bit columns a row is held in
     block_rows, chunk = pow2_divisor(rows, MAX_BLOCK_ROWS), pow2_divisor(cols, MAX_CHUNK)
-    if chunk < 16 or cols // chunk > MAX_CHUNKS:
+    if chunk < 16 or block_rows * (cols // chunk) > MAX_BLOCK_ROWS * MAX_CHUNKS:
         return None
     return rows, f, block_rows, chunk, pack
 
