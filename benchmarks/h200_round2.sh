@@ -28,6 +28,8 @@
 #   T5-Base, then the T5-3B (8 layers) batch sweep 1, 4, 16, 64.
 # ROUND=12 (one GPU, LIMIT=300): decoding's Top-k selection by the one-read kernel (one row a
 #   program, up to 64 loads) against the bisection, three shapes, then T5-11B at full depth.
+# ROUND=13 (one GPU, LIMIT=170): decoding with the defaults after round 12 ('auto' = the kernel's
+#   selection at batch 1 too), T5-Base and full-depth T5-3B and T5-11B shapes.
 # Every measurement is its own process (a failing one does not stop the rest).
 #   OUT=/tmp/out bash benchmarks/h200_round2.sh
 #   ONLY='vit_dense|t5_dense' bash benchmarks/h200_round2.sh     # a subset (regex on the names)
@@ -303,6 +305,11 @@ round12() {  # decoding: the Top-k threshold of a batch-1 step by the kernel, ag
   decode dec_sel_kernel_full --plan T5-11B-full:1 --impls off,pallas --repeats 5 --topk_impl pallas
 }
 
+round13() {  # decoding with the current defaults, full depth
+  export CUDA_VISIBLE_DEVICES=0
+  decode dec_defaults --plan T5-Base:1,T5-3B-full:1,T5-11B-full:1 --impls off,pallas --repeats 5
+}
+
 round3_both() {  # after both streams: data parallel over the two GPUs
   export CUDA_VISIBLE_DEVICES=0,1
   END=$((SECONDS + ${LIMIT_BOTH:-100}))
@@ -311,7 +318,9 @@ round3_both() {  # after both streams: data parallel over the two GPUs
 
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv >"$OUT/gpu.txt" 2>&1
 END=$((SECONDS + LIMIT))
-if [ "${ROUND:-2}" = 12 ]; then
+if [ "${ROUND:-2}" = 13 ]; then
+  round13
+elif [ "${ROUND:-2}" = 12 ]; then
   round12
 elif [ "${ROUND:-2}" = 11 ]; then
   round11

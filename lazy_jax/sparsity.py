@@ -15,7 +15,6 @@ statistics. Definitions (docs/design.md):
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -77,21 +76,17 @@ def kth_largest_positive(a_BTF: Array, k: int) -> Array:
     return jax.lax.bitcast_convert_type(kth_BT1, x_BTF.dtype)
 
 
-AUTO_PALLAS_MIN_ROWS = 1024  # 'auto' takes the kernel for maps of at least this many tokens
-
-
 def kth_largest_auto(a_BTF: Array, k: int) -> Array:
-    """The default: the Pallas kernel on GPUs for maps of >= AUTO_PALLAS_MIN_ROWS tokens a device
-    (training and eval), each device on its own rows under a mesh; else the bisection. Both give
-    the same threshold.
+    """The default: the Pallas kernel on GPUs (each device on its own rows under a mesh), else the
+    bisection. Both give the same threshold.
 
-    On an H200 the kernel took ViT-B/16's Top-k step from 1.22x the dense one to 1.002x, T5-Base's
-    from 1.13x to 1.005x (docs/performance.md). Where the mesh splits a row over devices (the
-    'mlp' axis sharded) the kernel cannot run per device, and small maps (a decoding step's few
-    tokens) gain nothing: those keep the bisection.
+    On an H200 the kernel took ViT-B/16's Top-k training step from 1.22x the dense one to 1.002x,
+    T5-Base's from 1.13x to 1.005x (docs/performance.md), and a batch-1 decoding step of a T5-11B
+    shape (24 layers) from 5.55 to 4.53 ms a token (docs/inference.md): there the bisection's 15
+    dependent passes over one row cost ~40 us a layer. Where the mesh splits a row over devices
+    (the 'mlp' axis sharded), or the row is too wide to hold, it keeps the bisection.
     """
-    split = per_device_map(a_BTF)
-    if jax.default_backend() == "gpu" and split is not None and math.prod(split[1][:-1]) >= AUTO_PALLAS_MIN_ROWS:
+    if jax.default_backend() == "gpu" and per_device_map(a_BTF) is not None:
         return kth_largest_pallas(a_BTF, k)
     return kth_largest_positive(a_BTF, k)
 

@@ -1,6 +1,6 @@
 """The k-th largest entry of each row, exactly, without a sort: a radix select in XLA
 (`kth_largest_radix`, topk_impl='radix') and the bisection as one Pallas GPU kernel
-(`kth_largest_pallas`, topk_impl='pallas', what the default 'auto' takes on one GPU).
+(`kth_largest_pallas`, topk_impl='pallas', what the default 'auto' takes on GPUs).
 
 `kth_largest_radix(a, k)` gives what `sparsity.kth_largest_positive` (the bisection) gives: the
 k-th largest of max(row, 0), exactly, ties included; `sparsity.topk_mask` turns it into the same

@@ -490,3 +490,21 @@ def test_pallas_threshold_runs_on_each_devices_rows_under_a_mesh(mesh, per_devic
     want = sparsity.kth_largest_positive(a, 5)
     np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
     assert seen == ([] if per_device_rows is None else [(per_device_rows, 8, 64)])
+
+
+def test_auto_takes_the_kernel_on_a_gpu_unless_a_row_is_split(monkeypatch):
+    """'auto': the kernel on GPUs for any map it can hold per device (a decoding step's one row
+    too: its bisection is 15 dependent passes); the bisection on CPUs and where 'mlp' is sharded."""
+    from lazy_jax import sharding as shd
+
+    a = jnp.asarray(_topk_input(k=6))
+    calls = []
+    monkeypatch.setattr(sparsity, "kth_largest_pallas", lambda x, k: calls.append(x.shape) or x[..., :1])
+    sparsity.kth_largest_auto(a, 6)
+    assert calls == []  # a CPU: the bisection
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    sparsity.kth_largest_auto(a[:1, :1], 6)
+    assert calls == [(1, 1, a.shape[-1])]
+    with jax.set_mesh(shd.make_mesh(dict(data=2, fsdp=1, model=4))), nn.logical_axis_rules(shd.DEFAULT_RULES):
+        sparsity.kth_largest_auto(jnp.zeros((8, 4, 64)), 6)
+    assert len(calls) == 1  # the row is split over the model axis: the bisection

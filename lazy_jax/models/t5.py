@@ -46,7 +46,7 @@ Config fields (config.model, see `default_model_config`):
   dropout_rate    T5 dropout rate (0.1 for pre-training in the paper's setup, 0 to fine-tune)
   activation      'relu' (T5 v1.0); any key of sparsity.ACTIVATIONS to measure other choices
   topk            Top-k per token in every MLP (same k per layer); 0 = dense
-  topk_impl       how the k-th largest is found: 'auto' (default: 'pallas' on one GPU, else 'bisect'),
+  topk_impl       how the k-th largest is found: 'auto' (default: 'pallas' on GPUs, else 'bisect'),
                   'bisect', 'radix', 'pallas' or 'lax' (jax.lax.top_k); sparsity.TOPK_IMPLS
   scan_layers     nn.scan over the layers of each stack (params get a leading 'layers' axis)
   remat_policy    'none' | 'minimal' | 'full' | 'save_dots' (models.stack.REMAT_POLICIES)
