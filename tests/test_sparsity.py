@@ -432,15 +432,14 @@ def test_stack_layer_stats_stacks_on_a_leading_axis():
     np.testing.assert_array_equal(stacked["neuron_freq"][:, 0], np.arange(4))
 
 
-@pytest.mark.parametrize("shape, dtype", [((2, 32, 3072), jnp.bfloat16), ((48, 96), jnp.float32)])
+@pytest.mark.parametrize(
+    "shape, dtype", [((2, 32, 3072), jnp.bfloat16), ((48, 96), jnp.float32), ((1, 1, 65536), jnp.bfloat16)]
+)
 def test_pallas_one_read_threshold_equals_the_bisection(shape, dtype):
     """The Pallas kernel (interpret mode here) takes the kernel path, not its fallback, at a
-    ViT-B/16 width (3 column chunks) and at an f32 map whose rows need 3 x 32-column chunks."""
-    rows = int(np.prod(shape[:-1]))
-    assert (
-        sparse_mlp.pow2_divisor(rows, topk.MAX_BLOCK_ROWS) > 1
-        and sparse_mlp.pow2_divisor(shape[-1], topk.MAX_CHUNK) >= 16
-    )
+    ViT-B/16 width (3 column chunks), at an f32 map whose rows need 3 x 32-column chunks, and at
+    a decoding step's one T5-11B row (32 loads in a block of one row)."""
+    assert topk.one_read_applies(jax.ShapeDtypeStruct(shape, dtype))
     a = jax.random.normal(jax.random.key(3), shape, jnp.float32)
     a = jnp.round(a * 8) / 8  # ties
     a = a.astype(dtype)
