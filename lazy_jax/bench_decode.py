@@ -62,7 +62,7 @@ SWEEP_SHAPE = "T5-3B"
 IMPLS = ("off", "pallas", "gather")
 
 
-TOPK_IMPL = "auto"  # --topk_impl (the model's default; rounds 2-11 of docs/inference.md ran 'bisect')
+TOPK_IMPL = "auto"  # --topk_impl (the model's default; docs/inference.md's rounds before 13 ran 'bisect')
 
 
 def model_config(size: str, layers: int, **dims) -> ml_collections.ConfigDict:

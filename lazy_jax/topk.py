@@ -112,11 +112,11 @@ def kth_largest_pallas(a_BTF: Array, k: int, *, interpret: bool | None = None) -
     split = per_device_map(a_BTF)
     if split is None or not one_read_applies(jax.ShapeDtypeStruct(split[1], a_BTF.dtype)):
         return kth_largest_positive(a_BTF, k)
+    rows_spec = split[0]
     # The threshold carries no gradient (topk_mask stops it); stopping it here, at the input, keeps
     # autodiff from asking the pallas_call for a JVP rule it does not have.
     a_BTF = jax.lax.stop_gradient(a_BTF)
     kth = functools.partial(_kth_one_read, k=k, interpret=interpret)
-    rows_spec = split[0]
     if rows_spec is None:
         return kth(a_BTF)
     # Inside a jit: Flax's nn.scan (scanned layers) refuses a bare shard_map in its body.
@@ -140,10 +140,8 @@ def per_device_map(a_BTF: Array):
         return None
     if rows_split == 1:
         return None, a_BTF.shape
-    return jax.sharding.PartitionSpec(spec[0], *(None,) * (a_BTF.ndim - 1)), (
-        a_BTF.shape[0] // rows_split,
-        *a_BTF.shape[1:],
-    )
+    rows_spec = jax.sharding.PartitionSpec(spec[0], *(None,) * (a_BTF.ndim - 1))
+    return rows_spec, (a_BTF.shape[0] // rows_split, *a_BTF.shape[1:])
 
 
 def _axes(entry) -> tuple:
