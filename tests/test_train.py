@@ -77,10 +77,10 @@ def test_topk_kernel_on_an_eight_device_mesh_matches_the_bisection_on_one(digits
     monkeypatch.setattr(topk, "_kth_one_read", lambda a, **kw: seen.append(a.shape[0]) or kernel(a, **kw))
     c1 = tiny_config(digits_dir)
     c1.mesh.update(data=1, fsdp=1, model=1)
-    c1.model.topk, c1.model.topk_impl = 8, "bisect"
+    c1.model.topk, c1.model.topk_impl, c1.model.depth = 8, "bisect", 2
     c8 = tiny_config(digits_dir)
     c8.mesh.update(data=2, fsdp=4, model=1)
-    c8.model.topk, c8.model.topk_impl = 8, "pallas"
+    c8.model.topk, c8.model.topk_impl, c8.model.depth = 8, "pallas", 2
     single = one_step(c1, jax.devices()[:1])
     sharded = one_step(c8, jax.devices())
     assert 2 in seen and 16 not in seen  # never the whole batch (1: the abstract init, off the mesh)
