@@ -243,6 +243,7 @@ round9_gpu0() {  # every bar with the committed code, ViT side (Top-k: the defau
   export CUDA_VISIBLE_DEVICES=0
   bench vit vit_peers --config=configs/vit.py $VB --peers
   bench vit vit_topk --config=configs/vit.py:topk=128 $VB
+  # 'pallas_fused' was removed after this round (slower): rerun, this row and T5's fail alone
   PROFILE=1 bench vit vit_topk_fused --config=configs/vit.py:topk=128 $VB --config.model.topk_impl=pallas_fused
   bench vit vit_nostats --config=configs/vit.py $VB --nostats
   BATCH=256 realloop vit vit_realloop $VIT_REAL

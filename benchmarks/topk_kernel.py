@@ -59,25 +59,15 @@ def main(argv=None) -> None:
             if block is not None:
                 topk.MAX_BLOCK_ROWS, topk.NUM_WARPS, topk.PACK_PAIRS = int(block), int(warps), pack == "1"
             fn = jax.jit(lambda x, impl=impl: sparsity.TOPK_IMPLS[impl](x, a.k))
+            row = dict(impl=impl, block_rows=block, num_warps=warps, pack=pack)
             try:
                 ms = time_ms(fn, x_RF, a.repeats)
                 got = fn(x_RF)
                 # 'lax' is the k-th largest itself, the others of max(row, 0): equal where >= k positives.
                 same = bool(np.array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32)))
-                gb_per_s = round(nbytes / ms / 1e6, 1)
-                row = dict(
-                    impl=impl,
-                    block_rows=block,
-                    num_warps=warps,
-                    pack=pack,
-                    ms=round(ms, 4),
-                    gb_per_s=gb_per_s,
-                    same=same,
-                )
+                row.update(ms=round(ms, 4), gb_per_s=round(nbytes / ms / 1e6, 1), same=same)
             except Exception as e:  # a kernel that does not compile here is a result too
-                row = dict(
-                    impl=impl, block_rows=block, num_warps=warps, pack=pack, error=f"{type(e).__name__}: {str(e)[:400]}"
-                )
+                row.update(error=f"{type(e).__name__}: {str(e)[:400]}")
             print(json.dumps(dict(rows=a.rows, width=a.width, k=a.k, dtype=a.dtype, **row)), flush=True)
 
 

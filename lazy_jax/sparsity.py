@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from lazy_jax import sparse_mlp
 from lazy_jax.errors import InputError
-from lazy_jax.topk import INT_DTYPES, kth_largest_pallas, kth_largest_radix, per_device_map
+from lazy_jax.topk import kth_largest_pallas, kth_largest_radix, positive_bits
 
 Array = jax.Array
 
@@ -63,17 +63,13 @@ def kth_largest_positive(a_BTF: Array, k: int) -> Array:
     as 0, so where a row has fewer than k positives the result is 0; `topk_mask` keeps only
     positives, so both thresholds give the same mask.
     """
-    x_BTF = jnp.where(a_BTF > 0, a_BTF, jnp.zeros_like(a_BTF))  # also turns -0.0 into +0.0
-    int_dtype = INT_DTYPES.get(x_BTF.dtype.itemsize)
-    if int_dtype is None or not jnp.issubdtype(x_BTF.dtype, jnp.floating):
-        raise ValueError(f"Top-k by bisection needs a 16- or 32-bit float map, got {x_BTF.dtype}")
-    bits_BTF = jax.lax.bitcast_convert_type(x_BTF, int_dtype)
-    kth_BT1 = jnp.zeros((*a_BTF.shape[:-1], 1), int_dtype)
-    for bit in reversed(range(8 * x_BTF.dtype.itemsize - 1)):  # the sign bit is 0
+    bits_BTF = positive_bits(a_BTF, "bisection")
+    kth_BT1 = jnp.zeros((*a_BTF.shape[:-1], 1), bits_BTF.dtype)
+    for bit in reversed(range(8 * a_BTF.dtype.itemsize - 1)):  # the sign bit is 0
         candidate_BT1 = kth_BT1 | (1 << bit)
         count_BT1 = jnp.sum(bits_BTF >= candidate_BT1, axis=-1, keepdims=True, dtype=jnp.int32)
         kth_BT1 = jnp.where(count_BT1 >= k, candidate_BT1, kth_BT1)
-    return jax.lax.bitcast_convert_type(kth_BT1, x_BTF.dtype)
+    return jax.lax.bitcast_convert_type(kth_BT1, a_BTF.dtype)
 
 
 def kth_largest_auto(a_BTF: Array, k: int) -> Array:
@@ -82,13 +78,12 @@ def kth_largest_auto(a_BTF: Array, k: int) -> Array:
 
     On an H200 the kernel took ViT-B/16's Top-k training step from 1.22x the dense one to 1.002x,
     T5-Base's from 1.13x to 1.005x (docs/performance.md), and a batch-1 decoding step of a T5-11B
-    shape (24 layers) from 5.55 to 4.53 ms a token (docs/inference.md): there the bisection's 15
-    dependent passes over one row cost ~40 us a layer. Where the mesh splits a row over devices
+    shape (4 layers, one call) from 0.891 to 0.808 ms a token (docs/inference.md): there the
+    bisection's 15 dependent passes over one row cost ~44 us a layer. Where the mesh splits a row over devices
     (the 'mlp' axis sharded), or the row is too wide to hold, it keeps the bisection.
     """
-    if jax.default_backend() == "gpu" and per_device_map(a_BTF) is not None:
-        return kth_largest_pallas(a_BTF, k)
-    return kth_largest_positive(a_BTF, k)
+    # kth_largest_pallas itself keeps the bisection where the kernel cannot take the map.
+    return (kth_largest_pallas if jax.default_backend() == "gpu" else kth_largest_positive)(a_BTF, k)
 
 
 TOPK_IMPLS: dict[str, Callable[[Array, int], Array]] = {

@@ -34,12 +34,13 @@ INT_DTYPES = {2: jnp.int16, 4: jnp.int32}  # the integer of a float's bit patter
 DIGIT_BITS = 4  # the registry's 'radix': 4 passes over a bf16 row, 8 over an f32 row
 
 
-def _int_bits(a_BTF: Array) -> Array:
-    """max(a, 0) as its bit pattern (int16 / int32); -0.0 and negatives become +0."""
+def positive_bits(a_BTF: Array, method: str) -> Array:
+    """max(a, 0) as its bit pattern (int16 / int32), which orders like the values; -0.0 and
+    negatives become +0. `method` names the caller in the error for a map of another dtype."""
     x_BTF = jnp.where(a_BTF > 0, a_BTF, jnp.zeros_like(a_BTF))
     int_dtype = INT_DTYPES.get(x_BTF.dtype.itemsize)
     if int_dtype is None or not jnp.issubdtype(x_BTF.dtype, jnp.floating):
-        raise ValueError(f"Top-k by radix select needs a 16- or 32-bit float map, got {x_BTF.dtype}")
+        raise ValueError(f"Top-k by {method} needs a 16- or 32-bit float map, got {x_BTF.dtype}")
     return jax.lax.bitcast_convert_type(x_BTF, int_dtype)
 
 
@@ -59,7 +60,7 @@ def kth_largest_radix(a_BTF: Array, k: int, digit_bits: int = DIGIT_BITS, *, sta
 
     Where a row has fewer than k positive entries the result is 0 (as the bisection's).
     """
-    bits_BTF = _int_bits(a_BTF)
+    bits_BTF = positive_bits(a_BTF, "radix select")
     int_dtype = bits_BTF.dtype
     value_bits = 8 * bits_BTF.dtype.itemsize - 1  # the sign bit is 0
     kth_BT1 = jnp.zeros((*a_BTF.shape[:-1], 1), int_dtype)
