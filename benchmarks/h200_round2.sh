@@ -30,6 +30,8 @@
 #   program, up to 64 loads) against the bisection, three shapes, then T5-11B at full depth.
 # ROUND=13 (one GPU, LIMIT=170): decoding with the defaults after round 12 ('auto' = the kernel's
 #   selection at batch 1 too), T5-Base and full-depth T5-3B and T5-11B shapes.
+# ROUND=14 (one GPU, LIMIT=300): the approximate 'predicted' path (lazy_jax.predictor: W_in rows
+#   too) beside dense and the exact kernel: the trained local T5, then the three shapes, profiled.
 # Every measurement is its own process (a failing one does not stop the rest).
 #   OUT=/tmp/out bash benchmarks/h200_round2.sh
 #   ONLY='vit_dense|t5_dense' bash benchmarks/h200_round2.sh     # a subset (regex on the names)
@@ -311,6 +313,14 @@ round13() {  # decoding with the current defaults, full depth
   decode dec_defaults --plan T5-Base:1,T5-3B-full:1,T5-11B-full:1 --impls off,pallas --repeats 5
 }
 
+round14() {  # the predicted path (approximate) beside dense and the exact sparse W_out
+  export CUDA_VISIBLE_DEVICES=0
+  decode dec_local_pred --workdir runs/carry/t5_pydocs --input_file runs/carry/prompts.jsonl \
+    --predictor 32:192 --max_decode_len 64 --repeats 3
+  decode dec_predicted --plan T5-Base:1,T5-3B-full:1,T5-11B-full:1 --impls off,pallas,predicted --repeats 5 \
+    --profile_dir /tmp/dprof/dec_predicted
+}
+
 round3_both() {  # after both streams: data parallel over the two GPUs
   export CUDA_VISIBLE_DEVICES=0,1
   END=$((SECONDS + ${LIMIT_BOTH:-100}))
@@ -319,7 +329,9 @@ round3_both() {  # after both streams: data parallel over the two GPUs
 
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv >"$OUT/gpu.txt" 2>&1
 END=$((SECONDS + LIMIT))
-if [ "${ROUND:-2}" = 13 ]; then
+if [ "${ROUND:-2}" = 14 ]; then
+  round14
+elif [ "${ROUND:-2}" = 13 ]; then
   round13
 elif [ "${ROUND:-2}" = 12 ]; then
   round12

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lazy_jax import profiling, sparsity, xla_flags
+from lazy_jax import predictor, profiling, sparsity, xla_flags
 from lazy_jax.errors import InputError
 from lazy_jax.models.t5 import T5, decode_from_encoded, default_model_config, t5_spec
 
@@ -59,7 +59,9 @@ SHAPES = (
     ("T5-11B-full", "11B", 24),
 )
 SWEEP_SHAPE = "T5-3B"
-IMPLS = ("off", "pallas", "gather")
+IMPLS = ("off", "pallas", "gather", "predicted")
+# 'predicted' (lazy_jax.predictor, approximate): rank d_model / 16, and twice Top-k's k rows of W_in.
+PREDICTOR_RANK_FRAC, PREDICTOR_ROWS_PER_K = 1 / 16, 2
 
 
 TOPK_IMPL = "auto"  # --topk_impl (the model's default; docs/inference.md's rounds before 13 ran 'bisect')
@@ -116,6 +118,19 @@ def weight_bytes(spec, active_share: float = TOPK_FRAC) -> dict[str, float]:
     return dict(total=total, w_out=w_out, limit=total / (total - (1 - active_share) * w_out))
 
 
+def predicted_bytes_limit(spec, rows: int, rank: int, w_out_rows: int) -> float:
+    """Dense weight bytes over those the predicted path reads: the attention matrices, `rows` rows
+    of W_in, `w_out_rows` rows of W_out, the predictor (u [D, R], v [R, F]) and the LM head."""
+    d, hk, f = spec.d_model, spec.num_heads * spec.d_kv, spec.d_ff
+    per_layer = 6 * d * hk + rows * d + w_out_rows * d + rank * (d + f)
+    return weight_bytes(spec)["total"] / (2 * (spec.num_decoder_layers * per_layer + spec.vocab_size * d))
+
+
+def predictor_settings(spec) -> tuple[int, int]:
+    """(rank, rows) of the random models' predictor (PREDICTOR_RANK_FRAC, PREDICTOR_ROWS_PER_K)."""
+    return max(1, int(spec.d_model * PREDICTOR_RANK_FRAC)), min(spec.d_ff, PREDICTOR_ROWS_PER_K * spec.mlp.topk)
+
+
 def union_share(model: T5, params: dict, batch: int, seed: int = 1) -> float:
     """Share of layer 0's neurons active for at least one of `batch` random tokens (Top-k map)."""
     mlp = params["decoder"]["layers_0"]["mlp"]
@@ -134,7 +149,7 @@ def _decoder(model: T5, decode_len: int):
     per prompt; the model is kept with it, so its id is not reused)."""
     key = (id(model), decode_len)
     if key not in _DECODERS:
-        fn = jax.jit(lambda p, e, m: decode_from_encoded(model, {"params": p}, e, m, decode_len, eos_id=None))
+        fn = jax.jit(lambda v, e, m: decode_from_encoded(model, v, e, m, decode_len, eos_id=None))
         _DECODERS[key] = (model, fn)
     return _DECODERS[key][1]
 
@@ -148,25 +163,27 @@ def time_decode(
     mask=None,
     decode_len: int = DECODE_LEN,
     profile_dir: str | None = None,
+    predictor: dict | None = None,
 ) -> dict:
     """Median time of decoding `decode_len` tokens (no EOS stop) from `encoded` (default: random);
     `compile_s` is the first call's time (compile included only the first time a model and length
-    are decoded)."""
+    are decoded). `predictor`: the collection a 'predicted' model reads (`lazy_jax.predictor`)."""
     if encoded is None:
         encoded = jax.random.normal(jax.random.key(2), (batch, PROMPT_LEN, model.spec.d_model), jnp.bfloat16)
         mask = jnp.ones((batch, PROMPT_LEN), jnp.bool_)
     fn = _decoder(model, decode_len)
+    variables = {"params": params} if predictor is None else {"params": params, "predictor": predictor}
     start = time.perf_counter()
-    tokens, steps = jax.block_until_ready(fn(params, encoded, mask))
+    tokens, steps = jax.block_until_ready(fn(variables, encoded, mask))
     compile_s = time.perf_counter() - start
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        jax.block_until_ready(fn(params, encoded, mask))
+        jax.block_until_ready(fn(variables, encoded, mask))
         times.append(time.perf_counter() - start)
     if profile_dir:
         with profiling.trace(profile_dir):
-            jax.block_until_ready(fn(params, encoded, mask))
+            jax.block_until_ready(fn(variables, encoded, mask))
     sec = statistics.median(times)
     assert int(steps) == decode_len
     return dict(
@@ -195,6 +212,15 @@ def parse_plan(text: str, shapes) -> list[tuple[str, int]]:
     return plan
 
 
+def parse_predictor(text: str, model) -> tuple[int, int]:
+    """'RANK:ROWS' -> (rank, rows), checked against the model (`lazy_jax.predictor`)."""
+    rank, _, rows = text.partition(":")
+    if not rank.isdigit() or not rows.isdigit():
+        raise InputError(f"--predictor={text!r} is not RANK:ROWS (two integers, e.g. 32:128)")
+    predictor.predicted_model(model, int(rows))
+    return predictor.check_rank(int(rank), model.spec.d_model), int(rows)
+
+
 def run(shapes, plan, repeats: int, budget_s: float, log, impls=IMPLS, profile_dir=None) -> list[dict]:
     rows, start = [], time.perf_counter()
     by_name = {n: (s, layers) for n, s, layers in shapes}
@@ -216,7 +242,14 @@ def run(shapes, plan, repeats: int, budget_s: float, log, impls=IMPLS, profile_d
         for impl in impls if batch == 1 else ("off", "pallas"):
             try:
                 prof = profile_dir and os.path.join(profile_dir, f"{name}_b{batch}_{impl}")
-                r = time_decode(build(config, impl), params, batch, repeats, profile_dir=prof)
+                model, pred, row_limit = build(config, impl), None, limit["limit"]
+                if impl == "predicted":  # timing only: a random model's predictor picks rows at random
+                    rank, rows_read = predictor_settings(dense_model.spec)
+                    model = predictor.predicted_model(dense_model, rows_read)
+                    pred = predictor.fit_decoder(params, rank)
+                    row_limit = predicted_bytes_limit(dense_model.spec, rows_read, rank, dense_model.spec.mlp.topk)
+                r = time_decode(model, params, batch, repeats, profile_dir=prof, predictor=pred)
+                del pred
             except Exception as e:  # one variant failing must not lose the others' numbers
                 log(f"{name} b={batch} {impl}: FAILED {type(e).__name__}: {str(e)[:2000]}")
                 continue
@@ -235,7 +268,7 @@ def run(shapes, plan, repeats: int, budget_s: float, log, impls=IMPLS, profile_d
                 ms_per_token=r["ms_per_token"],
                 tokens_per_s=r["tokens_per_s"],
                 speedup=None if base is None else base["ms_per_token"] / r["ms_per_token"],
-                limit=limit["limit"],
+                limit=row_limit,
                 union=union,
                 same_tokens=same,
                 compile_s=r["compile_s"],
@@ -246,8 +279,11 @@ def run(shapes, plan, repeats: int, budget_s: float, log, impls=IMPLS, profile_d
     return rows
 
 
-def trained_rows(workdir: str, input_file: str, decode_len: int, repeats: int, log, profile_dir=None) -> list[dict]:
-    """Batch-1 decoding of a trained run's newest checkpoint, dense against the Pallas kernel.
+def trained_rows(
+    workdir: str, input_file: str, decode_len: int, repeats: int, log, profile_dir=None, predictor_setting=None
+) -> list[dict]:
+    """Batch-1 decoding of a trained run's newest checkpoint, dense against the Pallas kernel
+    (and, with `predictor_setting` = (rank, rows), the approximate 'predicted' path).
 
     Every prompt of `input_file` is encoded once (not timed), then decoded `decode_len` tokens by
     each implementation; ms/token is the sum over prompts of the median decode time, divided by
@@ -258,6 +294,10 @@ def trained_rows(workdir: str, input_file: str, decode_len: int, repeats: int, l
     where the kernel's own greedy tokens part from the dense ones, the dense logits' top-2 gap
     is set beside the largest logit difference of that step: a gap under the difference is a
     near tie that the summation order decided, not a wrong product.
+    The 'predicted' row's predictor is fitted on the decoder MLP inputs of the dense path's own
+    greedy outputs for these prompts (in-sample); it reports its tokens' agreement with the exact
+    path and the loss change: the mean cross-entropy of the dense tokens under its replayed logits
+    minus the dense path's own.
     """
     from lazy_jax import generate as gen
     from lazy_jax.models.t5 import T5, decode_params, forced_decode_logits
@@ -272,19 +312,21 @@ def trained_rows(workdir: str, input_file: str, decode_len: int, repeats: int, l
     encoded = [encode(params, ids_BT) for ids_BT in inputs]
     forced = jax.jit(forced_decode_logits, static_argnums=0)
 
-    def replay(model, tokens_PL):  # each prompt's logits [1, L, V] when fed the tokens tokens_PL[p]
-        return [
-            forced(model, {"params": params}, e, t > 0, jnp.asarray(d[None]))
-            for e, t, d in zip(encoded, inputs, tokens_PL)
-        ]
+    def replay(model, tokens_PL, pred=None):  # each prompt's logits [1, L, V] when fed the tokens tokens_PL[p]
+        variables = {"params": params} if pred is None else {"params": params, "predictor": pred}
+        return [forced(model, variables, e, t > 0, jnp.asarray(d[None])) for e, t, d in zip(encoded, inputs, tokens_PL)]
 
-    rows, base = [], None
-    for impl in ("off", "pallas"):
-        model = dense if impl == "off" else gen.build_model(loaded.model_config, impl)
+    rows, base, exact_tokens = [], None, None
+    for impl in ("off", "pallas") + (("predicted",) if predictor_setting else ()):
+        model, pred = dense if impl == "off" else gen.build_model(loaded.model_config, impl), None
+        if impl == "predicted":
+            rank, rows_read = predictor_setting
+            model = predictor.predicted_model(dense, rows_read)
+            pred = predictor.fit_decoder(params, rank, _calibration_inputs(dense, params, inputs, base["tokens"]))
         seconds, tokens = 0.0, []
         for i, (ids_BT, enc_BSD) in enumerate(zip(inputs, encoded)):
             prof = profile_dir and i == 0 and os.path.join(profile_dir, f"trained_{impl}")
-            r = time_decode(model, params, 1, repeats, enc_BSD, ids_BT > 0, decode_len, prof)
+            r = time_decode(model, params, 1, repeats, enc_BSD, ids_BT > 0, decode_len, prof, predictor=pred)
             seconds += r["ms_per_token"] * decode_len / 1e3
             tokens.append(r["tokens"])
         tokens = np.concatenate(tokens)
@@ -307,15 +349,41 @@ def trained_rows(workdir: str, input_file: str, decode_len: int, repeats: int, l
             prompts=len(prompts),
         )
         if base is None:
-            base = dict(row, tokens=tokens)
+            base = dict(row, tokens=tokens, logits=replay(dense, tokens))
+        elif impl == "pallas":
+            exact_tokens = tokens
+            row["logit_check"] = logit_check(base["logits"], replay(model, base["tokens"]), base["tokens"], tokens)
         else:
-            dense_tokens = base["tokens"]
-            row["logit_check"] = logit_check(
-                replay(dense, dense_tokens), replay(model, dense_tokens), dense_tokens, tokens
-            )
+            share_read = min(rows_read, (share or 1.0) * f) / f
+            row["limit"] = predicted_bytes_limit(dense.spec, rows_read, rank, round(share_read * f))
+            row["same_tokens_as_exact"] = float(np.mean(tokens == exact_tokens))
+            loss_exact = _mean_nll(base["logits"], base["tokens"])
+            loss_predicted = _mean_nll(replay(model, base["tokens"], pred), base["tokens"])
+            row.update(predictor_rank=rank, predictor_rows=rows_read, loss_exact=loss_exact)
+            row.update(loss_predicted=loss_predicted, loss_change=loss_predicted - loss_exact)
         rows.append(row)
         log(json.dumps(row))
     return rows
+
+
+def _calibration_inputs(model, params, inputs, tokens_PL) -> dict:
+    """{layer: [N, D]}: the decoder MLP inputs when each prompt's decoder is fed its tokens."""
+    per_prompt = []
+    for ids_BT, out_L in zip(inputs, tokens_PL):
+        target = jnp.asarray(out_L[None])
+        shifted = jnp.pad(target[:, :-1], ((0, 0), (1, 0)))  # BOS = 0 first, as decoding
+        batch = dict(encoder_input_tokens=ids_BT, decoder_input_tokens=shifted, decoder_target_tokens=target)
+        per_prompt.append(predictor.decoder_mlp_inputs(model, {"params": params}, batch))
+    return {name: jnp.concatenate([p[name] for p in per_prompt]) for name in per_prompt[0]}
+
+
+def _mean_nll(logits, tokens_PL) -> float:
+    """Mean cross-entropy of each prompt's tokens [L] under its logits [1, L, V]."""
+    nll = [
+        -np.take_along_axis(np.asarray(jax.nn.log_softmax(lg[0].astype(jnp.float32))), np.asarray(t)[:, None], 1)
+        for lg, t in zip(logits, tokens_PL)
+    ]
+    return float(np.mean(np.concatenate(nll)))
 
 
 def logit_check(dense_logits, sparse_logits, dense_tokens, sparse_tokens) -> dict:
@@ -407,16 +475,25 @@ def main(argv=None) -> None:
     p.add_argument("--workdir", default=None, help="time this trained T5 run instead (needs --input_file)")
     p.add_argument("--input_file", default=None, help="JSONL prompts for --workdir, as lazy_jax.generate reads")
     p.add_argument("--max_decode_len", type=int, default=DECODE_LEN, help="tokens decoded per prompt (--workdir)")
+    p.add_argument(
+        "--predictor",
+        default="",
+        help="RANK:ROWS: with --workdir, also the approximate 'predicted' path (lazy_jax.predictor)",
+    )
     a = p.parse_args(argv)
     if a.workdir and not a.input_file:
         p.error("--workdir needs --input_file=PROMPTS.jsonl (one object a line with 'text' or 'input_ids')")
     try:
         sparsity.check_topk_impl(a.topk_impl, key="--topk_impl")
         plan = parse_plan(a.plan, SHAPES) if a.plan else None
+        predictor_setting = None
         if a.workdir:  # a bad workdir or prompt file: one line, before anything is written
             from lazy_jax import generate as gen
 
-            gen.read_prompts(a.input_file, gen.load_workdir(a.workdir).tokenizer, PROMPT_LEN)
+            loaded = gen.load_workdir(a.workdir)
+            gen.read_prompts(a.input_file, loaded.tokenizer, PROMPT_LEN)
+            if a.predictor:
+                predictor_setting = parse_predictor(a.predictor, gen.build_model(loaded.model_config, "off"))
     except InputError as e:
         p.exit(2, f"error: {e}\n")
     TOPK_IMPL = a.topk_impl
@@ -434,7 +511,7 @@ def main(argv=None) -> None:
     if a.check:
         check_kernels(log, ((1, 512, 64), (4, 256, 64)) if a.tiny else CHECK_SHAPES)
     if a.workdir:
-        rows = trained_rows(a.workdir, a.input_file, a.max_decode_len, a.repeats, log, a.profile_dir)
+        rows = trained_rows(a.workdir, a.input_file, a.max_decode_len, a.repeats, log, a.profile_dir, predictor_setting)
     elif a.tiny:
         tiny = dict(d_model=64, num_heads=2, d_kv=32, d_ff=512)
         shapes = (("tiny-a", tiny, 2), ("tiny-b", tiny, 3), ("tiny-c", tiny, 1))

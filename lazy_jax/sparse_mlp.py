@@ -8,6 +8,8 @@ time saved. Exact: the same products are summed, only in another order (bf16 rou
 
 Implementations (`IMPLS`, the `sparse_decode` of `MlpBlock` / `MlpSettings`):
 - 'off': the dense matmul (XLA's), the reference and the fallback.
+- 'predicted': W_out as 'pallas'; MlpBlock also predicts which rows of W_in to read
+  (`lazy_jax.predictor`, approximate).
 - 'pallas': a Pallas (Triton) kernel in the manner of TEAL's sparse GEMV: the [F, D] kernel is
   cut into tiles of `block_f` rows x `block_d` columns; each program loads its tile with a row
   mask (the union of the batch's nonzeros), so inactive rows cost no memory traffic, and writes
@@ -31,7 +33,7 @@ from lazy_jax.errors import InputError
 
 Array = jax.Array
 
-IMPLS = ("off", "pallas", "gather")
+IMPLS = ("off", "pallas", "gather", "predicted")
 GATHER_CAPACITY_FRAC = 0.125  # 'gather': up to F/8 rows of W_out, else the dense matmul
 PARTIAL_BYTES_FRAC = 1 / 64  # 'pallas': f32 partial sums at most this share of W_out's bytes ...
 MIN_PROGRAMS = 264  # ... while two programs per H200 multiprocessor (132) are left
@@ -75,7 +77,7 @@ def sparse_matmul(a_BF: Array, w_FD: Array, impl: str) -> Array:
         return dense_matmul(a_BF, w_FD)
     if impl == "gather":
         return gather_matmul(a_BF, w_FD)
-    if impl == "pallas":
+    if impl in ("pallas", "predicted"):
         if pallas_tiles(*a_BF.shape, w_FD.shape[1]) is None:
             return dense_matmul(a_BF, w_FD)  # shapes the kernel does not tile
         # Inside a jit: Flax's nn.scan (scanned layers) refuses a bare pallas_call in its body.

@@ -245,6 +245,8 @@ class MlpBlock(nn.Module):
         the weights for combining batches). The train step never computes it: its cost is unchanged.
       sparse_decode: a key of sparse_mlp.IMPLS; when not 'off', `wo` reads only the rows of
         W_out active for some sequence, and only when decoding (eval, one position per sequence).
+        'predicted' (approximate) also reads only `predictor_rows` rows of W_in a token, those
+        a predictor from the `predictor` collection picks, in cached decoding (`lazy_jax.predictor`).
       out_features: width of the output (None = the input width; a 2-layer MLP classifier
         sets it to the number of classes).
     """
@@ -259,6 +261,7 @@ class MlpBlock(nn.Module):
     count_hist_bins: int = 0
     union_sizes: tuple[int, ...] = ()
     sparse_decode: str = "off"
+    predictor_rows: int = 0
     out_features: int | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -283,7 +286,13 @@ class MlpBlock(nn.Module):
             name=name,
             **kw,
         )
-        h_BTF = dense(self.d_ff, (self.embed_axis, "mlp"), "wi")(x_BTD)
+        cached_decoding = (
+            not train and x_BTD.shape[1] == 1 and self.is_mutable_collection("cache") and not self.is_initializing()
+        )
+        if self.sparse_decode == "predicted" and cached_decoding:
+            h_BTF = self._predicted_preactivation(x_BTD)
+        else:
+            h_BTF = dense(self.d_ff, (self.embed_axis, "mlp"), "wi")(x_BTD)
         scores_BTF = None
         if self.topk and self.activation == "relu":
             # The threshold is found on the pre-activation (the same mask, see topk_mask). The
@@ -303,6 +312,17 @@ class MlpBlock(nn.Module):
         y_BTD = dense(self.out_features or d_model, out_names, "wo", dot_general=sparse_dot)(a_BTF)
         return y_BTD, stats
 
+    def _predicted_preactivation(self, x_B1D: Array) -> Array:
+        from lazy_jax import predictor  # it builds on this module
+
+        if not all(self.has_variable("predictor", n) for n in predictor.NAMES):
+            raise InputError(
+                f"sparse_decode='predicted' needs a 'predictor' collection with {list(predictor.NAMES)} "
+                f"for {'/'.join(self.scope.path)} (lazy_jax.predictor.fit_decoder)"
+            )
+        pred = {n: self.get_variable("predictor", n) for n in predictor.NAMES}
+        return predictor.predicted_preactivation(x_B1D[:, 0], pred, self.predictor_rows, self.topk_impl)[:, None]
+
 
 @dataclasses.dataclass(frozen=True)
 class MlpSettings:
@@ -320,6 +340,7 @@ class MlpSettings:
     count_hist_bins: int
     union_sizes: tuple[int, ...]  # eval only; () = off
     sparse_decode: str = "off"  # sparse_mlp.IMPLS: read only active rows of W_out when decoding
+    predictor_rows: int = 0  # sparse_decode='predicted': rows of W_in read a token (lazy_jax.predictor)
 
     def block(self, d_ff: int, dtype: Any, **attributes) -> MlpBlock:
         """An `MlpBlock` of width d_ff in dtype with these settings; `attributes` are its other attributes."""

@@ -1,0 +1,201 @@
+"""An approximate sparse MLP for decoding: predict the active neurons, read only their W_in rows.
+
+The exact sparse path (`sparse_mlp`) can skip W_out's inactive rows only: which neurons are
+active is known after h = x @ W_in, which reads all of W_in. After Deja Vu, a cheap predictor
+guesses the active set first, so most of W_in is not read either:
+
+    scores_F = (x_D @ u_DR) @ v_RF          a rank-R approximation of x @ W_in
+    keep_F   = the `rows` largest scores > 0 (the one Top-k, `sparsity.topk_mask`)
+    h_F      = x . W_in[:, f] for f in keep, 0 elsewhere   (`rows_matvec`: W_in's kept rows only)
+
+and the block goes on as before (ReLU, Top-k k <= rows, the sparse W_out of the kept neurons).
+When the predictor misses a neuron the exact path keeps, the output differs: this path is
+approximate, reported with its token agreement and loss change against the exact one
+(`bench_decode --workdir ... --predictor_rank R`, docs/inference.md).
+
+The predictor needs no training: `fit` takes the rank-R approximation of W_in that is best for
+the MLP's inputs (their second moment C from calibration inputs, shrunk by SHRINK towards
+isotropic, else C = I: the truncated SVD),
+    min_P E ||x W_in - x P||^2 over rank(P) <= R,  P = C^-1/2 [C^1/2 W_in]_R,
+so u v = P with u = C^-1/2 U_R and v = U_R^T C^1/2 W_in (U_R: the top R left singular vectors
+of C^1/2 W_in). At full rank (R = D) and rows = d_ff the path is the exact one.
+
+The decode step reads them from a `predictor` collection beside `params`, the same tree as the
+decoder's MLPs: {'decoder': {'layers_i': {'mlp': {'u', 'v', 'wi_t'}}}} (`fit_decoder`); `wi_t`
+is W_in transposed [F, D] so that a neuron's weights are one contiguous row (a column of W_in
+would be D loads spread over the whole matrix). It adds W_in's bytes to the device memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from lazy_jax import sparse_mlp, sparsity
+from lazy_jax.errors import InputError
+
+Array = jax.Array
+NAMES = ("u", "v", "wi_t")
+SHRINK = 0.1  # share of the isotropic second moment mixed into the calibration's (`fit`)
+
+
+def check_rows(rows: int, d_ff: int, topk: int) -> int:
+    """rows: W_in rows read per token, topk (when > 0) <= rows <= d_ff."""
+    if not isinstance(rows, int | np.integer) or not max(1, topk) <= rows <= d_ff:
+        raise InputError(f"predictor rows={rows!r} must be an integer in [max(1, topk)={max(1, topk)}, d_ff={d_ff}]")
+    return int(rows)
+
+
+def check_rank(rank: int, d_model: int) -> int:
+    if not isinstance(rank, int | np.integer) or not 1 <= rank <= d_model:
+        raise InputError(f"predictor rank={rank!r} must be an integer in [1, d_model={d_model}]")
+    return int(rank)
+
+
+def predicted_model(model, rows: int):
+    """`model` (a T5) decoding with the predictor: `rows` rows of W_in and the sparse W_out a token."""
+    spec = model.spec
+    if spec.mlp.activation not in ("relu", "squared_relu") and not spec.mlp.topk:
+        raise InputError(f"the predictor needs exact zeros (ReLU or Top-k), not activation={spec.mlp.activation!r}")
+    rows = check_rows(rows, spec.d_ff, spec.mlp.topk)
+    mlp = dataclasses.replace(spec.mlp, sparse_decode="predicted", predictor_rows=rows)
+    return type(model)(dataclasses.replace(spec, mlp=mlp))
+
+
+def fit(wi_DF: Array, rank: int, x_ND: Array | None = None, dtype=None) -> dict[str, Array]:
+    """{'u' [D, R], 'v' [R, F], 'wi_t' [F, D]} in `dtype` (default W_in's): x u v is the rank-R
+    approximation of x W_in best in the mean over the rows of x_ND (None: over isotropic x)."""
+    d = wi_DF.shape[0]
+    rank = check_rank(rank, d)
+    w_DF = jnp.asarray(wi_DF, jnp.float32)
+    if x_ND is None:
+        root_DD = inv_root_DD = jnp.eye(d, dtype=jnp.float32)
+    else:
+        x_ND = jnp.asarray(x_ND, jnp.float32)
+        c_DD = x_ND.T @ x_ND / x_ND.shape[0]
+        # Shrunk towards isotropic: C^-1/2 would amplify directions the calibration never took.
+        c_DD = (1 - SHRINK) * c_DD + SHRINK * jnp.trace(c_DD) / d * jnp.eye(d)
+        evals, evecs = jnp.linalg.eigh(c_DD)
+        root_DD = (evecs * jnp.sqrt(evals)[None, :]) @ evecs.T
+        inv_root_DD = (evecs / jnp.sqrt(evals)[None, :]) @ evecs.T
+    m_DF = root_DD @ w_DF
+    _, left_DD = jnp.linalg.eigh(m_DF @ m_DF.T)  # ascending: the top R are the last columns
+    u_DR = left_DD[:, ::-1][:, :rank]
+    dtype = dtype or wi_DF.dtype
+    return dict(u=(inv_root_DD @ u_DR).astype(dtype), v=(u_DR.T @ m_DF).astype(dtype), wi_t=w_DF.T.astype(dtype))
+
+
+def decoder_mlps(params: dict) -> list[str]:
+    """The decoder's layer names that hold an MLP, in order ('layers_0', ...); a loop, not scan."""
+    decoder = params["decoder"]
+    if "layers" in decoder:
+        raise InputError("the predictor needs a decoder built as a loop of layers, not scan_layers=True")
+    names = sorted((k for k in decoder if k.startswith("layers_")), key=lambda k: int(k.split("_")[1]))
+    return [n for n in names if "mlp" in decoder[n]]
+
+
+def fit_decoder(params: dict, rank: int, inputs: dict[str, Array] | None = None, dtype=None) -> dict:
+    """The `predictor` collection of a T5 decoder: `fit` of each layer's W_in, on that layer's
+    MLP inputs `inputs[layer]` [N, D] when given (`decoder_mlp_inputs`), else isotropic."""
+    out = {}
+    for name in decoder_mlps(params):
+        wi_DF = params["decoder"][name]["mlp"]["wi"]["kernel"]
+        x_ND = None if inputs is None else inputs[name]
+        out[name] = {"mlp": fit(wi_DF, rank, x_ND, dtype)}
+    return {"decoder": out}
+
+
+def decoder_mlp_inputs(model, variables: dict, batch: dict) -> dict[str, Array]:
+    """{layer: [N, D]} the decoder MLPs' inputs (the pre-MLP norm's output) at the N target
+    positions of `batch` (T5's teacher-forced forward: the same inputs decoding sees)."""
+    _, state = model.apply(
+        {"params": variables["params"]},
+        batch,
+        capture_intermediates=lambda mdl, method: mdl.name == "pre_mlp_layer_norm" and method == "__call__",
+        mutable=["intermediates"],
+    )
+    valid_N = np.asarray(batch["decoder_target_tokens"]).reshape(-1) > 0
+    layers = state["intermediates"]["decoder"]
+    return {
+        name: jnp.asarray(layers[name]["pre_mlp_layer_norm"]["__call__"][0]).reshape(valid_N.size, -1)[valid_N]
+        for name in decoder_mlps(variables["params"])
+    }
+
+
+def predicted_preactivation(x_BD: Array, pred: dict[str, Array], rows: int, topk_impl: str = "auto") -> Array:
+    """h [B, F] in x's dtype: x . W_in's row f for the `rows` highest positive predicted scores
+    of each row of x, 0 elsewhere. Batch 1 on a GPU reads only those rows (`rows_matvec`);
+    otherwise the same numbers from the dense product (what a CPU and larger batches get)."""
+    u_DR, v_RF, wi_FD = pred["u"], pred["v"], pred["wi_t"]
+    scores_BF = (x_BD.astype(u_DR.dtype) @ u_DR) @ v_RF
+    keep_BF = sparsity.topk_mask(scores_BF, rows, topk_impl) > 0
+    if use_kernel(x_BD.shape[0], *wi_FD.shape):
+        h_BF = jax.jit(rows_matvec)(wi_FD, x_BD[0], keep_BF[0])[None]
+    else:
+        h_BF = jnp.where(keep_BF, x_BD.astype(wi_FD.dtype) @ wi_FD.T, 0)
+    return h_BF.astype(x_BD.dtype)
+
+
+# ----------------------------------------------------------------------------- the kernel
+
+
+def use_kernel(b: int, f: int, d: int) -> bool:
+    """The kernel reads one row of x (batch 1), on a GPU, where its blocks tile W_in."""
+    return b == 1 and sparse_mlp.on_gpu() and rows_tiles(f, d) is not None
+
+
+def rows_tiles(f: int, d: int) -> tuple[int, int, int] | None:
+    """(block_f, slab_d, block_d): programs of block_f rows x slab_d columns, read block_d
+    columns (<= 256 bytes of bf16) a load; None where Triton's power-of-two blocks do not tile."""
+    block_f = sparse_mlp.pow2_divisor(f, 64)
+    slab_d = sparse_mlp.pow2_divisor(d, 1024)
+    block_d = min(slab_d, 128)
+    if block_f < 16 or block_d < 16:
+        return None
+    return block_f, slab_d, block_d
+
+
+def _rows_kernel(x_ref, keep_ref, w_ref, o_ref, *, block_d: int):
+    """o [block_f] = w [block_f, slab_d] . x [slab_d], a row loaded only where keep."""
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
+
+    keep_K1 = (keep_ref[...] != 0)[:, None]
+
+    def body(j, acc_K):
+        cols = pl.ds(j * block_d, block_d)
+        w_KC = plgpu.load(w_ref.at[:, cols], mask=keep_K1, other=0.0).astype(jnp.float32)
+        return acc_K + jnp.sum(w_KC * x_ref[cols].astype(jnp.float32)[None, :], axis=1)
+
+    o_ref[...] = lax.fori_loop(0, w_ref.shape[1] // block_d, body, jnp.zeros(o_ref.shape, jnp.float32))
+
+
+def rows_matvec(w_FD: Array, x_D: Array, keep_F: Array, *, interpret: bool | None = None) -> Array:
+    """h [F] f32 = w_FD @ x_D where keep_F, 0 elsewhere; the rows not kept are never loaded."""
+    from jax.experimental import pallas as pl
+
+    f, d = w_FD.shape
+    tiles = rows_tiles(f, d)
+    if tiles is None:
+        raise ValueError(f"the rows kernel does not tile a [{f}, {d}] matrix")
+    block_f, slab_d, block_d = tiles
+    interpret = not sparse_mlp.on_gpu() if interpret is None else interpret
+    partial_SF = pl.pallas_call(
+        functools.partial(_rows_kernel, block_d=block_d),
+        grid=(f // block_f, d // slab_d),
+        in_specs=[
+            pl.BlockSpec((slab_d,), lambda i, j: (j,)),
+            pl.BlockSpec((block_f,), lambda i, j: (i,)),
+            pl.BlockSpec((block_f, slab_d), lambda i, j: (i, j)),
+        ],
+        out_specs=pl.BlockSpec((None, block_f), lambda i, j: (j, i)),
+        out_shape=jax.ShapeDtypeStruct((d // slab_d, f), jnp.float32),
+        interpret=interpret,
+        name="predicted_rows_matvec",
+    )(x_D.astype(w_FD.dtype), keep_F.astype(jnp.int32), w_FD)
+    return jnp.sum(partial_SF, axis=0)

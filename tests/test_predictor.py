@@ -1,0 +1,117 @@
+"""The approximate decoding path (lazy_jax.predictor): its kernel reads only kept rows and agrees
+with the dense product; at full rank and rows = d_ff it decodes the exact path's tokens; its fit
+is the best low-rank approximation for the given inputs; bad settings are refused by name."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_sparse_mlp import with_impl
+from test_t5_model import tiny_config
+
+from lazy_jax import predictor
+from lazy_jax.errors import InputError
+from lazy_jax.models import get_model
+from lazy_jax.models.t5 import T5, decode_params, forced_decode_logits, greedy_decode
+
+
+@pytest.mark.parametrize("f,d", [(256, 64), (128, 768)])  # 768: three column slabs summed
+def test_rows_kernel_equals_the_masked_dense_product(f, d):
+    k1, k2, k3 = jax.random.split(jax.random.key(f + d), 3)
+    w_FD = jax.random.normal(k1, (f, d), jnp.bfloat16)
+    x_D = jax.random.normal(k2, (d,), jnp.bfloat16)
+    keep_F = jax.random.uniform(k3, (f,)) < 0.1
+    exact = np.where(keep_F, np.asarray(w_FD, np.float64) @ np.asarray(x_D, np.float64), 0)
+    got = np.asarray(predictor.rows_matvec(w_FD, x_D, keep_F, interpret=True), np.float64)
+    np.testing.assert_allclose(got, exact, rtol=1e-5, atol=1e-4)  # f32 sums of the bf16 products
+    assert np.all(got[~np.asarray(keep_F)] == 0)  # rows not kept are never loaded: exactly 0
+
+
+def test_rows_kernel_never_reads_rows_it_does_not_keep():
+    w_FD = jnp.ones((64, 32), jnp.float32).at[5].set(jnp.nan)  # a row it must not load
+    keep_F = jnp.ones((64,), bool).at[5].set(False)
+    h_F = predictor.rows_matvec(w_FD, jnp.ones((32,)), keep_F, interpret=True)
+    assert np.isfinite(np.asarray(h_F)).all() and float(h_F[0]) == 32.0
+
+
+def test_fit_is_exact_at_full_rank_and_best_for_the_inputs():
+    rng = np.random.default_rng(0)
+    w_DF = rng.normal(size=(16, 64)).astype(np.float32)
+    x_ND = (rng.normal(size=(500, 16)) * np.geomspace(10, 0.01, 16)).astype(np.float32)  # anisotropic inputs
+    full = predictor.fit(w_DF, 16, x_ND)
+    np.testing.assert_allclose(x_ND @ full["u"] @ full["v"], x_ND @ w_DF, rtol=1e-3, atol=1e-3)
+    np.testing.assert_array_equal(full["wi_t"], w_DF.T)
+
+    def err(p):
+        return np.linalg.norm(x_ND @ p["u"] @ p["v"] - x_ND @ w_DF)
+
+    aware, plain = predictor.fit(w_DF, 4, x_ND), predictor.fit(w_DF, 4)
+    assert err(aware) < 0.5 * err(plain)  # the inputs' directions first: far closer on them
+    # optimal: no rank-4 matrix does better on these inputs, e.g. not a perturbed one
+    bumped = dict(aware, v=aware["v"] + 0.01 * rng.normal(size=aware["v"].shape).astype(np.float32))
+    assert err(aware) < err(bumped)
+
+
+def _model_and_params(topk=8, dtype="float32"):
+    model = get_model(tiny_config(topk=topk, dtype=dtype, d_ff=128, num_encoder_layers=1, num_decoder_layers=2))
+    enc = jnp.asarray(np.random.default_rng(0).integers(3, 40, (1, 7)), jnp.int32)
+    batch = {"encoder_input_tokens": enc, "decoder_input_tokens": enc, "decoder_target_tokens": enc}
+    params = jax.tree.map(np.array, nn.unbox(model.init(jax.random.key(1), batch)["params"]))
+    params["token_embedder"]["embedding"][:2] = 0  # never padding or EOS: a varied greedy sequence
+    return model, decode_params(params, model.spec.dtype), enc, batch
+
+
+def _decode(model, variables, enc, n=5):
+    return np.asarray(jax.jit(greedy_decode, static_argnums=(0, 3))(model, variables, enc, n, eos_id=None))
+
+
+def test_full_rank_all_rows_decodes_the_exact_tokens_and_logits():
+    model, params, enc, _ = _model_and_params()
+    exact = with_impl(model, "off")
+    full = predictor.predicted_model(model, 128)
+    pred = predictor.fit_decoder(params, rank=32)  # d_model = 32: full rank
+    tokens = _decode(exact, {"params": params}, enc)
+    np.testing.assert_array_equal(_decode(full, {"params": params, "predictor": pred}, enc), tokens)
+    encoded, _ = exact.apply({"params": params}, enc, enc > 0, method=T5.encode)
+    forced = jax.jit(forced_decode_logits, static_argnums=0)
+    want = np.asarray(forced(exact, {"params": params}, encoded, enc > 0, jnp.asarray(tokens)))
+    got = np.asarray(forced(full, {"params": params, "predictor": pred}, encoded, enc > 0, jnp.asarray(tokens)))
+    np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
+
+
+def test_few_rows_change_the_output_and_the_kernel_gives_the_fallbacks_numbers(monkeypatch):
+    model, params, enc, batch = _model_and_params()
+    inputs = predictor.decoder_mlp_inputs(model, {"params": params}, batch)
+    assert sorted(inputs) == ["layers_0", "layers_1"] and inputs["layers_0"].shape == (7, 32)
+    pred = predictor.fit_decoder(params, rank=4, inputs=inputs)
+    few = predictor.predicted_model(model, 8)  # rows = k: the predictor alone picks the k neurons
+    variables = {"params": params, "predictor": pred}
+    fallback = _decode(few, variables, enc)
+    exact = with_impl(model, "off")
+    encoded, _ = exact.apply({"params": params}, enc, enc > 0, method=T5.encode)
+    forced = jax.jit(forced_decode_logits, static_argnums=0)
+    want = np.asarray(forced(exact, {"params": params}, encoded, enc > 0, jnp.asarray(fallback)))
+    got = np.asarray(forced(few, variables, encoded, enc > 0, jnp.asarray(fallback)))
+    assert np.abs(got - want).max() > 1e-3 * np.abs(want).max()  # approximate: rank 4 of 32 misses neurons
+    jax.clear_caches()  # trace again, now on the kernel's path
+    monkeypatch.setattr(predictor, "use_kernel", lambda b, f, d: True)  # the kernel (interpret mode on a CPU)
+    real_rows, calls = predictor.rows_matvec, []
+    monkeypatch.setattr(predictor, "rows_matvec", lambda *a: calls.append(1) or real_rows(*a))
+    np.testing.assert_array_equal(_decode(few, variables, enc), fallback)
+    assert calls
+
+
+def test_bad_settings_are_refused_by_name():
+    model, params, enc, _ = _model_and_params()
+    with pytest.raises(InputError, match=r"rows=200 must be an integer in \[max\(1, topk\)=8, d_ff=128\]"):
+        predictor.predicted_model(model, 200)
+    with pytest.raises(InputError, match=r"rows=4 must be"):
+        predictor.predicted_model(model, 4)  # fewer rows than Top-k keeps
+    with pytest.raises(InputError, match=r"rank=33 must be an integer in \[1, d_model=32\]"):
+        predictor.fit_decoder(params, rank=33)
+    gelu = get_model(tiny_config(activation="gelu", d_ff=128))
+    with pytest.raises(InputError, match="needs exact zeros"):
+        predictor.predicted_model(gelu, 8)
+    with pytest.raises(InputError, match="needs a 'predictor' collection"):
+        _decode(predictor.predicted_model(model, 16), {"params": params}, enc)
