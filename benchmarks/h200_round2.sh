@@ -32,6 +32,8 @@
 #   selection at batch 1 too), T5-Base and full-depth T5-3B and T5-11B shapes.
 # ROUND=14 (one GPU, LIMIT=300): the approximate 'predicted' path (lazy_jax.predictor: W_in rows
 #   too) beside dense and the exact kernel: the trained local T5, then the three shapes, profiled.
+# ROUND=15 (one GPU, LIMIT=240): the decoding kernels alone at batch 1 over a grid of their tile
+#   settings (benchmarks/sparse_kernels.py), T5-11B and T5-3B shapes.
 # Every measurement is its own process (a failing one does not stop the rest).
 #   OUT=/tmp/out bash benchmarks/h200_round2.sh
 #   ONLY='vit_dense|t5_dense' bash benchmarks/h200_round2.sh     # a subset (regex on the names)
@@ -321,6 +323,12 @@ round14() {  # the predicted path (approximate) beside dense and the exact spars
     --profile_dir /tmp/dprof/dec_predicted
 }
 
+round15() {  # the sparse W_out and the predicted-rows kernels alone, over their tile settings
+  export CUDA_VISIBLE_DEVICES=0
+  timeout "$(left)" python3 benchmarks/sparse_kernels.py >"$OUT/kernels.jsonl" 2>"$OUT/kernels.err"
+  echo "=== kernels rc=$?" >>"$OUT/decode.log"
+}
+
 round3_both() {  # after both streams: data parallel over the two GPUs
   export CUDA_VISIBLE_DEVICES=0,1
   END=$((SECONDS + ${LIMIT_BOTH:-100}))
@@ -329,7 +337,9 @@ round3_both() {  # after both streams: data parallel over the two GPUs
 
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv >"$OUT/gpu.txt" 2>&1
 END=$((SECONDS + LIMIT))
-if [ "${ROUND:-2}" = 14 ]; then
+if [ "${ROUND:-2}" = 15 ]; then
+  round15
+elif [ "${ROUND:-2}" = 14 ]; then
   round14
 elif [ "${ROUND:-2}" = 13 ]; then
   round13

@@ -34,7 +34,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from lazy_jax import sparse_mlp, sparsity
 from lazy_jax.errors import InputError
@@ -160,7 +159,7 @@ def rows_tiles(f: int, d: int) -> tuple[int, int, int] | None:
     return block_f, slab_d, block_d
 
 
-def _rows_kernel(x_ref, keep_ref, w_ref, o_ref, *, block_d: int):
+def _rows_kernel(x_ref, keep_ref, w_ref, o_ref, *, block_d: int, unroll: bool):
     """o [block_f] = w [block_f, slab_d] . x [slab_d], a row loaded only where keep."""
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plgpu
@@ -172,21 +171,32 @@ def _rows_kernel(x_ref, keep_ref, w_ref, o_ref, *, block_d: int):
         w_KC = plgpu.load(w_ref.at[:, cols], mask=keep_K1, other=0.0).astype(jnp.float32)
         return acc_K + jnp.sum(w_KC * x_ref[cols].astype(jnp.float32)[None, :], axis=1)
 
-    o_ref[...] = lax.fori_loop(0, w_ref.shape[1] // block_d, body, jnp.zeros(o_ref.shape, jnp.float32))
+    o_ref[...] = sparse_mlp.fold(w_ref.shape[1] // block_d, body, jnp.zeros(o_ref.shape, jnp.float32), unroll)
 
 
-def rows_matvec(w_FD: Array, x_D: Array, keep_F: Array, *, interpret: bool | None = None) -> Array:
-    """h [F] f32 = w_FD @ x_D where keep_F, 0 elsewhere; the rows not kept are never loaded."""
+def rows_matvec(
+    w_FD: Array,
+    x_D: Array,
+    keep_F: Array,
+    *,
+    interpret: bool | None = None,
+    tiles=None,
+    num_warps: int | None = None,
+    unroll: bool = False,
+) -> Array:
+    """h [F] f32 = w_FD @ x_D where keep_F, 0 elsewhere; the rows not kept are never loaded.
+    `tiles` (`rows_tiles`'s), `num_warps` and `unroll` override the defaults (benchmarks/sparse_kernels.py)."""
     from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
 
     f, d = w_FD.shape
-    tiles = rows_tiles(f, d)
+    tiles = tiles or rows_tiles(f, d)
     if tiles is None:
         raise ValueError(f"the rows kernel does not tile a [{f}, {d}] matrix")
     block_f, slab_d, block_d = tiles
     interpret = not sparse_mlp.on_gpu() if interpret is None else interpret
     partial_SF = pl.pallas_call(
-        functools.partial(_rows_kernel, block_d=block_d),
+        functools.partial(_rows_kernel, block_d=block_d, unroll=unroll),
         grid=(f // block_f, d // slab_d),
         in_specs=[
             pl.BlockSpec((slab_d,), lambda i, j: (j,)),
@@ -196,6 +206,7 @@ def rows_matvec(w_FD: Array, x_D: Array, keep_F: Array, *, interpret: bool | Non
         out_specs=pl.BlockSpec((None, block_f), lambda i, j: (j, i)),
         out_shape=jax.ShapeDtypeStruct((d // slab_d, f), jnp.float32),
         interpret=interpret,
+        compiler_params=None if num_warps is None else plgpu.CompilerParams(num_warps=num_warps),
         name="predicted_rows_matvec",
     )(x_D.astype(w_FD.dtype), keep_F.astype(jnp.int32), w_FD)
     return jnp.sum(partial_SF, axis=0)

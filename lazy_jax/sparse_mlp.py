@@ -144,7 +144,7 @@ def pallas_tiles(b: int, f: int, d: int) -> tuple[int, int, int, int] | None:
     return bp, block_f, block_d, steps
 
 
-def _kernel(a_ref, w_ref, o_ref, *, block_f: int, steps: int, upcast: bool):
+def _kernel(a_ref, w_ref, o_ref, *, block_f: int, steps: int, upcast: bool, unroll: bool):
     """One [block_f * steps, block_d] slab of W. Batch 1: a_ref [slab], o_ref [block_d]; else
     a_ref [bp, slab], o_ref [bp, block_d]."""
     from jax.experimental import pallas as pl
@@ -168,16 +168,29 @@ def _kernel(a_ref, w_ref, o_ref, *, block_f: int, steps: int, upcast: bool):
         precision = lax.Precision.HIGHEST if w_KD.dtype == jnp.float32 else None
         return acc + jnp.dot(a_BK, w_KD, precision=precision, preferred_element_type=jnp.float32)
 
-    o_ref[...] = lax.fori_loop(0, steps, body, jnp.zeros(o_ref.shape, jnp.float32))
+    o_ref[...] = fold(steps, body, jnp.zeros(o_ref.shape, jnp.float32), unroll)
 
 
-def pallas_matmul(a_BF: Array, w_FD: Array, *, interpret: bool = False) -> Array:
-    """a_BF @ w_FD by the masked-row Pallas kernel; the result in a_BF's dtype (f32 sums)."""
+def fold(n: int, body, init, unroll: bool):
+    """body(n - 1, ... body(0, init)): a loop, or unrolled (independent loads issued at once)."""
+    if not unroll:
+        return lax.fori_loop(0, n, body, init)
+    for i in range(n):
+        init = body(i, init)
+    return init
+
+
+def pallas_matmul(
+    a_BF: Array, w_FD: Array, *, interpret: bool = False, tiles=None, num_warps: int | None = None, unroll=False
+) -> Array:
+    """a_BF @ w_FD by the masked-row Pallas kernel; the result in a_BF's dtype (f32 sums).
+    `tiles` (`pallas_tiles`'s), `num_warps` and `unroll` override the defaults (benchmarks/sparse_kernels.py)."""
     from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
 
     b, f = a_BF.shape
     d = w_FD.shape[1]
-    tiles = pallas_tiles(b, f, d)
+    tiles = tiles or pallas_tiles(b, f, d)
     if tiles is None:
         raise ValueError(f"the sparse kernel does not tile a [{b}, {f}] x [{f}, {d}] product")
     bp, block_f, block_d, steps = tiles
@@ -185,7 +198,7 @@ def pallas_matmul(a_BF: Array, w_FD: Array, *, interpret: bool = False) -> Array
     a_PF = jnp.pad(a_BF, ((0, bp - b), (0, 0))).astype(w_FD.dtype)  # padded rows are 0: load nothing
     batch = None if bp == 1 else bp  # batch 1: the batch axis is squeezed out of the blocks
     partial_SPD = pl.pallas_call(
-        functools.partial(_kernel, block_f=block_f, steps=steps, upcast=interpret),
+        functools.partial(_kernel, block_f=block_f, steps=steps, upcast=interpret, unroll=unroll),
         grid=(d // block_d, f // slab),
         in_specs=[
             pl.BlockSpec((batch, slab), lambda i, j: (0, j)),
@@ -194,6 +207,7 @@ def pallas_matmul(a_BF: Array, w_FD: Array, *, interpret: bool = False) -> Array
         out_specs=pl.BlockSpec((None, batch, block_d), lambda i, j: (j, 0, i)),
         out_shape=jax.ShapeDtypeStruct((f // slab, bp, d), jnp.float32),
         interpret=interpret,
+        compiler_params=None if num_warps is None else plgpu.CompilerParams(num_warps=num_warps),
         name="sparse_rows_matmul",
     )(a_PF, w_FD)
     return jnp.sum(partial_SPD, axis=0)[:b].astype(jnp.result_type(a_BF, w_FD))
