@@ -33,7 +33,8 @@
 # ROUND=14 (one GPU, LIMIT=300): the approximate 'predicted' path (lazy_jax.predictor: W_in rows
 #   too) beside dense and the exact kernel: the trained local T5, then the three shapes, profiled.
 # ROUND=15 (one GPU, LIMIT=240): the decoding kernels alone at batch 1 over a grid of their tile
-#   settings (benchmarks/sparse_kernels.py), T5-11B and T5-3B shapes.
+#   settings (benchmarks/sparse_kernels.py), T5-11B and T5-3B shapes. (Its first call timed
+#   dispatch, not the kernels: the script now times 32 calls in one jit.)
 # Every measurement is its own process (a failing one does not stop the rest).
 #   OUT=/tmp/out bash benchmarks/h200_round2.sh
 #   ONLY='vit_dense|t5_dense' bash benchmarks/h200_round2.sh     # a subset (regex on the names)
@@ -325,7 +326,7 @@ round14() {  # the predicted path (approximate) beside dense and the exact spars
 
 round15() {  # the sparse W_out and the predicted-rows kernels alone, over their tile settings
   export CUDA_VISIBLE_DEVICES=0
-  timeout "$(left)" python3 benchmarks/sparse_kernels.py >"$OUT/kernels.jsonl" 2>"$OUT/kernels.err"
+  timeout "$(left)" python3 benchmarks/sparse_kernels.py --shapes=65536x1024,16384x1024 >"$OUT/kernels.jsonl" 2>"$OUT/kernels.err"
   echo "=== kernels rc=$?" >>"$OUT/decode.log"
 }
 
