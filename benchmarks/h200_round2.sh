@@ -35,6 +35,8 @@
 # ROUND=15 (one GPU, LIMIT=240): the decoding kernels alone at batch 1 over a grid of their tile
 #   settings (benchmarks/sparse_kernels.py), T5-11B and T5-3B shapes. (Its first call timed
 #   dispatch, not the kernels: the script now times 32 calls in one jit.)
+# ROUND=16 (one GPU, LIMIT=150): the compacted forms (nonzero, take, dot; lax.top_k's indices)
+#   at the same shapes, beside the one-read selection (benchmarks/sparse_kernels.py --compacted).
 # Every measurement is its own process (a failing one does not stop the rest).
 #   OUT=/tmp/out bash benchmarks/h200_round2.sh
 #   ONLY='vit_dense|t5_dense' bash benchmarks/h200_round2.sh     # a subset (regex on the names)
@@ -330,6 +332,13 @@ round15() {  # the sparse W_out and the predicted-rows kernels alone, over their
   echo "=== kernels rc=$?" >>"$OUT/decode.log"
 }
 
+round16() {  # the compacted (index-list) forms of the same products
+  export CUDA_VISIBLE_DEVICES=0
+  timeout "$(left)" python3 benchmarks/sparse_kernels.py --shapes=65536x1024,16384x1024 --compacted \
+    >"$OUT/kernels.jsonl" 2>"$OUT/kernels.err"
+  echo "=== kernels rc=$?" >>"$OUT/decode.log"
+}
+
 round3_both() {  # after both streams: data parallel over the two GPUs
   export CUDA_VISIBLE_DEVICES=0,1
   END=$((SECONDS + ${LIMIT_BOTH:-100}))
@@ -338,7 +347,9 @@ round3_both() {  # after both streams: data parallel over the two GPUs
 
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv >"$OUT/gpu.txt" 2>&1
 END=$((SECONDS + LIMIT))
-if [ "${ROUND:-2}" = 15 ]; then
+if [ "${ROUND:-2}" = 16 ]; then
+  round16
+elif [ "${ROUND:-2}" = 15 ]; then
   round15
 elif [ "${ROUND:-2}" = 14 ]; then
   round14

@@ -59,6 +59,7 @@ def main(argv=None) -> None:
     p.add_argument("--shapes", default="65536x1024,16384x1024,3072x768", help="FxD, comma-separated")
     p.add_argument("--calls", type=int, default=32)
     p.add_argument("--grid", default="full", help="full, or small (the defaults only)")
+    p.add_argument("--compacted", action="store_true", help="the compacted (index) forms instead of the grid")
     a = p.parse_args(argv)
     interpret = jax.default_backend() != "gpu"
     small = a.grid == "small"
@@ -78,6 +79,9 @@ def main(argv=None) -> None:
         want_kth = np.asarray(sparsity.kth_largest_positive(kth[0], k), np.float32)
         select = functools.partial(topk.kth_largest_pallas, k=k, interpret=interpret)
         report(dict(kernel="select", shape=shape, k=k), select, kth, (), want_kth, a.calls)
+        if a.compacted:
+            compacted(shape, f, k, a_N1F, w_FD, want_out, x_ND, keep_F, want_rows, kth, a.calls)
+            continue
         wout_grid = [None] if small else [None, *WOUT_TILES]
         for tiles, warps, unroll in itertools.product(wout_grid, [None] if small else [4, 8], [False, True]):
             full = (1, *tiles) if tiles else sparse_mlp.pallas_tiles(1, f, d)
@@ -100,6 +104,40 @@ def main(argv=None) -> None:
 
             row = dict(kernel="rows", shape=shape, tiles=full, warps=warps, unroll=unroll)
             report(row, rows, x_ND, (w_FD, keep_F), want_rows, a.calls)
+
+
+def compacted(shape, f, k, a_N1F, w_FD, want_out, x_ND, keep_F, want_rows, kth, calls) -> None:
+    """The same products from a compacted index list: `jnp.nonzero` to a capacity, `jnp.take` of
+    those rows, one small dot; and lax.top_k's indices of one row (what a predictor's set needs)."""
+    cap_out, cap_rows = round(0.04 * f), round(0.07 * f)  # 3% and 6% active, with room
+
+    def nonzero(a_1F):
+        return jnp.nonzero(a_1F[0] != 0, size=cap_out, fill_value=0)[0]
+
+    def gather_out(a_1F, w):
+        return sparse_mlp.gather_matmul(a_1F, w, capacity=cap_out)
+
+    def take_out(a_1F, w):  # gather_out without its lax.cond to the dense product
+        idx = jnp.nonzero(a_1F[0] != 0, size=cap_out, fill_value=0)[0]
+        return jnp.dot(jnp.take(a_1F, idx, axis=1), jnp.take(w, idx, axis=0))
+
+    def gather_rows(x_D, w, keep):
+        idx = jnp.nonzero(keep, size=cap_rows, fill_value=0)[0]
+        h_C = jnp.take(w, idx, axis=0).astype(jnp.float32) @ x_D.astype(jnp.float32)
+        return jnp.zeros((f,), jnp.float32).at[idx].set(jnp.where(jnp.arange(cap_rows) < keep.sum(), h_C, 0))
+
+    def topk_idx(row_1F):
+        return jax.lax.top_k(row_1F, 2 * k)[1]
+
+    want_idx = np.asarray(nonzero(a_N1F[0]))
+    report(dict(kernel="nonzero", shape=shape, capacity=cap_out), nonzero, a_N1F, (), want_idx, calls)
+    report(dict(kernel="gather_wout", shape=shape, capacity=cap_out), gather_out, a_N1F, (w_FD,), want_out, calls)
+    report(dict(kernel="take_dot_wout", shape=shape, capacity=cap_out), take_out, a_N1F, (w_FD,), want_out, calls)
+    report(
+        dict(kernel="gather_rows", shape=shape, capacity=cap_rows), gather_rows, x_ND, (w_FD, keep_F), want_rows, calls
+    )
+    want_top = np.asarray(topk_idx(kth[0]))
+    report(dict(kernel="top_k_indices", shape=shape, k=2 * k), topk_idx, kth, (), want_top, calls)
 
 
 def report(row: dict, fn, varied, fixed, want, calls: int) -> None:
