@@ -37,6 +37,7 @@
 #   dispatch, not the kernels: the script now times 32 calls in one jit.)
 # ROUND=16 (one GPU, LIMIT=150): the compacted forms (nonzero, take, dot; lax.top_k's indices)
 #   at the same shapes, beside the one-read selection (benchmarks/sparse_kernels.py --compacted).
+#   Rerun (round 16b) after the compacted Pallas kernels were added to the script.
 # Every measurement is its own process (a failing one does not stop the rest).
 #   OUT=/tmp/out bash benchmarks/h200_round2.sh
 #   ONLY='vit_dense|t5_dense' bash benchmarks/h200_round2.sh     # a subset (regex on the names)

@@ -80,7 +80,7 @@ def main(argv=None) -> None:
         select = functools.partial(topk.kth_largest_pallas, k=k, interpret=interpret)
         report(dict(kernel="select", shape=shape, k=k), select, kth, (), want_kth, a.calls)
         if a.compacted:
-            compacted(shape, f, k, a_N1F, w_FD, want_out, x_ND, keep_F, want_rows, kth, a.calls)
+            compacted(shape, f, k, a_N1F, w_FD, want_out, x_ND, keep_F, want_rows, kth, a.calls, interpret)
             continue
         wout_grid = [None] if small else [None, *WOUT_TILES]
         for tiles, warps, unroll in itertools.product(wout_grid, [None] if small else [4, 8], [False, True]):
@@ -106,9 +106,11 @@ def main(argv=None) -> None:
             report(row, rows, x_ND, (w_FD, keep_F), want_rows, a.calls)
 
 
-def compacted(shape, f, k, a_N1F, w_FD, want_out, x_ND, keep_F, want_rows, kth, calls) -> None:
-    """The same products from a compacted index list: `jnp.nonzero` to a capacity, `jnp.take` of
-    those rows, one small dot; and lax.top_k's indices of one row (what a predictor's set needs)."""
+def compacted(shape, f, k, a_N1F, w_FD, want_out, x_ND, keep_F, want_rows, kth, calls, interpret) -> None:
+    """The same products from compacted indices: the compacted Pallas kernels (each program
+    compacts its chunk, `sparse_mlp.compact_matvec`, `predictor.compact_rows_matvec`) at a few
+    chunk and column widths; XLA's `jnp.nonzero` to a capacity, `jnp.take` of those rows, one
+    small dot; and lax.top_k's indices of one row (what a predictor's set needs)."""
     cap_out, cap_rows = round(0.04 * f), round(0.07 * f)  # 3% and 6% active, with room
 
     def nonzero(a_1F):
@@ -129,6 +131,17 @@ def compacted(shape, f, k, a_N1F, w_FD, want_out, x_ND, keep_F, want_rows, kth, 
     def topk_idx(row_1F):
         return jax.lax.top_k(row_1F, 2 * k)[1]
 
+    for chunk, block_d in ((256, 256), (128, 256), (512, 256), (256, 128), (256, 512)):
+
+        def wout(a_1F, w, c=chunk, b=block_d):
+            return sparse_mlp.compact_matvec(a_1F[0], w, interpret=interpret, chunk=c, block_d=b)[None]
+
+        def rows(x_D, w, keep, c=chunk, b=block_d):
+            return predictor.compact_rows_matvec(w, x_D, keep, interpret=interpret, chunk=c, block_d=b)
+
+        row = dict(shape=shape, chunk=chunk, block_d=block_d)
+        report(dict(kernel="compact_wout", **row), wout, a_N1F, (w_FD,), want_out, calls)
+        report(dict(kernel="compact_rows", **row), rows, x_ND, (w_FD, keep_F), want_rows, calls)
     want_idx = np.asarray(nonzero(a_N1F[0]))
     report(dict(kernel="nonzero", shape=shape, capacity=cap_out), nonzero, a_N1F, (), want_idx, calls)
     report(dict(kernel="gather_wout", shape=shape, capacity=cap_out), gather_out, a_N1F, (w_FD,), want_out, calls)

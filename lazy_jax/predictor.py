@@ -34,6 +34,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from lazy_jax import sparse_mlp, sparsity
 from lazy_jax.errors import InputError
@@ -210,3 +211,51 @@ def rows_matvec(
         name="predicted_rows_matvec",
     )(x_D.astype(w_FD.dtype), keep_F.astype(jnp.int32), w_FD)
     return jnp.sum(partial_SF, axis=0)
+
+
+def _compact_rows_kernel(x_ref, keep_ref, w_ref, o_ref, *, chunk: int, group: int, block_d: int):
+    """o [chunk] = w[f] . x for the kept rows f of chunk p, 0 elsewhere: the rows loaded by index,
+    `group` at a time (sparse_mlp.compact_group), the values put back in place without a scatter."""
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
+
+    p = pl.program_id(0)
+    m_C = keep_ref[pl.ds(p * chunk, chunk)] != 0
+    count = jnp.sum(m_C.astype(jnp.int32))
+
+    def body(g, h_C):
+        hit_RC, local_R, valid_R = sparse_mlp.compact_group(m_C, g, group)
+        rows_R1 = (p * chunk + local_R)[:, None]
+        v_R = jnp.zeros((group,), jnp.float32)
+        for j in range(w_ref.shape[1] // block_d):  # written out: the loads go out together
+            cols_1D = (j * block_d + jnp.arange(block_d, dtype=jnp.int32))[None, :]
+            w_RD = plgpu.load(w_ref.at[rows_R1, cols_1D], mask=valid_R[:, None], other=0.0).astype(jnp.float32)
+            x_1D = x_ref[pl.ds(j * block_d, block_d)].astype(jnp.float32)[None, :]
+            v_R = v_R + jnp.sum(w_RD * x_1D, axis=1)
+        return h_C + jnp.sum(jnp.where(hit_RC, v_R[:, None], 0.0), axis=0)
+
+    o_ref[...] = lax.fori_loop(0, (count + group - 1) // group, body, jnp.zeros((chunk,), jnp.float32))
+
+
+def compact_rows_matvec(
+    w_FD: Array, x_D: Array, keep_F: Array, *, interpret: bool | None = None, chunk=None, block_d=None
+) -> Array:
+    """`rows_matvec` by index: h [F] f32 = w_FD @ x_D where keep_F, 0 elsewhere; each program
+    compacts its chunk of keep_F and loads only those rows (whole, `COMPACT_GROUP` at a time)."""
+    from jax.experimental import pallas as pl
+
+    f, d = w_FD.shape
+    tiles = sparse_mlp.compact_tiles(f, d, chunk or sparse_mlp.COMPACT_CHUNK, block_d or sparse_mlp.COMPACT_BLOCK_D)
+    if tiles is None:
+        raise ValueError(f"the compacted rows kernel does not tile a [{f}, {d}] matrix")
+    chunk, block_d = tiles
+    interpret = not sparse_mlp.on_gpu() if interpret is None else interpret
+    return pl.pallas_call(
+        functools.partial(_compact_rows_kernel, chunk=chunk, group=sparse_mlp.COMPACT_GROUP, block_d=block_d),
+        grid=(f // chunk,),
+        in_specs=[pl.no_block_spec, pl.no_block_spec, pl.no_block_spec],
+        out_specs=pl.BlockSpec((chunk,), lambda p: (p,)),
+        out_shape=jax.ShapeDtypeStruct((f,), jnp.float32),
+        interpret=interpret,
+        name="compact_predicted_rows",
+    )(x_D.astype(w_FD.dtype), keep_F.astype(jnp.int32), w_FD)

@@ -211,3 +211,73 @@ def pallas_matmul(
         name="sparse_rows_matmul",
     )(a_PF, w_FD)
     return jnp.sum(partial_SPD, axis=0)[:b].astype(jnp.result_type(a_BF, w_FD))
+
+
+# ----------------------------------------------------------------------------- compacted (batch 1)
+
+# Measured on an H200 (benchmarks/sparse_kernels.py, docs/inference.md): the masked-row kernel
+# above takes ~21 us at T5-11B's W_out whatever its tiles, for 4 MB of active rows: it visits every
+# row block of F, and each visit waits for a load. The compacted kernel visits only active rows.
+COMPACT_CHUNK = 256  # entries of the map a program compacts (its share of F)
+COMPACT_GROUP = 16  # active rows a gathered load holds
+COMPACT_BLOCK_D = 256  # columns of W a program sums
+
+
+def compact_tiles(f: int, d: int, chunk: int = COMPACT_CHUNK, block_d: int = COMPACT_BLOCK_D):
+    """(chunk, block_d) dividing F and D (powers of two), or None where they do not tile."""
+    chunk, block_d = pow2_divisor(f, chunk), pow2_divisor(d, block_d)
+    return None if chunk < 16 or block_d < 16 else (chunk, block_d)
+
+
+def compact_group(m_C: Array, g, group: int) -> tuple[Array, Array, Array]:
+    """The g-th `group` nonzeros of a chunk's mask m_C, compacted without a scatter: (hit [R, C]:
+    which entry is the j-th nonzero, local [R]: its position in the chunk, valid [R])."""
+    pos_C = jnp.cumsum(m_C.astype(jnp.int32)) - 1  # the rank of each nonzero among the chunk's
+    j_R = g * group + jnp.arange(group, dtype=jnp.int32)
+    hit_RC = m_C[None, :] & (pos_C[None, :] == j_R[:, None])
+    local_R = jnp.sum(jnp.where(hit_RC, jnp.arange(m_C.shape[0], dtype=jnp.int32)[None, :], 0), axis=1)
+    return hit_RC, local_R, j_R < jnp.sum(m_C.astype(jnp.int32))
+
+
+def _compact_kernel(a_ref, w_ref, o_ref, *, chunk: int, group: int, block_d: int):
+    """o [block_d] = sum over the active rows f of chunk p: a[f] * w[f, columns i]."""
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
+
+    p, i = pl.program_id(0), pl.program_id(1)
+    a_C = a_ref[pl.ds(p * chunk, chunk)].astype(jnp.float32)
+    m_C = a_C != 0
+    count = jnp.sum(m_C.astype(jnp.int32))
+
+    def body(g, acc_D):
+        hit_RC, local_R, valid_R = compact_group(m_C, g, group)
+        a_R = jnp.sum(jnp.where(hit_RC, a_C[None, :], 0.0), axis=1)
+        # Two index arrays (not an index and a slice: Pallas' interpret mode takes one kind only).
+        cols_1D = (i * block_d + jnp.arange(block_d, dtype=jnp.int32))[None, :]
+        rows = w_ref.at[(p * chunk + local_R)[:, None], cols_1D]
+        w_RD = plgpu.load(rows, mask=valid_R[:, None], other=0.0).astype(jnp.float32)
+        return acc_D + jnp.sum(a_R[:, None] * w_RD, axis=0)
+
+    o_ref[...] = lax.fori_loop(0, (count + group - 1) // group, body, jnp.zeros((block_d,), jnp.float32))
+
+
+def compact_matvec(a_F: Array, w_FD: Array, *, interpret: bool = False, chunk=COMPACT_CHUNK, block_d=COMPACT_BLOCK_D):
+    """a_F @ w_FD [D] f32, reading only the rows of w_FD where a_F != 0: each program compacts its
+    chunk of a (a prefix count), then loads those rows `COMPACT_GROUP` at a time by index."""
+    from jax.experimental import pallas as pl
+
+    f, d = w_FD.shape
+    tiles = compact_tiles(f, d, chunk, block_d)
+    if tiles is None:
+        raise ValueError(f"the compacted kernel does not tile a [{f}] x [{f}, {d}] product")
+    chunk, block_d = tiles
+    partial_PD = pl.pallas_call(
+        functools.partial(_compact_kernel, chunk=chunk, group=COMPACT_GROUP, block_d=block_d),
+        grid=(f // chunk, d // block_d),
+        in_specs=[pl.no_block_spec, pl.no_block_spec],
+        out_specs=pl.BlockSpec((None, block_d), lambda p, i: (p, i)),
+        out_shape=jax.ShapeDtypeStruct((f // chunk, d), jnp.float32),
+        interpret=interpret,
+        name="compact_rows_matvec",
+    )(a_F, w_FD)
+    return jnp.sum(partial_PD, axis=0)
