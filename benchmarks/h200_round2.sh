@@ -38,6 +38,8 @@
 # ROUND=16 (one GPU, LIMIT=150): the compacted forms (nonzero, take, dot; lax.top_k's indices)
 #   at the same shapes, beside the one-read selection (benchmarks/sparse_kernels.py --compacted).
 #   Rerun (round 16b) after the compacted Pallas kernels were added to the script.
+# ROUND=17 (one GPU, LIMIT=420): decoding with the compacted batch-1 kernels (the sparse W_out and
+#   the predicted rows by index), exact and predicted (2k and k rows of W_in), profiled.
 # Every measurement is its own process (a failing one does not stop the rest).
 #   OUT=/tmp/out bash benchmarks/h200_round2.sh
 #   ONLY='vit_dense|t5_dense' bash benchmarks/h200_round2.sh     # a subset (regex on the names)
@@ -340,6 +342,14 @@ round16() {  # the compacted (index-list) forms of the same products
   echo "=== kernels rc=$?" >>"$OUT/decode.log"
 }
 
+round17() {  # decoding with the compacted kernels: exact, predicted at 2k and at k rows
+  export CUDA_VISIBLE_DEVICES=0
+  decode dec_local_pred17 --workdir runs/carry/t5_pydocs --input_file runs/carry/prompts.jsonl \
+    --predictor 32:192 --max_decode_len 64 --repeats 3
+  decode dec_compact --plan T5-Base:1,T5-3B-full:1,T5-11B-full:1 --impls off,pallas,predicted,predicted@1 \
+    --repeats 5 --profile_dir /tmp/dprof/dec_compact
+}
+
 round3_both() {  # after both streams: data parallel over the two GPUs
   export CUDA_VISIBLE_DEVICES=0,1
   END=$((SECONDS + ${LIMIT_BOTH:-100}))
@@ -348,7 +358,9 @@ round3_both() {  # after both streams: data parallel over the two GPUs
 
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv >"$OUT/gpu.txt" 2>&1
 END=$((SECONDS + LIMIT))
-if [ "${ROUND:-2}" = 16 ]; then
+if [ "${ROUND:-2}" = 17 ]; then
+  round17
+elif [ "${ROUND:-2}" = 16 ]; then
   round16
 elif [ "${ROUND:-2}" = 15 ]; then
   round15

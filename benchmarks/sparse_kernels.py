@@ -3,15 +3,17 @@
     python benchmarks/sparse_kernels.py                  # T5-11B, T5-3B and T5-Base shapes (F x D), on a GPU
     python benchmarks/sparse_kernels.py --shapes=512x64 --grid=small --calls=2   # a CPU check (interpret mode)
 
-Two kernels, one JSON line per setting: microseconds a call (the device's busy time in a
+The decoding kernels, one JSON line per setting: microseconds a call (the device's busy time in a
 profiler trace of `--calls` calls, each on its own input: every kernel of the call, no dispatch)
 and the largest relative error against the f32 product.
-- 'wout': `sparse_mlp.pallas_matmul`, a [1, F] map with 3% of its entries nonzero times W_out [F, D]
-  (tiles = block_f, block_d, steps);
-- 'rows': `predictor.rows_matvec`, W_in^T [F, D] times x [D] on 6% of its rows (tiles = block_f,
-  slab_d, block_d);
-with `num_warps` and `unroll` (the loop over steps / column chunks written out); and 'select',
-the one-read Top-k kernel's threshold of one ReLU row at k = 3% (what decoding takes per layer). XLA's dense GEMV
+- 'wout': the masked-row `sparse_mlp.pallas_matmul`, a [1, F] map with 3% of its entries nonzero
+  times W_out [F, D], over tiles (block_f, block_d, steps) and `num_warps`;
+- 'select': the one-read Top-k kernel's threshold of one ReLU row at k = 3% (decoding's selection);
+- with --compacted instead of the tiles: 'compact_wout' (`sparse_mlp.compact_matvec`, the same
+  product by index) and 'compact_rows' (`predictor.compact_rows_matvec`, W_in^T [F, D] times x [D]
+  on 6% of its rows) at a few chunk and column widths, and XLA's compaction forms.
+Round 15 of benchmarks/h200_round2.sh also timed a masked-row form of the rows kernel and written-
+out loops (`unroll`); both were removed after it (docs/inference.md). XLA's dense GEMV
 over the whole matrix, what they are to beat, is in the decode profiles (docs/inference.md: 32 µs
 for T5-11B's W_in, 134 MB).
 """
@@ -31,7 +33,6 @@ import numpy as np
 from lazy_jax import predictor, profiling, sparse_mlp, sparsity, topk
 
 WOUT_TILES = ((64, 128, 1), (64, 128, 4), (32, 256, 1), (128, 64, 1), (64, 256, 1), (16, 1024, 1))
-ROWS_TILES = ((32, 1024, 128), (16, 1024, 256), (16, 1024, 1024), (128, 1024, 64), (64, 512, 128))
 
 
 def time_us(fn, varied, fixed, calls: int, trace_dir: str) -> float:
@@ -82,28 +83,15 @@ def main(argv=None) -> None:
         if a.compacted:
             compacted(shape, f, k, a_N1F, w_FD, want_out, x_ND, keep_F, want_rows, kth, a.calls, interpret)
             continue
-        wout_grid = [None] if small else [None, *WOUT_TILES]
-        for tiles, warps, unroll in itertools.product(wout_grid, [None] if small else [4, 8], [False, True]):
+        for tiles, warps in itertools.product([None] if small else [None, *WOUT_TILES], [None] if small else [4, 8]):
             full = (1, *tiles) if tiles else sparse_mlp.pallas_tiles(1, f, d)
-            if f % (full[1] * full[3]) or d % full[2] or (unroll and full[3] == 1):
-                continue  # does not tile, or nothing to unroll
+            if f % (full[1] * full[3]) or d % full[2]:
+                continue  # does not tile
 
-            def wout(a_1F, w, t=full, n=warps, u=unroll):
-                return sparse_mlp.pallas_matmul(a_1F, w, interpret=interpret, tiles=t, num_warps=n, unroll=u)
+            def wout(a_1F, w, t=full, n=warps):
+                return sparse_mlp.pallas_matmul(a_1F, w, interpret=interpret, tiles=t, num_warps=n)
 
-            row = dict(kernel="wout", shape=shape, tiles=full, warps=warps, unroll=unroll)
-            report(row, wout, a_N1F, (w_FD,), want_out, a.calls)
-        rows_grid = [None] if small else [None, *ROWS_TILES]
-        for tiles, warps, unroll in itertools.product(rows_grid, [None] if small else [4, 8], [False, True]):
-            full = tiles or predictor.rows_tiles(f, d)
-            if f % full[0] or d % full[1] or full[1] % full[2] or (unroll and full[1] == full[2]):
-                continue
-
-            def rows(x_D, w, keep, t=full, n=warps, u=unroll):
-                return predictor.rows_matvec(w, x_D, keep, interpret=interpret, tiles=t, num_warps=n, unroll=u)
-
-            row = dict(kernel="rows", shape=shape, tiles=full, warps=warps, unroll=unroll)
-            report(row, rows, x_ND, (w_FD, keep_F), want_rows, a.calls)
+            report(dict(kernel="wout", shape=shape, tiles=full, warps=warps), wout, a_N1F, (w_FD,), want_out, a.calls)
 
 
 def compacted(shape, f, k, a_N1F, w_FD, want_out, x_ND, keep_F, want_rows, kth, calls, interpret) -> None:

@@ -60,7 +60,8 @@ SHAPES = (
 )
 SWEEP_SHAPE = "T5-3B"
 IMPLS = ("off", "pallas", "gather", "predicted")
-# 'predicted' (lazy_jax.predictor, approximate): rank d_model / 16, and twice Top-k's k rows of W_in.
+# 'predicted' (lazy_jax.predictor, approximate): rank d_model / 16, and twice Top-k's k rows of W_in
+# ('predicted@N': N times k rows; `--impls` takes it too).
 PREDICTOR_RANK_FRAC, PREDICTOR_ROWS_PER_K = 1 / 16, 2
 
 
@@ -126,9 +127,11 @@ def predicted_bytes_limit(spec, rows: int, rank: int, w_out_rows: int) -> float:
     return weight_bytes(spec)["total"] / (2 * (spec.num_decoder_layers * per_layer + spec.vocab_size * d))
 
 
-def predictor_settings(spec) -> tuple[int, int]:
-    """(rank, rows) of the random models' predictor (PREDICTOR_RANK_FRAC, PREDICTOR_ROWS_PER_K)."""
-    return max(1, int(spec.d_model * PREDICTOR_RANK_FRAC)), min(spec.d_ff, PREDICTOR_ROWS_PER_K * spec.mlp.topk)
+def predictor_settings(spec, impl: str = "predicted") -> tuple[int, int]:
+    """(rank, rows) of the random models' predictor: rank PREDICTOR_RANK_FRAC of d_model, rows
+    PREDICTOR_ROWS_PER_K times k, or N times k for impl 'predicted@N' (@1: no second selection)."""
+    per_k = float(impl.partition("@")[2] or PREDICTOR_ROWS_PER_K)
+    return max(1, int(spec.d_model * PREDICTOR_RANK_FRAC)), min(spec.d_ff, round(per_k * spec.mlp.topk))
 
 
 def union_share(model: T5, params: dict, batch: int, seed: int = 1) -> float:
@@ -243,8 +246,8 @@ def run(shapes, plan, repeats: int, budget_s: float, log, impls=IMPLS, profile_d
             try:
                 prof = profile_dir and os.path.join(profile_dir, f"{name}_b{batch}_{impl}")
                 model, pred, row_limit = build(config, impl), None, limit["limit"]
-                if impl == "predicted":  # timing only: a random model's predictor picks rows at random
-                    rank, rows_read = predictor_settings(dense_model.spec)
+                if impl.startswith("predicted"):  # timing only: a random model's predictor picks rows at random
+                    rank, rows_read = predictor_settings(dense_model.spec, impl)
                     model = predictor.predicted_model(dense_model, rows_read)
                     pred = predictor.fit_decoder(params, rank)
                     row_limit = predicted_bytes_limit(dense_model.spec, rows_read, rank, dense_model.spec.mlp.topk)

@@ -6,7 +6,7 @@ guesses the active set first, so most of W_in is not read either:
 
     scores_F = (x_D @ u_DR) @ v_RF          a rank-R approximation of x @ W_in
     keep_F   = the `rows` largest scores > 0 (the one Top-k, `sparsity.topk_mask`)
-    h_F      = x . W_in[:, f] for f in keep, 0 elsewhere   (`rows_matvec`: W_in's kept rows only)
+    h_F      = x . W_in[:, f] for f in keep, 0 elsewhere   (`compact_rows_matvec`: those rows only)
 
 and the block goes on as before (ReLU, Top-k k <= rows, the sparse W_out of the kept neurons).
 When the predictor misses a neuron the exact path keeps, the output differs: this path is
@@ -129,13 +129,13 @@ def decoder_mlp_inputs(model, variables: dict, batch: dict) -> dict[str, Array]:
 
 def predicted_preactivation(x_BD: Array, pred: dict[str, Array], rows: int, topk_impl: str = "auto") -> Array:
     """h [B, F] in x's dtype: x . W_in's row f for the `rows` highest positive predicted scores
-    of each row of x, 0 elsewhere. Batch 1 on a GPU reads only those rows (`rows_matvec`);
+    of each row of x, 0 elsewhere. Batch 1 on a GPU reads only those rows (`compact_rows_matvec`);
     otherwise the same numbers from the dense product (what a CPU and larger batches get)."""
     u_DR, v_RF, wi_FD = pred["u"], pred["v"], pred["wi_t"]
     scores_BF = (x_BD.astype(u_DR.dtype) @ u_DR) @ v_RF
     keep_BF = sparsity.topk_mask(scores_BF, rows, topk_impl) > 0
     if use_kernel(x_BD.shape[0], *wi_FD.shape):
-        h_BF = jax.jit(rows_matvec)(wi_FD, x_BD[0], keep_BF[0])[None]
+        h_BF = jax.jit(compact_rows_matvec)(wi_FD, x_BD[0], keep_BF[0])[None]
     else:
         h_BF = jnp.where(keep_BF, x_BD.astype(wi_FD.dtype) @ wi_FD.T, 0)
     return h_BF.astype(x_BD.dtype)
@@ -145,72 +145,8 @@ def predicted_preactivation(x_BD: Array, pred: dict[str, Array], rows: int, topk
 
 
 def use_kernel(b: int, f: int, d: int) -> bool:
-    """The kernel reads one row of x (batch 1), on a GPU, where its blocks tile W_in."""
-    return b == 1 and sparse_mlp.on_gpu() and rows_tiles(f, d) is not None
-
-
-def rows_tiles(f: int, d: int) -> tuple[int, int, int] | None:
-    """(block_f, slab_d, block_d): programs of block_f rows x slab_d columns, read block_d
-    columns (<= 256 bytes of bf16) a load; None where Triton's power-of-two blocks do not tile."""
-    block_f = sparse_mlp.pow2_divisor(f, 64)
-    slab_d = sparse_mlp.pow2_divisor(d, 1024)
-    block_d = min(slab_d, 128)
-    if block_f < 16 or block_d < 16:
-        return None
-    return block_f, slab_d, block_d
-
-
-def _rows_kernel(x_ref, keep_ref, w_ref, o_ref, *, block_d: int, unroll: bool):
-    """o [block_f] = w [block_f, slab_d] . x [slab_d], a row loaded only where keep."""
-    from jax.experimental import pallas as pl
-    from jax.experimental.pallas import triton as plgpu
-
-    keep_K1 = (keep_ref[...] != 0)[:, None]
-
-    def body(j, acc_K):
-        cols = pl.ds(j * block_d, block_d)
-        w_KC = plgpu.load(w_ref.at[:, cols], mask=keep_K1, other=0.0).astype(jnp.float32)
-        return acc_K + jnp.sum(w_KC * x_ref[cols].astype(jnp.float32)[None, :], axis=1)
-
-    o_ref[...] = sparse_mlp.fold(w_ref.shape[1] // block_d, body, jnp.zeros(o_ref.shape, jnp.float32), unroll)
-
-
-def rows_matvec(
-    w_FD: Array,
-    x_D: Array,
-    keep_F: Array,
-    *,
-    interpret: bool | None = None,
-    tiles=None,
-    num_warps: int | None = None,
-    unroll: bool = False,
-) -> Array:
-    """h [F] f32 = w_FD @ x_D where keep_F, 0 elsewhere; the rows not kept are never loaded.
-    `tiles` (`rows_tiles`'s), `num_warps` and `unroll` override the defaults (benchmarks/sparse_kernels.py)."""
-    from jax.experimental import pallas as pl
-    from jax.experimental.pallas import triton as plgpu
-
-    f, d = w_FD.shape
-    tiles = tiles or rows_tiles(f, d)
-    if tiles is None:
-        raise ValueError(f"the rows kernel does not tile a [{f}, {d}] matrix")
-    block_f, slab_d, block_d = tiles
-    interpret = not sparse_mlp.on_gpu() if interpret is None else interpret
-    partial_SF = pl.pallas_call(
-        functools.partial(_rows_kernel, block_d=block_d, unroll=unroll),
-        grid=(f // block_f, d // slab_d),
-        in_specs=[
-            pl.BlockSpec((slab_d,), lambda i, j: (j,)),
-            pl.BlockSpec((block_f,), lambda i, j: (i,)),
-            pl.BlockSpec((block_f, slab_d), lambda i, j: (i, j)),
-        ],
-        out_specs=pl.BlockSpec((None, block_f), lambda i, j: (j, i)),
-        out_shape=jax.ShapeDtypeStruct((d // slab_d, f), jnp.float32),
-        interpret=interpret,
-        compiler_params=None if num_warps is None else plgpu.CompilerParams(num_warps=num_warps),
-        name="predicted_rows_matvec",
-    )(x_D.astype(w_FD.dtype), keep_F.astype(jnp.int32), w_FD)
-    return jnp.sum(partial_SF, axis=0)
+    """The kernel reads one row of x (batch 1), on a GPU, where its blocks tile W_in^T."""
+    return b == 1 and sparse_mlp.on_gpu() and sparse_mlp.compact_tiles(f, d) is not None
 
 
 def _compact_rows_kernel(x_ref, keep_ref, w_ref, o_ref, *, chunk: int, group: int, block_d: int):
@@ -240,8 +176,8 @@ def _compact_rows_kernel(x_ref, keep_ref, w_ref, o_ref, *, chunk: int, group: in
 def compact_rows_matvec(
     w_FD: Array, x_D: Array, keep_F: Array, *, interpret: bool | None = None, chunk=None, block_d=None
 ) -> Array:
-    """`rows_matvec` by index: h [F] f32 = w_FD @ x_D where keep_F, 0 elsewhere; each program
-    compacts its chunk of keep_F and loads only those rows (whole, `COMPACT_GROUP` at a time)."""
+    """h [F] f32 = w_FD @ x_D where keep_F, 0 elsewhere, the rows not kept never loaded: each
+    program compacts its chunk of keep_F and loads those rows whole, `COMPACT_GROUP` at a time."""
     from jax.experimental import pallas as pl
 
     f, d = w_FD.shape

@@ -78,6 +78,9 @@ def sparse_matmul(a_BF: Array, w_FD: Array, impl: str) -> Array:
     if impl == "gather":
         return gather_matmul(a_BF, w_FD)
     if impl in ("pallas", "predicted"):
+        if use_compact(*a_BF.shape, w_FD.shape[1]):  # one row: by index (measured 2x the masked kernel)
+            out_D = jax.jit(compact_matvec, static_argnames="interpret")(a_BF[0], w_FD, interpret=not on_gpu())
+            return out_D[None].astype(jnp.result_type(a_BF, w_FD))
         if pallas_tiles(*a_BF.shape, w_FD.shape[1]) is None:
             return dense_matmul(a_BF, w_FD)  # shapes the kernel does not tile
         # Inside a jit: Flax's nn.scan (scanned layers) refuses a bare pallas_call in its body.
@@ -144,7 +147,7 @@ def pallas_tiles(b: int, f: int, d: int) -> tuple[int, int, int, int] | None:
     return bp, block_f, block_d, steps
 
 
-def _kernel(a_ref, w_ref, o_ref, *, block_f: int, steps: int, upcast: bool, unroll: bool):
+def _kernel(a_ref, w_ref, o_ref, *, block_f: int, steps: int, upcast: bool):
     """One [block_f * steps, block_d] slab of W. Batch 1: a_ref [slab], o_ref [block_d]; else
     a_ref [bp, slab], o_ref [bp, block_d]."""
     from jax.experimental import pallas as pl
@@ -168,23 +171,14 @@ def _kernel(a_ref, w_ref, o_ref, *, block_f: int, steps: int, upcast: bool, unro
         precision = lax.Precision.HIGHEST if w_KD.dtype == jnp.float32 else None
         return acc + jnp.dot(a_BK, w_KD, precision=precision, preferred_element_type=jnp.float32)
 
-    o_ref[...] = fold(steps, body, jnp.zeros(o_ref.shape, jnp.float32), unroll)
-
-
-def fold(n: int, body, init, unroll: bool):
-    """body(n - 1, ... body(0, init)): a loop, or unrolled (independent loads issued at once)."""
-    if not unroll:
-        return lax.fori_loop(0, n, body, init)
-    for i in range(n):
-        init = body(i, init)
-    return init
+    o_ref[...] = lax.fori_loop(0, steps, body, jnp.zeros(o_ref.shape, jnp.float32))
 
 
 def pallas_matmul(
-    a_BF: Array, w_FD: Array, *, interpret: bool = False, tiles=None, num_warps: int | None = None, unroll=False
+    a_BF: Array, w_FD: Array, *, interpret: bool = False, tiles=None, num_warps: int | None = None
 ) -> Array:
     """a_BF @ w_FD by the masked-row Pallas kernel; the result in a_BF's dtype (f32 sums).
-    `tiles` (`pallas_tiles`'s), `num_warps` and `unroll` override the defaults (benchmarks/sparse_kernels.py)."""
+    `tiles` (`pallas_tiles`'s) and `num_warps` override the defaults (benchmarks/sparse_kernels.py)."""
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plgpu
 
@@ -198,7 +192,7 @@ def pallas_matmul(
     a_PF = jnp.pad(a_BF, ((0, bp - b), (0, 0))).astype(w_FD.dtype)  # padded rows are 0: load nothing
     batch = None if bp == 1 else bp  # batch 1: the batch axis is squeezed out of the blocks
     partial_SPD = pl.pallas_call(
-        functools.partial(_kernel, block_f=block_f, steps=steps, upcast=interpret, unroll=unroll),
+        functools.partial(_kernel, block_f=block_f, steps=steps, upcast=interpret),
         grid=(d // block_d, f // slab),
         in_specs=[
             pl.BlockSpec((batch, slab), lambda i, j: (0, j)),
@@ -221,6 +215,11 @@ def pallas_matmul(
 COMPACT_CHUNK = 256  # entries of the map a program compacts (its share of F)
 COMPACT_GROUP = 16  # active rows a gathered load holds
 COMPACT_BLOCK_D = 256  # columns of W a program sums
+
+
+def use_compact(b: int, f: int, d: int) -> bool:
+    """The compacted kernel serves one row of a (batch 1), on a GPU, where its blocks tile W."""
+    return b == 1 and on_gpu() and compact_tiles(f, d) is not None
 
 
 def compact_tiles(f: int, d: int, chunk: int = COMPACT_CHUNK, block_d: int = COMPACT_BLOCK_D):

@@ -289,18 +289,22 @@ class MlpBlock(nn.Module):
         cached_decoding = (
             not train and x_BTD.shape[1] == 1 and self.is_mutable_collection("cache") and not self.is_initializing()
         )
-        if self.sparse_decode == "predicted" and cached_decoding:
+        predicting = self.sparse_decode == "predicted" and cached_decoding
+        if predicting:
             h_BTF = self._predicted_preactivation(x_BTD)
         else:
             h_BTF = dense(self.d_ff, (self.embed_axis, "mlp"), "wi")(x_BTD)
+        # A predictor of k rows has picked the k already (ReLU zeros the negatives; a tie in its
+        # scores may keep one more): a second selection would find the same set.
+        topk = 0 if predicting and self.predictor_rows == self.topk else self.topk
         scores_BTF = None
-        if self.topk and self.activation == "relu":
+        if topk and self.activation == "relu":
             # The threshold is found on the pre-activation (the same mask, see topk_mask). The
             # barrier makes h one rounded tensor for the threshold and the mask alike: XLA may
             # otherwise keep excess precision in one fusion and not the other, and lose a tie.
             h_BTF = scores_BTF = jax.lax.optimization_barrier(h_BTF)
         a_BTF = ACTIVATIONS[self.activation](h_BTF)
-        a_BTF = topk_mask(a_BTF, self.topk, self.topk_impl, scores_BTF=scores_BTF)
+        a_BTF = topk_mask(a_BTF, topk, self.topk_impl, scores_BTF=scores_BTF)
         a_BTF = nn.with_logical_constraint(a_BTF, (*self.act_axes, "mlp"))
         stats = activation_stats(a_BTF, mask_BT, neuron_freq=self.neuron_freq, count_hist_bins=self.count_hist_bins)
         # Not at init (one example), nor when decoding with a KV cache (one position per sequence).

@@ -16,14 +16,14 @@ from lazy_jax.models import get_model
 from lazy_jax.models.t5 import T5, decode_params, forced_decode_logits, greedy_decode
 
 
-@pytest.mark.parametrize("f,d", [(256, 64), (128, 768)])  # 768: three column slabs summed
+@pytest.mark.parametrize("f,d", [(512, 64), (1024, 768)])  # 768: three column blocks; 1024: 4 chunks
 def test_rows_kernel_equals_the_masked_dense_product(f, d):
     k1, k2, k3 = jax.random.split(jax.random.key(f + d), 3)
     w_FD = jax.random.normal(k1, (f, d), jnp.bfloat16)
     x_D = jax.random.normal(k2, (d,), jnp.bfloat16)
-    keep_F = jax.random.uniform(k3, (f,)) < 0.1
+    keep_F = (jax.random.uniform(k3, (f,)) < 0.1).at[:40].set(True)  # one chunk with 3 groups of 16
     exact = np.where(keep_F, np.asarray(w_FD, np.float64) @ np.asarray(x_D, np.float64), 0)
-    got = np.asarray(predictor.rows_matvec(w_FD, x_D, keep_F, interpret=True), np.float64)
+    got = np.asarray(predictor.compact_rows_matvec(w_FD, x_D, keep_F, interpret=True), np.float64)
     np.testing.assert_allclose(got, exact, rtol=1e-5, atol=1e-4)  # f32 sums of the bf16 products
     assert np.all(got[~np.asarray(keep_F)] == 0)  # rows not kept are never loaded: exactly 0
 
@@ -31,7 +31,7 @@ def test_rows_kernel_equals_the_masked_dense_product(f, d):
 def test_rows_kernel_never_reads_rows_it_does_not_keep():
     w_FD = jnp.ones((64, 32), jnp.float32).at[5].set(jnp.nan)  # a row it must not load
     keep_F = jnp.ones((64,), bool).at[5].set(False)
-    h_F = predictor.rows_matvec(w_FD, jnp.ones((32,)), keep_F, interpret=True)
+    h_F = predictor.compact_rows_matvec(w_FD, jnp.ones((32,)), keep_F, interpret=True)
     assert np.isfinite(np.asarray(h_F)).all() and float(h_F[0]) == 32.0
 
 
@@ -96,8 +96,8 @@ def test_few_rows_change_the_output_and_the_kernel_gives_the_fallbacks_numbers(m
     assert np.abs(got - want).max() > 1e-3 * np.abs(want).max()  # approximate: rank 4 of 32 misses neurons
     jax.clear_caches()  # trace again, now on the kernel's path
     monkeypatch.setattr(predictor, "use_kernel", lambda b, f, d: True)  # the kernel (interpret mode on a CPU)
-    real_rows, calls = predictor.rows_matvec, []
-    monkeypatch.setattr(predictor, "rows_matvec", lambda *a: calls.append(1) or real_rows(*a))
+    real_rows, calls = predictor.compact_rows_matvec, []
+    monkeypatch.setattr(predictor, "compact_rows_matvec", lambda *a: calls.append(1) or real_rows(*a))
     np.testing.assert_array_equal(_decode(few, variables, enc), fallback)
     assert calls
 

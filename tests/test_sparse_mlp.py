@@ -96,6 +96,32 @@ def test_topk_model_decodes_the_same_tokens():
     assert len(np.unique(tokens)) > 2
 
 
+@pytest.mark.parametrize("f,d", [(512, 64), (3072, 768)])  # 3072 x 768: T5-Base's W_out
+def test_compacted_kernel_equals_the_dense_product(f, d):
+    k1, k2, k3 = jax.random.split(jax.random.key(f), 3)
+    w_FD = jax.random.normal(k1, (f, d), jnp.bfloat16)
+    a_F = jnp.where(jax.random.uniform(k2, (f,)) < 0.03, jax.random.normal(k3, (f,), jnp.bfloat16), 0)
+    a_F = a_F.at[:40].set(1.0)  # one chunk with three groups of active rows
+    exact = np.asarray(a_F, np.float64) @ np.asarray(w_FD, np.float64)
+    got = np.asarray(sparse_mlp.compact_matvec(a_F, w_FD, interpret=True), np.float64)
+    np.testing.assert_allclose(got, exact, rtol=1e-5, atol=1e-5 * np.abs(exact).max())  # f32 sums
+    nan_rows = w_FD.at[jnp.nonzero(a_F == 0)[0][:5]].set(jnp.nan)  # rows it must never load
+    assert np.isfinite(np.asarray(sparse_mlp.compact_matvec(a_F, nan_rows, interpret=True))).all()
+
+
+def test_batch_one_decoding_takes_the_compacted_kernel_and_the_same_tokens(monkeypatch):
+    model = get_model(tiny_config(topk=8, dtype="bfloat16", d_ff=128))
+    enc = jnp.asarray(np.random.default_rng(0).integers(3, 40, (1, 7)), jnp.int32)
+    batch = {"encoder_input_tokens": enc, "decoder_input_tokens": enc, "decoder_target_tokens": enc}
+    params = jax.tree.map(np.array, nn.unbox(model.init(jax.random.key(1), batch)["params"]))
+    params["token_embedder"]["embedding"][:2] = 0
+    monkeypatch.setattr(sparse_mlp, "use_compact", lambda b, f, d: b == 1)  # as on a GPU
+    real, calls = sparse_mlp.compact_matvec, []
+    monkeypatch.setattr(sparse_mlp, "compact_matvec", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    assert_same_decoding(model, params, enc, impls=("pallas",), max_len=4, logits=False)
+    assert calls
+
+
 def test_kernel_refuses_batches_past_the_checked_ones_and_the_dense_path_serves_them():
     # The compiled kernel gave a wrong product at batch 64 on an H200; such batches must not reach it.
     assert sparse_mlp.pallas_tiles(16, 512, 64) is not None
