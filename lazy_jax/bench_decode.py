@@ -23,9 +23,12 @@ map of B random tokens), the share of W_out rows the sparse path still reads.
 times a trained run instead (its newest checkpoint, batch 1, each prompt of the JSONL file as
 `lazy_jax.generate` reads it, `--max_decode_len` tokens each without stopping at EOS), dense
 against the sparse kernel, with the share of tokens both give alike: the exactness check of the
-kernel on a model whose logits are not near ties. `--topk_impl` picks how the random models'
-Top-k finds its k-th largest (what a decoding step spends on selection), `--profile_dir=DIR`
-traces one timed decode of every row into DIR/<shape>_b<batch>_<impl> (`lazy_jax.profiling`).
+kernel on a model whose logits are not near ties. `--predictor RANK:ROWS` adds the approximate
+W_in predictor's row (`lazy_jax.predictor`: its token agreement with the exact path and its loss
+change); `--impls ...,predicted,predicted@1` times it on the random models (2k and k rows of
+W_in). `--topk_impl` picks how the random models' Top-k finds its k-th largest (what a decoding
+step spends on selection), `--profile_dir=DIR` traces one timed decode of every row into
+DIR/<shape>_b<batch>_<impl> (`lazy_jax.profiling`).
 """
 
 from __future__ import annotations

@@ -115,3 +115,13 @@ def test_bad_settings_are_refused_by_name():
         predictor.predicted_model(gelu, 8)
     with pytest.raises(InputError, match="needs a 'predictor' collection"):
         _decode(predictor.predicted_model(model, 16), {"params": params}, enc)
+
+
+def test_bench_decode_predictor_setting_is_checked():
+    from lazy_jax.bench_decode import parse_predictor
+
+    model, *_ = _model_and_params()
+    assert parse_predictor("16:32", model) == (16, 32)
+    for text, message in [("32", "is not RANK:ROWS"), ("64:32", "rank=64 must be"), ("8:500", "rows=500 must be")]:
+        with pytest.raises(InputError, match=message):
+            parse_predictor(text, model)
