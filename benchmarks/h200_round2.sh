@@ -40,6 +40,8 @@
 #   Rerun (round 16b) after the compacted Pallas kernels were added to the script.
 # ROUND=17 (one GPU, LIMIT=420): decoding with the compacted batch-1 kernels (the sparse W_out and
 #   the predicted rows by index), exact and predicted (2k and k rows of W_in), profiled.
+# ROUND=18 (one GPU, LIMIT=330): the thresholded predictor (no selection, k rows on average) beside
+#   the top-k one, T5-3B and T5-11B shapes at full depth, profiled.
 # Every measurement is its own process (a failing one does not stop the rest).
 #   OUT=/tmp/out bash benchmarks/h200_round2.sh
 #   ONLY='vit_dense|t5_dense' bash benchmarks/h200_round2.sh     # a subset (regex on the names)
@@ -350,6 +352,12 @@ round17() {  # decoding with the compacted kernels: exact, predicted at 2k and a
     --repeats 5 --profile_dir /tmp/dprof/dec_compact
 }
 
+round18() {  # the predictor's rows past a fitted threshold against its top rows
+  export CUDA_VISIBLE_DEVICES=0
+  decode dec_threshold --plan T5-11B-full:1,T5-3B-full:1 --impls off,pallas,predicted@1,predicted@1:threshold \
+    --repeats 5 --profile_dir /tmp/dprof/dec_threshold
+}
+
 round3_both() {  # after both streams: data parallel over the two GPUs
   export CUDA_VISIBLE_DEVICES=0,1
   END=$((SECONDS + ${LIMIT_BOTH:-100}))
@@ -358,7 +366,9 @@ round3_both() {  # after both streams: data parallel over the two GPUs
 
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv >"$OUT/gpu.txt" 2>&1
 END=$((SECONDS + LIMIT))
-if [ "${ROUND:-2}" = 17 ]; then
+if [ "${ROUND:-2}" = 18 ]; then
+  round18
+elif [ "${ROUND:-2}" = 17 ]; then
   round17
 elif [ "${ROUND:-2}" = 16 ]; then
   round16

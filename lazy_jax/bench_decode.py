@@ -64,7 +64,7 @@ SHAPES = (
 SWEEP_SHAPE = "T5-3B"
 IMPLS = ("off", "pallas", "gather", "predicted")
 # 'predicted' (lazy_jax.predictor, approximate): rank d_model / 16, and twice Top-k's k rows of W_in
-# ('predicted@N': N times k rows; `--impls` takes it too).
+# ('predicted@N': N times k rows, 'predicted@N:threshold' past a threshold; `--impls` takes both).
 PREDICTOR_RANK_FRAC, PREDICTOR_ROWS_PER_K = 1 / 16, 2
 
 
@@ -130,11 +130,13 @@ def predicted_bytes_limit(spec, rows: int, rank: int, w_out_rows: int) -> float:
     return weight_bytes(spec)["total"] / (2 * (spec.num_decoder_layers * per_layer + spec.vocab_size * d))
 
 
-def predictor_settings(spec, impl: str = "predicted") -> tuple[int, int]:
-    """(rank, rows) of the random models' predictor: rank PREDICTOR_RANK_FRAC of d_model, rows
-    PREDICTOR_ROWS_PER_K times k, or N times k for impl 'predicted@N' (@1: no second selection)."""
-    per_k = float(impl.partition("@")[2] or PREDICTOR_ROWS_PER_K)
-    return max(1, int(spec.d_model * PREDICTOR_RANK_FRAC)), min(spec.d_ff, round(per_k * spec.mlp.topk))
+def predictor_settings(spec, impl: str = "predicted") -> tuple[int, int, bool]:
+    """(rank, rows, threshold) of the random models' predictor: rank PREDICTOR_RANK_FRAC of
+    d_model, rows PREDICTOR_ROWS_PER_K times k, or N times k for impl 'predicted@N' (@1: no second
+    selection), chosen as the top rows, or past a fitted threshold for 'predicted@N:threshold'."""
+    per_k, _, mode = impl.partition("@")[2].partition(":")
+    rows = min(spec.d_ff, round(float(per_k or PREDICTOR_ROWS_PER_K) * spec.mlp.topk))
+    return max(1, int(spec.d_model * PREDICTOR_RANK_FRAC)), rows, mode == "threshold"
 
 
 def union_share(model: T5, params: dict, batch: int, seed: int = 1) -> float:
@@ -218,13 +220,14 @@ def parse_plan(text: str, shapes) -> list[tuple[str, int]]:
     return plan
 
 
-def parse_predictor(text: str, model) -> tuple[int, int]:
-    """'RANK:ROWS' -> (rank, rows), checked against the model (`lazy_jax.predictor`)."""
-    rank, _, rows = text.partition(":")
-    if not rank.isdigit() or not rows.isdigit():
-        raise InputError(f"--predictor={text!r} is not RANK:ROWS (two integers, e.g. 32:128)")
+def parse_predictor(text: str, model) -> tuple[int, int, bool]:
+    """'RANK:ROWS[:threshold]' -> (rank, rows, threshold), checked against the model."""
+    rank, _, rest = text.partition(":")
+    rows, _, mode = rest.partition(":")
+    if not rank.isdigit() or not rows.isdigit() or mode not in ("", "threshold"):
+        raise InputError(f"--predictor={text!r} is not RANK:ROWS[:threshold] (two integers, e.g. 32:128)")
     predictor.predicted_model(model, int(rows))
-    return predictor.check_rank(int(rank), model.spec.d_model), int(rows)
+    return predictor.check_rank(int(rank), model.spec.d_model), int(rows), mode == "threshold"
 
 
 def run(shapes, plan, repeats: int, budget_s: float, log, impls=IMPLS, profile_dir=None) -> list[dict]:
@@ -250,9 +253,9 @@ def run(shapes, plan, repeats: int, budget_s: float, log, impls=IMPLS, profile_d
                 prof = profile_dir and os.path.join(profile_dir, f"{name}_b{batch}_{impl}")
                 model, pred, row_limit = build(config, impl), None, limit["limit"]
                 if impl.startswith("predicted"):  # timing only: a random model's predictor picks rows at random
-                    rank, rows_read = predictor_settings(dense_model.spec, impl)
-                    model = predictor.predicted_model(dense_model, rows_read)
-                    pred = predictor.fit_decoder(params, rank)
+                    rank, rows_read, threshold = predictor_settings(dense_model.spec, impl)
+                    model = predictor.predicted_model(dense_model, rows_read, threshold)
+                    pred = predictor.fit_decoder(params, rank, rows=rows_read if threshold else None)
                     row_limit = predicted_bytes_limit(dense_model.spec, rows_read, rank, dense_model.spec.mlp.topk)
                 r = time_decode(model, params, batch, repeats, profile_dir=prof, predictor=pred)
                 del pred
@@ -326,9 +329,10 @@ def trained_rows(
     for impl in ("off", "pallas") + (("predicted",) if predictor_setting else ()):
         model, pred = dense if impl == "off" else gen.build_model(loaded.model_config, impl), None
         if impl == "predicted":
-            rank, rows_read = predictor_setting
-            model = predictor.predicted_model(dense, rows_read)
-            pred = predictor.fit_decoder(params, rank, _calibration_inputs(dense, params, inputs, base["tokens"]))
+            rank, rows_read, threshold = predictor_setting
+            model = predictor.predicted_model(dense, rows_read, threshold)
+            calibration = _calibration_inputs(dense, params, inputs, base["tokens"])
+            pred = predictor.fit_decoder(params, rank, calibration, rows=rows_read if threshold else None)
         seconds, tokens = 0.0, []
         for i, (ids_BT, enc_BSD) in enumerate(zip(inputs, encoded)):
             prof = profile_dir and i == 0 and os.path.join(profile_dir, f"trained_{impl}")
@@ -365,7 +369,7 @@ def trained_rows(
             row["same_tokens_as_exact"] = float(np.mean(tokens == exact_tokens))
             loss_exact = _mean_nll(base["logits"], base["tokens"])
             loss_predicted = _mean_nll(replay(model, base["tokens"], pred), base["tokens"])
-            row.update(predictor_rank=rank, predictor_rows=rows_read, loss_exact=loss_exact)
+            row.update(predictor_rank=rank, predictor_rows=rows_read, threshold=threshold, loss_exact=loss_exact)
             row.update(loss_predicted=loss_predicted, loss_change=loss_predicted - loss_exact)
         rows.append(row)
         log(json.dumps(row))

@@ -5,13 +5,16 @@ active is known after h = x @ W_in, which reads all of W_in. After Deja Vu, a ch
 guesses the active set first, so most of W_in is not read either:
 
     scores_F = (x_D @ u_DR) @ v_RF          a rank-R approximation of x @ W_in
-    keep_F   = the `rows` largest scores > 0 (the one Top-k, `sparsity.topk_mask`)
+    keep_F   = the `rows` largest scores > 0 (the one Top-k, `sparsity.topk_mask`), or, with
+               `predicted_model(..., threshold=True)`, scores > a per-layer threshold fitted to
+               keep `rows` on average (Deja Vu's way: no selection, a count that varies)
     h_F      = x . W_in[:, f] for f in keep, 0 elsewhere   (`compact_rows_matvec`: those rows only)
 
-and the block goes on as before (ReLU, Top-k k <= rows, the sparse W_out of the kept neurons).
+and the block goes on as before (ReLU, Top-k k <= rows, the sparse W_out of the kept neurons;
+with rows = k the predictor's set is the Top-k set and the second selection is skipped).
 When the predictor misses a neuron the exact path keeps, the output differs: this path is
 approximate, reported with its token agreement and loss change against the exact one
-(`bench_decode --workdir ... --predictor_rank R`, docs/inference.md).
+(`bench_decode --workdir ... --predictor RANK:ROWS`, docs/inference.md).
 
 The predictor needs no training: `fit` takes the rank-R approximation of W_in that is best for
 the MLP's inputs (their second moment C from calibration inputs, shrunk by SHRINK towards
@@ -21,7 +24,7 @@ so u v = P with u = C^-1/2 U_R and v = U_R^T C^1/2 W_in (U_R: the top R left sin
 of C^1/2 W_in). At full rank (R = D) and rows = d_ff the path is the exact one.
 
 The decode step reads them from a `predictor` collection beside `params`, the same tree as the
-decoder's MLPs: {'decoder': {'layers_i': {'mlp': {'u', 'v', 'wi_t'}}}} (`fit_decoder`); `wi_t`
+decoder's MLPs: {'decoder': {'layers_i': {'mlp': {'u', 'v', 'wi_t'[, 'threshold']}}}} (`fit_decoder`); `wi_t`
 is W_in transposed [F, D] so that a neuron's weights are one contiguous row (a column of W_in
 would be D loads spread over the whole matrix). It adds W_in's bytes to the device memory.
 """
@@ -42,6 +45,7 @@ from lazy_jax.errors import InputError
 Array = jax.Array
 NAMES = ("u", "v", "wi_t")
 SHRINK = 0.1  # share of the isotropic second moment mixed into the calibration's (`fit`)
+THRESHOLD_SAMPLES = 256  # random inputs a threshold is fitted on without calibration inputs
 
 
 def check_rows(rows: int, d_ff: int, topk: int) -> int:
@@ -57,13 +61,14 @@ def check_rank(rank: int, d_model: int) -> int:
     return int(rank)
 
 
-def predicted_model(model, rows: int):
-    """`model` (a T5) decoding with the predictor: `rows` rows of W_in and the sparse W_out a token."""
+def predicted_model(model, rows: int, threshold: bool = False):
+    """`model` (a T5) decoding with the predictor: `rows` rows of W_in and the sparse W_out a token
+    (threshold=True: the rows whose score passes the threshold `fit_decoder(rows=...)` fitted)."""
     spec = model.spec
     if spec.mlp.activation not in ("relu", "squared_relu") and not spec.mlp.topk:
         raise InputError(f"the predictor needs exact zeros (ReLU or Top-k), not activation={spec.mlp.activation!r}")
     rows = check_rows(rows, spec.d_ff, spec.mlp.topk)
-    mlp = dataclasses.replace(spec.mlp, sparse_decode="predicted", predictor_rows=rows)
+    mlp = dataclasses.replace(spec.mlp, sparse_decode="predicted", predictor_rows=rows, predictor_threshold=threshold)
     return type(model)(dataclasses.replace(spec, mlp=mlp))
 
 
@@ -99,15 +104,29 @@ def decoder_mlps(params: dict) -> list[str]:
     return [n for n in names if "mlp" in decoder[n]]
 
 
-def fit_decoder(params: dict, rank: int, inputs: dict[str, Array] | None = None, dtype=None) -> dict:
+def fit_decoder(
+    params: dict, rank: int, inputs: dict[str, Array] | None = None, dtype=None, rows: int | None = None
+) -> dict:
     """The `predictor` collection of a T5 decoder: `fit` of each layer's W_in, on that layer's
-    MLP inputs `inputs[layer]` [N, D] when given (`decoder_mlp_inputs`), else isotropic."""
+    MLP inputs `inputs[layer]` [N, D] when given (`decoder_mlp_inputs`), else isotropic; with
+    `rows`, also each layer's `threshold` (`fit_threshold`)."""
     out = {}
-    for name in decoder_mlps(params):
+    for i, name in enumerate(decoder_mlps(params)):
         wi_DF = params["decoder"][name]["mlp"]["wi"]["kernel"]
         x_ND = None if inputs is None else inputs[name]
         out[name] = {"mlp": fit(wi_DF, rank, x_ND, dtype)}
+        if rows:
+            if x_ND is None:  # RMSNorm's output at unit scale: entries of unit variance
+                x_ND = jax.random.normal(jax.random.key(i), (THRESHOLD_SAMPLES, wi_DF.shape[0]), jnp.float32)
+            out[name]["mlp"]["threshold"] = fit_threshold(out[name]["mlp"], x_ND, rows)
     return {"decoder": out}
+
+
+def fit_threshold(pred: dict[str, Array], x_ND: Array, rows: int) -> Array:
+    """The score above which `rows` rows lie on average: the mean over the inputs x_ND of each
+    one's rows-th largest score (a scalar; Deja Vu's thresholded predictor, no selection)."""
+    scores_NF = (jnp.asarray(x_ND).astype(pred["u"].dtype) @ pred["u"]) @ pred["v"]
+    return jnp.mean(jax.lax.top_k(scores_NF.astype(jnp.float32), rows)[0][:, -1])
 
 
 def decoder_mlp_inputs(model, variables: dict, batch: dict) -> dict[str, Array]:
@@ -129,11 +148,14 @@ def decoder_mlp_inputs(model, variables: dict, batch: dict) -> dict[str, Array]:
 
 def predicted_preactivation(x_BD: Array, pred: dict[str, Array], rows: int, topk_impl: str = "auto") -> Array:
     """h [B, F] in x's dtype: x . W_in's row f for the `rows` highest positive predicted scores
-    of each row of x, 0 elsewhere. Batch 1 on a GPU reads only those rows (`compact_rows_matvec`);
+    of each row of x (with a `threshold` in `pred`: the scores above it), 0 elsewhere. Batch 1 on a GPU reads only those rows (`compact_rows_matvec`);
     otherwise the same numbers from the dense product (what a CPU and larger batches get)."""
     u_DR, v_RF, wi_FD = pred["u"], pred["v"], pred["wi_t"]
     scores_BF = (x_BD.astype(u_DR.dtype) @ u_DR) @ v_RF
-    keep_BF = sparsity.topk_mask(scores_BF, rows, topk_impl) > 0
+    if "threshold" in pred:  # `rows` on average, no selection
+        keep_BF = scores_BF > pred["threshold"].astype(scores_BF.dtype)
+    else:
+        keep_BF = sparsity.topk_mask(scores_BF, rows, topk_impl) > 0
     if use_kernel(x_BD.shape[0], *wi_FD.shape):
         h_BF = jax.jit(compact_rows_matvec)(wi_FD, x_BD[0], keep_BF[0])[None]
     else:

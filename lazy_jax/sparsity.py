@@ -246,7 +246,9 @@ class MlpBlock(nn.Module):
       sparse_decode: a key of sparse_mlp.IMPLS; when not 'off', `wo` reads only the rows of
         W_out active for some sequence, and only when decoding (eval, one position per sequence).
         'predicted' (approximate) also reads only `predictor_rows` rows of W_in a token, those
-        a predictor from the `predictor` collection picks, in cached decoding (`lazy_jax.predictor`).
+        a predictor from the `predictor` collection picks, in cached decoding (`lazy_jax.predictor`);
+        with `predictor_threshold`, the rows whose score passes the collection's fitted threshold
+        (`predictor_rows` on average), no selection.
       out_features: width of the output (None = the input width; a 2-layer MLP classifier
         sets it to the number of classes).
     """
@@ -262,6 +264,7 @@ class MlpBlock(nn.Module):
     union_sizes: tuple[int, ...] = ()
     sparse_decode: str = "off"
     predictor_rows: int = 0
+    predictor_threshold: bool = False
     out_features: int | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -319,12 +322,14 @@ class MlpBlock(nn.Module):
     def _predicted_preactivation(self, x_B1D: Array) -> Array:
         from lazy_jax import predictor  # it builds on this module
 
-        if not all(self.has_variable("predictor", n) for n in predictor.NAMES):
+        names = predictor.NAMES + (("threshold",) if self.predictor_threshold else ())
+        if not all(self.has_variable("predictor", n) for n in names):
             raise InputError(
-                f"sparse_decode='predicted' needs a 'predictor' collection with {list(predictor.NAMES)} "
-                f"for {'/'.join(self.scope.path)} (lazy_jax.predictor.fit_decoder)"
+                f"sparse_decode='predicted' needs a 'predictor' collection with {list(names)} "
+                f"for {'/'.join(self.scope.path)} (lazy_jax.predictor.fit_decoder"
+                f"{', rows=...' if self.predictor_threshold else ''})"
             )
-        pred = {n: self.get_variable("predictor", n) for n in predictor.NAMES}
+        pred = {n: self.get_variable("predictor", n) for n in names}
         return predictor.predicted_preactivation(x_B1D[:, 0], pred, self.predictor_rows, self.topk_impl)[:, None]
 
 
@@ -345,6 +350,7 @@ class MlpSettings:
     union_sizes: tuple[int, ...]  # eval only; () = off
     sparse_decode: str = "off"  # sparse_mlp.IMPLS: read only active rows of W_out when decoding
     predictor_rows: int = 0  # sparse_decode='predicted': rows of W_in read a token (lazy_jax.predictor)
+    predictor_threshold: bool = False  # ... those past a fitted threshold (on average), not the top rows
 
     def block(self, d_ff: int, dtype: Any, **attributes) -> MlpBlock:
         """An `MlpBlock` of width d_ff in dtype with these settings; `attributes` are its other attributes."""

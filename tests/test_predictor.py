@@ -121,7 +121,30 @@ def test_bench_decode_predictor_setting_is_checked():
     from lazy_jax.bench_decode import parse_predictor
 
     model, *_ = _model_and_params()
-    assert parse_predictor("16:32", model) == (16, 32)
-    for text, message in [("32", "is not RANK:ROWS"), ("64:32", "rank=64 must be"), ("8:500", "rows=500 must be")]:
+    assert parse_predictor("16:32", model) == (16, 32, False)
+    assert parse_predictor("16:32:threshold", model) == (16, 32, True)
+    for text, message in [
+        ("32", "is not RANK:ROWS"),
+        ("16:32:top", "is not RANK:ROWS"),
+        ("64:32", "rank=64 must be"),
+        ("8:500", "rows=500 must be"),
+    ]:
         with pytest.raises(InputError, match=message):
             parse_predictor(text, model)
+
+
+def test_thresholded_predictor_keeps_about_rows_and_needs_its_threshold():
+    model, params, enc, batch = _model_and_params()
+    inputs = predictor.decoder_mlp_inputs(model, {"params": params}, batch)
+    pred = predictor.fit_decoder(params, rank=8, inputs=inputs, rows=16)
+    layer = pred["decoder"]["layers_0"]["mlp"]
+    x_ND = inputs["layers_0"]
+    kept_N = np.sum(np.asarray((x_ND @ layer["u"]) @ layer["v"]) > float(layer["threshold"]), axis=1)
+    assert abs(kept_N.mean() - 16) < 4 and kept_N.std() > 0  # 16 on average, not always
+    h = predictor.predicted_preactivation(x_ND[:3], layer, 16)  # no selection: the threshold's rows
+    np.testing.assert_array_equal(np.sum(np.asarray(h) != 0, axis=1), kept_N[:3])
+    thresholded = predictor.predicted_model(model, 16, threshold=True)
+    assert _decode(thresholded, {"params": params, "predictor": pred}, enc).shape == (1, 5)
+    no_threshold = predictor.fit_decoder(params, rank=8)
+    with pytest.raises(InputError, match="'threshold'"):
+        _decode(thresholded, {"params": params, "predictor": no_threshold}, enc)
