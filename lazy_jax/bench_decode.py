@@ -289,7 +289,14 @@ def run(shapes, plan, repeats: int, budget_s: float, log, impls=IMPLS, profile_d
 
 
 def trained_rows(
-    workdir: str, input_file: str, decode_len: int, repeats: int, log, profile_dir=None, predictor_setting=None
+    workdir: str,
+    input_file: str,
+    decode_len: int,
+    repeats: int,
+    log,
+    profile_dir=None,
+    predictor_setting=None,
+    calibration_file=None,
 ) -> list[dict]:
     """Batch-1 decoding of a trained run's newest checkpoint, dense against the Pallas kernel
     (and, with `predictor_setting` = (rank, rows), the approximate 'predicted' path).
@@ -304,7 +311,8 @@ def trained_rows(
     is set beside the largest logit difference of that step: a gap under the difference is a
     near tie that the summation order decided, not a wrong product.
     The 'predicted' row's predictor is fitted on the decoder MLP inputs of the dense path's own
-    greedy outputs for these prompts (in-sample); it reports its tokens' agreement with the exact
+    greedy outputs for these prompts (in-sample), or for those of `calibration_file` (held out); it
+    reports its tokens' agreement with the exact
     path and the loss change: the mean cross-entropy of the dense tokens under its replayed logits
     minus the dense path's own.
     """
@@ -331,7 +339,14 @@ def trained_rows(
         if impl == "predicted":
             rank, rows_read, threshold = predictor_setting
             model = predictor.predicted_model(dense, rows_read, threshold)
-            calibration = _calibration_inputs(dense, params, inputs, base["tokens"])
+            if calibration_file:  # held-out prompts, decoded densely for their decoder inputs
+                held = gen.read_prompts(calibration_file, loaded.tokenizer, PROMPT_LEN)
+                held = [jnp.asarray(ids_BT) for ids_BT, _ in gen.batches(held, 1)]
+                decode = _decoder(dense, decode_len)
+                held_tokens = [np.asarray(decode({"params": params}, encode(params, t), t > 0)[0])[0] for t in held]
+                calibration = _calibration_inputs(dense, params, held, held_tokens)
+            else:
+                calibration = _calibration_inputs(dense, params, inputs, base["tokens"])
             pred = predictor.fit_decoder(params, rank, calibration, rows=rows_read if threshold else None)
         seconds, tokens = 0.0, []
         for i, (ids_BT, enc_BSD) in enumerate(zip(inputs, encoded)):
@@ -370,6 +385,7 @@ def trained_rows(
             loss_exact = _mean_nll(base["logits"], base["tokens"])
             loss_predicted = _mean_nll(replay(model, base["tokens"], pred), base["tokens"])
             row.update(predictor_rank=rank, predictor_rows=rows_read, threshold=threshold, loss_exact=loss_exact)
+            row.update(calibration=calibration_file or "in-sample")
             row.update(loss_predicted=loss_predicted, loss_change=loss_predicted - loss_exact)
         rows.append(row)
         log(json.dumps(row))
@@ -490,6 +506,9 @@ def main(argv=None) -> None:
         default="",
         help="RANK:ROWS: with --workdir, also the approximate 'predicted' path (lazy_jax.predictor)",
     )
+    p.add_argument(
+        "--calibration_file", default=None, help="JSONL prompts to fit --predictor on (default: --input_file)"
+    )
     a = p.parse_args(argv)
     if a.workdir and not a.input_file:
         p.error("--workdir needs --input_file=PROMPTS.jsonl (one object a line with 'text' or 'input_ids')")
@@ -504,6 +523,8 @@ def main(argv=None) -> None:
             gen.read_prompts(a.input_file, loaded.tokenizer, PROMPT_LEN)
             if a.predictor:
                 predictor_setting = parse_predictor(a.predictor, gen.build_model(loaded.model_config, "off"))
+            if a.calibration_file:
+                gen.read_prompts(a.calibration_file, loaded.tokenizer, PROMPT_LEN)
     except InputError as e:
         p.exit(2, f"error: {e}\n")
     TOPK_IMPL = a.topk_impl
@@ -521,7 +542,16 @@ def main(argv=None) -> None:
     if a.check:
         check_kernels(log, ((1, 512, 64), (4, 256, 64)) if a.tiny else CHECK_SHAPES)
     if a.workdir:
-        rows = trained_rows(a.workdir, a.input_file, a.max_decode_len, a.repeats, log, a.profile_dir, predictor_setting)
+        rows = trained_rows(
+            a.workdir,
+            a.input_file,
+            a.max_decode_len,
+            a.repeats,
+            log,
+            a.profile_dir,
+            predictor_setting,
+            a.calibration_file,
+        )
     elif a.tiny:
         tiny = dict(d_model=64, num_heads=2, d_kv=32, d_ff=512)
         shapes = (("tiny-a", tiny, 2), ("tiny-b", tiny, 3), ("tiny-c", tiny, 1))
