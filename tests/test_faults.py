@@ -449,30 +449,31 @@ def test_sigterm_during_a_long_eval_stops_between_eval_batches(digits_dir, tmp_p
 
 
 def test_disk_full_during_an_async_save_is_one_error_line_at_the_next_step(env, tmp_path):
-    """ENOSPC while the asynchronous save of step 20 writes its arrays (checkpoints every 10 steps):
+    """ENOSPC while the asynchronous save of step 60 writes its arrays (checkpoints every 30 steps):
     the run stops at the first step after the background save failed, with one line, long before
-    the next save (30) would have noticed; the temporary directory goes, the checkpoint of step 10
-    stays."""
+    the next save (90) would have noticed; the temporary directory goes, the checkpoint of step 30
+    stays. (The failure reaches the main thread when orbax's background thread gets to run: with
+    saves 10 steps apart, a loaded 2-core machine once let the run reach the next save first.)"""
     out = run_main(
         env,
         tmp_path,
         python_code=_DISK_FULL_AT_SAVE,
-        extra_env={"DISK_FULL_AT_SAVE_OF_STEP": "20"},
-        total_steps=60,
-        checkpoint_every_steps=10,
-        eval_every_steps=100,
+        extra_env={"DISK_FULL_AT_SAVE_OF_STEP": "60"},
+        total_steps=150,
+        checkpoint_every_steps=30,
+        eval_every_steps=300,
     )
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr
     last = out.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: saving the checkpoint of step 20 failed: [Errno 28] No space left on device"), last
+    assert last.startswith("error: saving the checkpoint of step 60 failed: [Errno 28] No space left on device"), last
     assert len(out.stderr.strip().splitlines()) < 10, out.stderr  # no pages of orbax tracebacks
-    assert complete_steps(tmp_path) == [10]
+    assert complete_steps(tmp_path) == [30]
     assert not [p.name for p in (tmp_path / "checkpoints").iterdir() if "tmp" in p.name]
     last_step = max(r["step"] for r in read_metrics(tmp_path))
-    assert last_step < 30, f"reported at step {last_step}, not before the next save (30)"
-    meta = json.loads((tmp_path / "checkpoints" / "10" / "meta" / "metadata").read_text())
-    assert meta["step"] == 10  # the kept checkpoint is whole
+    assert last_step < 90, f"reported at step {last_step}, not before the next save (90)"
+    meta = json.loads((tmp_path / "checkpoints" / "30" / "meta" / "metadata").read_text())
+    assert meta["step"] == 30  # the kept checkpoint is whole
 
 
 def test_unreadable_checkpoints_refuse_until_start_afresh(env, reference, tmp_path):
