@@ -148,15 +148,16 @@ def decoder_mlp_inputs(model, variables: dict, batch: dict) -> dict[str, Array]:
 
 def predicted_preactivation(x_BD: Array, pred: dict[str, Array], rows: int, topk_impl: str = "auto") -> Array:
     """h [B, F] in x's dtype: x . W_in's row f for the `rows` highest positive predicted scores
-    of each row of x (with a `threshold` in `pred`: the scores above it), 0 elsewhere. Batch 1 on a GPU reads only those rows (`compact_rows_matvec`);
-    otherwise the same numbers from the dense product (what a CPU and larger batches get)."""
+    of each row of x (with a `threshold` in `pred`: the scores above it), 0 elsewhere. Batch 1 on
+    a GPU reads only those rows (`compact_rows_matvec`); otherwise the same numbers come from the
+    dense product (what a CPU and larger batches get)."""
     u_DR, v_RF, wi_FD = pred["u"], pred["v"], pred["wi_t"]
     scores_BF = (x_BD.astype(u_DR.dtype) @ u_DR) @ v_RF
     if "threshold" in pred:  # `rows` on average, no selection
         keep_BF = scores_BF > pred["threshold"].astype(scores_BF.dtype)
     else:
         keep_BF = sparsity.topk_mask(scores_BF, rows, topk_impl) > 0
-    if use_kernel(x_BD.shape[0], *wi_FD.shape):
+    if sparse_mlp.use_compact(x_BD.shape[0], *wi_FD.shape):  # the W_out kernel's conditions
         h_BF = jax.jit(compact_rows_matvec)(wi_FD, x_BD[0], keep_BF[0])[None]
     else:
         h_BF = jnp.where(keep_BF, x_BD.astype(wi_FD.dtype) @ wi_FD.T, 0)
@@ -164,11 +165,6 @@ def predicted_preactivation(x_BD: Array, pred: dict[str, Array], rows: int, topk
 
 
 # ----------------------------------------------------------------------------- the kernel
-
-
-def use_kernel(b: int, f: int, d: int) -> bool:
-    """The kernel reads one row of x (batch 1), on a GPU, where its blocks tile W_in^T."""
-    return b == 1 and sparse_mlp.on_gpu() and sparse_mlp.compact_tiles(f, d) is not None
 
 
 def _compact_rows_kernel(x_ref, keep_ref, w_ref, o_ref, *, chunk: int, group: int, block_d: int):

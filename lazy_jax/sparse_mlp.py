@@ -8,13 +8,15 @@ time saved. Exact: the same products are summed, only in another order (bf16 rou
 
 Implementations (`IMPLS`, the `sparse_decode` of `MlpBlock` / `MlpSettings`):
 - 'off': the dense matmul (XLA's), the reference and the fallback.
-- 'predicted': W_out as 'pallas'; MlpBlock also predicts which rows of W_in to read
-  (`lazy_jax.predictor`, approximate).
-- 'pallas': a Pallas (Triton) kernel in the manner of TEAL's sparse GEMV: the [F, D] kernel is
-  cut into tiles of `block_f` rows x `block_d` columns; each program loads its tile with a row
-  mask (the union of the batch's nonzeros), so inactive rows cost no memory traffic, and writes
-  its [B, block_d] partial sum; the partials over F are summed in f32 outside (deterministic,
-  no atomics). Off a GPU it runs in Pallas' interpret mode (tests only: slow).
+- 'pallas': Pallas (Triton) kernels. At batch 1 on a GPU, `compact_matvec`: each program
+  compacts its chunk of a (a prefix count; no scatter) and loads only the active rows, by index.
+  Otherwise the masked kernel in the manner of TEAL's sparse GEMV: the [F, D] kernel is cut into
+  tiles of `block_f` rows x `block_d` columns; each program loads its tile with a row mask (the
+  union of the batch's nonzeros), so inactive rows cost no memory traffic (but each tile is
+  visited), and writes its [B, block_d] partial sum. Partials over F are summed in f32 outside
+  (deterministic, no atomics). Off a GPU they run in Pallas' interpret mode (tests only: slow).
+- 'predicted': W_out as 'pallas' on a GPU (the dense matmul on a CPU); MlpBlock also predicts
+  which rows of W_in to read (`lazy_jax.predictor`, approximate).
 - 'gather': compact the union's indices to a fixed capacity (`jnp.nonzero(size=C)`), take those
   rows, one small matmul; `lax.cond` to the dense matmul when the union exceeds C.
 `wo_dot_general` is what `MlpBlock` hands its `wo` Dense: None (Flax's default dot) unless the
@@ -81,6 +83,8 @@ def sparse_matmul(a_BF: Array, w_FD: Array, impl: str) -> Array:
         if use_compact(*a_BF.shape, w_FD.shape[1]):  # one row: by index (measured 2x the masked kernel)
             out_D = jax.jit(compact_matvec, static_argnames="interpret")(a_BF[0], w_FD, interpret=not on_gpu())
             return out_D[None].astype(jnp.result_type(a_BF, w_FD))
+        if impl == "predicted" and not on_gpu():
+            return dense_matmul(a_BF, w_FD)  # nothing to gain on a CPU ('pallas' interprets its kernels: tests)
         if pallas_tiles(*a_BF.shape, w_FD.shape[1]) is None:
             return dense_matmul(a_BF, w_FD)  # shapes the kernel does not tile
         # Inside a jit: Flax's nn.scan (scanned layers) refuses a bare pallas_call in its body.
@@ -277,6 +281,6 @@ def compact_matvec(a_F: Array, w_FD: Array, *, interpret: bool = False, chunk=CO
         out_specs=pl.BlockSpec((None, block_d), lambda p, i: (p, i)),
         out_shape=jax.ShapeDtypeStruct((f // chunk, d), jnp.float32),
         interpret=interpret,
-        name="compact_rows_matvec",
+        name="compact_sparse_wout",
     )(a_F, w_FD)
     return jnp.sum(partial_PD, axis=0)

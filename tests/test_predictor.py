@@ -71,13 +71,14 @@ def test_full_rank_all_rows_decodes_the_exact_tokens_and_logits():
     exact = with_impl(model, "off")
     full = predictor.predicted_model(model, 128)
     pred = predictor.fit_decoder(params, rank=32)  # d_model = 32: full rank
-    tokens = _decode(exact, {"params": params}, enc)
-    np.testing.assert_array_equal(_decode(full, {"params": params, "predictor": pred}, enc), tokens)
+    tokens = jnp.asarray(_decode(exact, {"params": params}, enc))
     encoded, _ = exact.apply({"params": params}, enc, enc > 0, method=T5.encode)
     forced = jax.jit(forced_decode_logits, static_argnums=0)
-    want = np.asarray(forced(exact, {"params": params}, encoded, enc > 0, jnp.asarray(tokens)))
-    got = np.asarray(forced(full, {"params": params, "predictor": pred}, encoded, enc > 0, jnp.asarray(tokens)))
+    want = np.asarray(forced(exact, {"params": params}, encoded, enc > 0, tokens))
+    got = np.asarray(forced(full, {"params": params, "predictor": pred}, encoded, enc > 0, tokens))
     np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
+    # Fed the exact tokens, it picks each next one: greedy decoding gives the exact sequence.
+    np.testing.assert_array_equal(got.argmax(-1), np.asarray(tokens))
 
 
 def test_few_rows_change_the_output_and_the_kernel_gives_the_fallbacks_numbers(monkeypatch):
@@ -95,7 +96,7 @@ def test_few_rows_change_the_output_and_the_kernel_gives_the_fallbacks_numbers(m
     got = np.asarray(forced(few, variables, encoded, enc > 0, jnp.asarray(fallback)))
     assert np.abs(got - want).max() > 1e-3 * np.abs(want).max()  # approximate: rank 4 of 32 misses neurons
     jax.clear_caches()  # trace again, now on the kernel's path
-    monkeypatch.setattr(predictor, "use_kernel", lambda b, f, d: True)  # the kernel (interpret mode on a CPU)
+    monkeypatch.setattr(predictor.sparse_mlp, "use_compact", lambda b, f, d: b == 1)  # the kernels, interpreted
     real_rows, calls = predictor.compact_rows_matvec, []
     monkeypatch.setattr(predictor, "compact_rows_matvec", lambda *a: calls.append(1) or real_rows(*a))
     np.testing.assert_array_equal(_decode(few, variables, enc), fallback)
