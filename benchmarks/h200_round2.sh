@@ -331,17 +331,20 @@ round14() {  # the predicted path (approximate) beside dense and the exact spars
     --profile_dir /tmp/dprof/dec_predicted
 }
 
+kernels() {  # kernels ARGS...: benchmarks/sparse_kernels.py at T5-11B's and T5-3B's shapes into $OUT/kernels.jsonl
+  timeout "$(left)" python3 benchmarks/sparse_kernels.py --shapes=65536x1024,16384x1024 "$@" \
+    >"$OUT/kernels.jsonl" 2>"$OUT/kernels.err"
+  echo "=== kernels rc=$?" >>"$OUT/decode.log"
+}
+
 round15() {  # the sparse W_out and the predicted-rows kernels alone, over their tile settings
   export CUDA_VISIBLE_DEVICES=0
-  timeout "$(left)" python3 benchmarks/sparse_kernels.py --shapes=65536x1024,16384x1024 >"$OUT/kernels.jsonl" 2>"$OUT/kernels.err"
-  echo "=== kernels rc=$?" >>"$OUT/decode.log"
+  kernels
 }
 
 round16() {  # the compacted (index-list) forms of the same products
   export CUDA_VISIBLE_DEVICES=0
-  timeout "$(left)" python3 benchmarks/sparse_kernels.py --shapes=65536x1024,16384x1024 --compacted \
-    >"$OUT/kernels.jsonl" 2>"$OUT/kernels.err"
-  echo "=== kernels rc=$?" >>"$OUT/decode.log"
+  kernels --compacted
 }
 
 round17() {  # decoding with the compacted kernels: exact, predicted at 2k and at k rows
@@ -366,54 +369,14 @@ round3_both() {  # after both streams: data parallel over the two GPUs
 
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv >"$OUT/gpu.txt" 2>&1
 END=$((SECONDS + LIMIT))
-if [ "${ROUND:-2}" = 18 ]; then
-  round18
-elif [ "${ROUND:-2}" = 17 ]; then
-  round17
-elif [ "${ROUND:-2}" = 16 ]; then
-  round16
-elif [ "${ROUND:-2}" = 15 ]; then
-  round15
-elif [ "${ROUND:-2}" = 14 ]; then
-  round14
-elif [ "${ROUND:-2}" = 13 ]; then
-  round13
-elif [ "${ROUND:-2}" = 12 ]; then
-  round12
-elif [ "${ROUND:-2}" = 11 ]; then
-  round11
-elif [ "${ROUND:-2}" = 10 ]; then
-  round10_gpu0 &
-  round10_gpu1 &
+R=${ROUND:-2}
+if declare -F "round$R" >/dev/null; then  # a round of one stream
+  "round$R"
+elif declare -F "round${R}_gpu0" >/dev/null; then  # a stream a GPU, then what needs both
+  "round${R}_gpu0" &
+  if declare -F "round${R}_gpu1" >/dev/null; then "round${R}_gpu1" & fi
   wait
-  round10_both
-elif [ "${ROUND:-2}" = 9 ]; then
-  round9_gpu0 &
-  round9_gpu1 &
-  wait
-elif [ "${ROUND:-2}" = 8 ]; then
-  round8_gpu0
-elif [ "${ROUND:-2}" = 7 ]; then
-  round7_gpu0 &
-  round7_gpu1 &
-  wait
-elif [ "${ROUND:-2}" = 6 ]; then
-  round6_gpu0 &
-  round6_gpu1 &
-  wait
-elif [ "${ROUND:-2}" = 5 ]; then
-  round5_gpu0 &
-  round5_gpu1 &
-  wait
-elif [ "${ROUND:-2}" = 4 ]; then
-  round4_gpu0 &
-  round4_gpu1 &
-  wait
-elif [ "${ROUND:-2}" = 3 ]; then
-  round3_gpu0 &
-  round3_gpu1 &
-  wait
-  round3_both
+  if declare -F "round${R}_both" >/dev/null; then "round${R}_both"; fi
 else
   vit_then_decode &
   t5_stream &

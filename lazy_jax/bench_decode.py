@@ -25,8 +25,8 @@ times a trained run instead (its newest checkpoint, batch 1, each prompt of the 
 against the sparse kernel, with the share of tokens both give alike: the exactness check of the
 kernel on a model whose logits are not near ties. `--predictor RANK:ROWS` adds the approximate
 W_in predictor's row (`lazy_jax.predictor`: its token agreement with the exact path and its loss
-change); `--impls ...,predicted,predicted@1` times it on the random models (2k and k rows of
-W_in). `--topk_impl` picks how the random models' Top-k finds its k-th largest (what a decoding
+change); `--impls ...,predicted,predicted@1[:threshold]` times it on the random models (2k and k
+rows of W_in; `:threshold`, k on average past a fitted threshold). `--topk_impl` picks how the random models' Top-k finds its k-th largest (what a decoding
 step spends on selection), `--profile_dir=DIR` traces one timed decode of every row into
 DIR/<shape>_b<batch>_<impl> (`lazy_jax.profiling`).
 """
@@ -220,6 +220,19 @@ def parse_plan(text: str, shapes) -> list[tuple[str, int]]:
     return plan
 
 
+def parse_impls(text: str) -> tuple[str, ...]:
+    """'off,pallas,predicted@1:threshold' -> the names, each of IMPLS or predicted@N[:threshold]."""
+    impls = tuple(text.split(","))
+    for impl in impls:
+        per_k, _, mode = impl.partition("@")[2].partition(":")
+        known = impl in IMPLS or (
+            impl.startswith("predicted@") and per_k.replace(".", "", 1).isdigit() and mode in ("", "threshold")
+        )
+        if not known:
+            raise InputError(f"--impls item {impl!r} is not one of {list(IMPLS)} or predicted@N[:threshold]")
+    return impls
+
+
 def parse_predictor(text: str, model) -> tuple[int, int, bool]:
     """'RANK:ROWS[:threshold]' -> (rank, rows, threshold), checked against the model."""
     rank, _, rest = text.partition(":")
@@ -258,7 +271,6 @@ def run(shapes, plan, repeats: int, budget_s: float, log, impls=IMPLS, profile_d
                     pred = predictor.fit_decoder(params, rank, rows=rows_read if threshold else None)
                     row_limit = predicted_bytes_limit(dense_model.spec, rows_read, rank, dense_model.spec.mlp.topk)
                 r = time_decode(model, params, batch, repeats, profile_dir=prof, predictor=pred)
-                del pred
             except Exception as e:  # one variant failing must not lose the others' numbers
                 log(f"{name} b={batch} {impl}: FAILED {type(e).__name__}: {str(e)[:2000]}")
                 continue
@@ -299,7 +311,7 @@ def trained_rows(
     calibration_file=None,
 ) -> list[dict]:
     """Batch-1 decoding of a trained run's newest checkpoint, dense against the Pallas kernel
-    (and, with `predictor_setting` = (rank, rows), the approximate 'predicted' path).
+    (and, with `predictor_setting` = (rank, rows, threshold), the approximate 'predicted' path).
 
     Every prompt of `input_file` is encoded once (not timed), then decoded `decode_len` tokens by
     each implementation; ms/token is the sum over prompts of the median decode time, divided by
@@ -311,10 +323,9 @@ def trained_rows(
     is set beside the largest logit difference of that step: a gap under the difference is a
     near tie that the summation order decided, not a wrong product.
     The 'predicted' row's predictor is fitted on the decoder MLP inputs of the dense path's own
-    greedy outputs for these prompts (in-sample), or for those of `calibration_file` (held out); it
-    reports its tokens' agreement with the exact
-    path and the loss change: the mean cross-entropy of the dense tokens under its replayed logits
-    minus the dense path's own.
+    greedy outputs for these prompts (in-sample), or for those of `calibration_file` (held out);
+    it reports its tokens' agreement with the exact path and the loss change: the mean
+    cross-entropy of the dense tokens under its replayed logits minus the dense path's own.
     """
     from lazy_jax import generate as gen
     from lazy_jax.models.t5 import T5, decode_params, forced_decode_logits
@@ -504,7 +515,7 @@ def main(argv=None) -> None:
     p.add_argument(
         "--predictor",
         default="",
-        help="RANK:ROWS: with --workdir, also the approximate 'predicted' path (lazy_jax.predictor)",
+        help="RANK:ROWS[:threshold]: with --workdir, also the approximate 'predicted' path (lazy_jax.predictor)",
     )
     p.add_argument(
         "--calibration_file", default=None, help="JSONL prompts to fit --predictor on (default: --input_file)"
@@ -512,9 +523,12 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     if a.workdir and not a.input_file:
         p.error("--workdir needs --input_file=PROMPTS.jsonl (one object a line with 'text' or 'input_ids')")
+    if (a.predictor or a.calibration_file) and not a.workdir or a.calibration_file and not a.predictor:
+        p.error("--predictor needs --workdir, and --calibration_file needs --predictor")
     try:
         sparsity.check_topk_impl(a.topk_impl, key="--topk_impl")
         plan = parse_plan(a.plan, SHAPES) if a.plan else None
+        impls = parse_impls(a.impls)
         predictor_setting = None
         if a.workdir:  # a bad workdir or prompt file: one line, before anything is written
             from lazy_jax import generate as gen
@@ -559,7 +573,7 @@ def main(argv=None) -> None:
     else:
         if plan is None:  # --plan, e.g. T5-11B-full:1,T5-3B:4, else the default
             plan = default_plan(SHAPES, SWEEP_SHAPE, tuple(int(b) for b in a.sweep_batches.split(",")))
-        rows = run(SHAPES, plan, a.repeats, a.budget_s, log, tuple(a.impls.split(",")), a.profile_dir)
+        rows = run(SHAPES, plan, a.repeats, a.budget_s, log, impls, a.profile_dir)
     with open(os.path.join(a.out, "bench_decode.json"), "w") as f:
         json.dump(rows, f, indent=1)
     print(table(rows))

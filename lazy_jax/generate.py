@@ -41,7 +41,6 @@ from lazy_jax import workdir as wd
 from lazy_jax.data import tokenizer as tokenizer_lib
 from lazy_jax.errors import InputError
 
-SPARSE_ACTIVATIONS = ("relu", "squared_relu")  # exact zeros without Top-k
 SPARSE_MAX_BATCH = 1  # measured: at batch 4 (union 11.5%) the sparse kernel no longer gains (docs/inference.md)
 MIN_INPUT_LEN = 8
 
@@ -109,10 +108,10 @@ def sparse_impl(model_config, sparse: bool, batch_size: int) -> str:
     if not sparse:
         return "off"
     act, topk = model_config.get("activation", "relu"), model_config.get("topk", 0)
-    if act not in SPARSE_ACTIVATIONS and not topk:
+    if not sparse_mlp.has_exact_zeros(act, topk):
         raise InputError(
             f"--sparse needs exact zeros in the MLP activations: activation={act!r} with topk=0 has none; "
-            f"use a model with activation in {list(SPARSE_ACTIVATIONS)} or Top-k"
+            f"use a model with activation in {list(sparse_mlp.EXACT_ZERO_ACTIVATIONS)} or Top-k"
         )
     if not sparse_mlp.on_gpu():
         print("generate: --sparse falls back to the dense matmul off a GPU (exact, nothing to gain)", file=sys.stderr)

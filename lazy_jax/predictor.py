@@ -65,7 +65,7 @@ def predicted_model(model, rows: int, threshold: bool = False):
     """`model` (a T5) decoding with the predictor: `rows` rows of W_in and the sparse W_out a token
     (threshold=True: the rows whose score passes the threshold `fit_decoder(rows=...)` fitted)."""
     spec = model.spec
-    if spec.mlp.activation not in ("relu", "squared_relu") and not spec.mlp.topk:
+    if not sparse_mlp.has_exact_zeros(spec.mlp.activation, spec.mlp.topk):
         raise InputError(f"the predictor needs exact zeros (ReLU or Top-k), not activation={spec.mlp.activation!r}")
     rows = check_rows(rows, spec.d_ff, spec.mlp.topk)
     mlp = dataclasses.replace(spec.mlp, sparse_decode="predicted", predictor_rows=rows, predictor_threshold=threshold)

@@ -36,9 +36,15 @@ from lazy_jax.errors import InputError
 Array = jax.Array
 
 IMPLS = ("off", "pallas", "gather", "predicted")
+EXACT_ZERO_ACTIVATIONS = ("relu", "squared_relu")  # maps with exact zeros even without Top-k
 GATHER_CAPACITY_FRAC = 0.125  # 'gather': up to F/8 rows of W_out, else the dense matmul
 PARTIAL_BYTES_FRAC = 1 / 64  # 'pallas': f32 partial sums at most this share of W_out's bytes ...
 MIN_PROGRAMS = 264  # ... while two programs per H200 multiprocessor (132) are left
+
+
+def has_exact_zeros(activation: str, topk: int) -> bool:
+    """Whether an MLP's map has exact zeros to skip (a ReLU-like activation, or Top-k)."""
+    return activation in EXACT_ZERO_ACTIVATIONS or topk > 0
 
 
 def check_impl(impl: str, *, key: str = "sparse_decode") -> str:

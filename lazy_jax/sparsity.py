@@ -79,8 +79,8 @@ def kth_largest_auto(a_BTF: Array, k: int) -> Array:
     On an H200 the kernel took ViT-B/16's Top-k training step from 1.22x the dense one to 1.002x,
     T5-Base's from 1.13x to 1.005x (docs/performance.md), and a batch-1 decoding step of a T5-11B
     shape (4 layers, one call) from 0.891 to 0.808 ms a token (docs/inference.md): there the
-    bisection's 15 dependent passes over one row cost ~44 us a layer. Where the mesh splits a row over devices
-    (the 'mlp' axis sharded), or the row is too wide to hold, it keeps the bisection.
+    bisection's 15 dependent passes over one row cost ~44 us a layer. Where the mesh splits a row
+    over devices (the 'mlp' axis sharded), or the row is too wide to hold, it keeps the bisection.
     """
     # kth_largest_pallas itself keeps the bisection where the kernel cannot take the map.
     return (kth_largest_pallas if jax.default_backend() == "gpu" else kth_largest_positive)(a_BTF, k)
@@ -297,8 +297,8 @@ class MlpBlock(nn.Module):
             h_BTF = self._predicted_preactivation(x_BTD)
         else:
             h_BTF = dense(self.d_ff, (self.embed_axis, "mlp"), "wi")(x_BTD)
-        # A predictor of k rows has picked the k already (ReLU zeros the negatives; a tie in its
-        # scores may keep one more): a second selection would find the same set.
+        # A predictor of k rows has picked its k already (ReLU zeros the negatives; ties in its
+        # scores, or its threshold, may keep a few more): no second selection.
         topk = 0 if predicting and self.predictor_rows == self.topk else self.topk
         scores_BTF = None
         if topk and self.activation == "relu":
