@@ -361,6 +361,13 @@ round18() {  # the predictor's rows past a fitted threshold against its top rows
     --repeats 5 --profile_dir /tmp/dprof/dec_threshold
 }
 
+round19() {  # decode attention: the Pallas kernel (now 'auto' on a GPU) against XLA's, T5-11B shape
+  export CUDA_VISIBLE_DEVICES=0
+  decode dec_attn --check --plan T5-11B-full:1 --impls off,pallas,predicted@1:threshold \
+    --repeats 5 --profile_dir /tmp/dprof/dec_attn
+  decode dec_attn_xla --plan T5-11B-full:1 --impls off,pallas --decode_attention=xla --repeats 5
+}
+
 round3_both() {  # after both streams: data parallel over the two GPUs
   export CUDA_VISIBLE_DEVICES=0,1
   END=$((SECONDS + ${LIMIT_BOTH:-100}))

@@ -12,8 +12,9 @@ neurons are active is not: random tokens spread over all neurons, the worst case
 union over a batch). The encoder output is random too (the encoder is not timed).
 
 Per token a decoder layer reads self-attention q/k/v/o, cross-attention q/o and both MLP
-matrices (plus the cached keys and values); W_out is ~28% of those weight bytes, so skipping
-97% of it bounds the speedup at `limit` = weights / (weights - 0.97 W_out), the LM head (V x D)
+matrices, and the cached keys and values (the prompt's for cross-attention, 34 MB a layer at
+T5-11B's 128 heads x 128 d_kv and 512 positions); W_out is ~28% of the weight bytes, so skipping
+97% of it bounds the speedup at `limit` = all bytes / (all bytes - 0.97 W_out), the LM head (V x D)
 included. Every row prints that limit next to the measured speedup; `union` is the measured share
 of neurons active for at least one of the B sequences (`sparsity.union_active_frac` on layer 0's
 map of B random tokens), the share of W_out rows the sparse path still reads.
@@ -49,6 +50,7 @@ import numpy as np
 
 from lazy_jax import predictor, profiling, sparsity, xla_flags
 from lazy_jax.errors import InputError
+from lazy_jax.models import attention
 from lazy_jax.models.t5 import T5, decode_from_encoded, default_model_config, t5_spec
 
 PROMPT_LEN, DECODE_LEN, TOPK_FRAC = 512, 128, 0.03
@@ -112,22 +114,41 @@ def random_params(model: T5, seed: int = 0) -> dict:
     return jax.tree.unflatten(treedef, out)
 
 
-def weight_bytes(spec, active_share: float = TOPK_FRAC) -> dict[str, float]:
-    """Bytes of bf16 weights one decoding step reads, W_out's, and the byte-count limit when only
-    `active_share` of W_out's rows are read: weights / (weights - skipped W_out)."""
-    d, hk, f = spec.d_model, spec.num_heads * spec.d_kv, spec.d_ff
-    per_layer = (4 + 2) * d * hk + 2 * d * f  # self q/k/v/o, cross q/o, W_in and W_out
-    total = 2 * (spec.num_decoder_layers * per_layer + spec.vocab_size * d)
-    w_out = 2 * spec.num_decoder_layers * d * f
-    return dict(total=total, w_out=w_out, limit=total / (total - (1 - active_share) * w_out))
+def step_bytes(
+    spec, active_share: float = TOPK_FRAC, prompt_len: float = PROMPT_LEN, decode_len: int = DECODE_LEN
+) -> dict[str, float]:
+    """Bytes one decoding step reads, and the byte-count limit when only `active_share` of W_out's
+    rows are read: `weights` (bf16, the LM head included), `w_out` (W_out's share of them),
+    `cache` (bf16 keys and values: the prompt's `prompt_len` positions for cross-attention, and the
+    decoder's own, (decode_len + 1) / 2 positions on average), `limit` = all bytes / (all bytes -
+    skipped W_out), and `limit_weights`, the same without the cache (the count before round 19)."""
+    d, hk, f, layers = spec.d_model, spec.num_heads * spec.d_kv, spec.d_ff, spec.num_decoder_layers
+    weights = 2 * (
+        layers * ((4 + 2) * d * hk + 2 * d * f) + spec.vocab_size * d
+    )  # self q/k/v/o, cross q/o, W_in, W_out
+    cache = 2 * layers * 2 * hk * (prompt_len + (decode_len + 1) / 2)
+    skipped = (1 - active_share) * 2 * layers * d * f
+    total = weights + cache
+    return dict(
+        weights=weights,
+        w_out=2 * layers * d * f,
+        cache=cache,
+        total=total,
+        limit=total / (total - skipped),
+        limit_weights=weights / (weights - skipped),
+    )
 
 
-def predicted_bytes_limit(spec, rows: int, rank: int, w_out_rows: int) -> float:
-    """Dense weight bytes over those the predicted path reads: the attention matrices, `rows` rows
-    of W_in, `w_out_rows` rows of W_out, the predictor (u [D, R], v [R, F]) and the LM head."""
-    d, hk, f = spec.d_model, spec.num_heads * spec.d_kv, spec.d_ff
-    per_layer = 6 * d * hk + rows * d + w_out_rows * d + rank * (d + f)
-    return weight_bytes(spec)["total"] / (2 * (spec.num_decoder_layers * per_layer + spec.vocab_size * d))
+def predicted_bytes_limit(
+    spec, rows: int, rank: int, w_out_rows: int, prompt_len: float = PROMPT_LEN, decode_len: int = DECODE_LEN
+) -> float:
+    """All bytes of a dense step over those the predicted path reads: the attention matrices and
+    the KV cache, `rows` rows of W_in, `w_out_rows` rows of W_out, the predictor (u [D, R],
+    v [R, F]) and the LM head."""
+    d, f = spec.d_model, spec.d_ff
+    dense = step_bytes(spec, 1.0, prompt_len, decode_len)
+    skipped = 2 * spec.num_decoder_layers * ((2 * f - rows - w_out_rows) * d - rank * (d + f))
+    return dense["total"] / (dense["total"] - skipped)
 
 
 def predictor_settings(spec, impl: str = "predicted") -> tuple[int, int, bool]:
@@ -258,7 +279,7 @@ def run(shapes, plan, repeats: int, budget_s: float, log, impls=IMPLS, profile_d
             built[name] = random_params(build(config, "off"))
         params = built[name]
         dense_model = build(config, "off")
-        limit = weight_bytes(dense_model.spec)
+        limit = step_bytes(dense_model.spec)
         union = union_share(dense_model, params, batch)
         base = None
         for impl in impls if batch == 1 else ("off", "pallas"):
@@ -368,7 +389,8 @@ def trained_rows(
         tokens = np.concatenate(tokens)
         ms = 1e3 * seconds / (len(prompts) * decode_len)
         f = loaded.model_config.get("d_ff") or dense.spec.d_ff
-        limit = weight_bytes(dense.spec, share)["limit"] if share is not None else float("nan")
+        prompt_len = float(np.mean([np.sum(ids_BT > 0) for ids_BT in inputs]))
+        limit = step_bytes(dense.spec, share, prompt_len, decode_len)["limit"] if share is not None else float("nan")
         row = dict(
             shape=f"trained {os.path.basename(os.path.normpath(workdir))} (d_ff {f})",
             layers=dense.spec.num_decoder_layers,
@@ -391,7 +413,9 @@ def trained_rows(
             row["logit_check"] = logit_check(base["logits"], replay(model, base["tokens"]), base["tokens"], tokens)
         else:
             share_read = min(rows_read, (share or 1.0) * f) / f
-            row["limit"] = predicted_bytes_limit(dense.spec, rows_read, rank, round(share_read * f))
+            row["limit"] = predicted_bytes_limit(
+                dense.spec, rows_read, rank, round(share_read * f), prompt_len, decode_len
+            )
             row["same_tokens_as_exact"] = float(np.mean(tokens == exact_tokens))
             loss_exact = _mean_nll(base["logits"], base["tokens"])
             loss_predicted = _mean_nll(replay(model, base["tokens"], pred), base["tokens"])
@@ -479,6 +503,31 @@ def check_kernels(log, shapes=CHECK_SHAPES) -> None:
         log(f"check b={b} F={f} D={d}: relative error " + ", ".join(f"{k} {v:.2e}" for k, v in errs.items()))
 
 
+# (B, S, H, K, positions kept, bias): T5-11B's cross-attention over a 512-token prompt, its own
+# cache at step 40 of 128 (relative-position bias), T5-Base's over an odd prompt, a batch of 4.
+ATTENTION_CHECKS = ((1, 512, 128, 128, 512, False), (1, 128, 128, 128, 41, True), (1, 37, 12, 64, 37, False))
+ATTENTION_CHECKS += ((4, 512, 32, 128, 300, False),)
+
+
+def check_attention(log, shapes=ATTENTION_CHECKS) -> None:
+    """The decode attention kernel against XLA's f32 attention on the same bf16 inputs."""
+    from lazy_jax import decode_attention as da
+
+    for b, s, h, k, kept, bias in shapes:
+        k1, k2, k3, k4 = jax.random.split(jax.random.key(s + h), 4)
+        q, keys, values = (
+            jax.random.normal(kk, shape, jnp.bfloat16)
+            for kk, shape in zip((k1, k2, k3), ((b, h, k), (b, s, h, k), (b, s, h, k)))
+        )
+        bias_HS = jax.random.normal(k4, (h, s), jnp.float32) if bias else None
+        ok_BS = jnp.broadcast_to(jnp.arange(s) < kept, (b, s))
+        fn = jax.jit(da.decode_attention, static_argnames="interpret")
+        y = fn(q, keys, values, bias_HS, ok_BS, interpret=jax.default_backend() != "gpu").astype(jnp.float32)
+        exact = da.reference(q.astype(jnp.float32), keys, values, bias_HS, ok_BS)
+        err = float(jnp.linalg.norm(y - exact) / jnp.linalg.norm(exact))
+        log(f"check decode attention B={b} S={s} H={h} K={k} kept={kept} bias={bias}: relative error {err:.2e}")
+
+
 def table(rows) -> str:
     head = "| shape (decoder layers) | batch | impl | ms/token | tokens/s | speedup | limit | union | same tokens |"
     out = [head, "|" + "---|" * 9]
@@ -509,6 +558,11 @@ def main(argv=None) -> None:
         help="the random models' Top-k selection: auto (the kernel on a GPU), bisect, radix, pallas or lax",
     )
     p.add_argument("--profile_dir", default=None, help="trace one timed decode of every row here")
+    p.add_argument(
+        "--decode_attention",
+        default=attention.SETTINGS.decode,
+        help="cached attention while decoding: auto (the Pallas kernel on a GPU), xla or pallas",
+    )
     p.add_argument("--workdir", default=None, help="time this trained T5 run instead (needs --input_file)")
     p.add_argument("--input_file", default=None, help="JSONL prompts for --workdir, as lazy_jax.generate reads")
     p.add_argument("--max_decode_len", type=int, default=DECODE_LEN, help="tokens decoded per prompt (--workdir)")
@@ -527,6 +581,7 @@ def main(argv=None) -> None:
         p.error("--predictor needs --workdir, and --calibration_file needs --predictor")
     try:
         sparsity.check_topk_impl(a.topk_impl, key="--topk_impl")
+        attention.set_attention(decode=a.decode_attention)
         plan = parse_plan(a.plan, SHAPES) if a.plan else None
         impls = parse_impls(a.impls)
         predictor_setting = None
@@ -551,10 +606,11 @@ def main(argv=None) -> None:
 
     log(
         f"jax {jax.__version__} on {jax.devices()[0].device_kind}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
-        f"topk_impl={a.topk_impl}"
+        f"topk_impl={a.topk_impl}; decode_attention={a.decode_attention}"
     )
     if a.check:
         check_kernels(log, ((1, 512, 64), (4, 256, 64)) if a.tiny else CHECK_SHAPES)
+        check_attention(log, ((1, 37, 2, 32, 20, True),) if a.tiny else ATTENTION_CHECKS)
     if a.workdir:
         rows = trained_rows(
             a.workdir,

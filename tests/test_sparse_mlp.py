@@ -181,17 +181,34 @@ def test_logit_check_names_partings_and_whether_they_are_near_ties():
 
 def test_decode_byte_count_limit_of_t5_base():
     """docs/inference.md's table: T5-Base's decoder reads 16.5 MB of bf16 weights a layer, 28.6% of
-    them W_out; skipping 97% of W_out (12 layers, LM head included) bounds the speedup at 1.285x."""
-    from lazy_jax.bench_decode import model_config, weight_bytes
+    them W_out, and 1.77 MB of cached keys and values (512 prompt positions, 64.5 of its own on
+    average); skipping 97% of W_out (12 layers, LM head included) bounds the speedup at 1.257x
+    (1.285x counting the weights alone)."""
+    from lazy_jax.bench_decode import model_config, step_bytes
     from lazy_jax.models.t5 import t5_spec
 
     spec = t5_spec(model_config("base", 12))
-    b = weight_bytes(spec)
-    per_layer = (b["total"] - 2 * spec.vocab_size * spec.d_model) / 12
+    b = step_bytes(spec)
+    per_layer = (b["weights"] - 2 * spec.vocab_size * spec.d_model) / 12
     assert round(per_layer / 1e6, 1) == 16.5
     assert round(100 * b["w_out"] / 12 / per_layer, 1) == 28.6
-    assert round(b["limit"], 3) == 1.285
-    assert weight_bytes(spec, active_share=1.0)["limit"] == 1.0  # nothing skipped, nothing gained
+    assert round(b["cache"] / 12 / 1e6, 2) == 1.77
+    assert round(b["limit"], 3) == 1.257 and round(b["limit_weights"], 3) == 1.285
+    assert step_bytes(spec, active_share=1.0)["limit"] == 1.0  # nothing skipped, nothing gained
+    assert step_bytes(spec, prompt_len=2048)["limit"] < b["limit"]  # a longer prompt: more cache to read
+
+
+def test_predicted_byte_count_limit_counts_the_cache():
+    from lazy_jax.bench_decode import model_config, predicted_bytes_limit, step_bytes
+    from lazy_jax.models.t5 import t5_spec
+
+    spec = t5_spec(model_config("11B", 24))
+    k = spec.mlp.topk
+    # Reading every row of both matrices and no predictor: no gain at all.
+    assert predicted_bytes_limit(spec, spec.d_ff, 0, spec.d_ff) == pytest.approx(1.0)
+    # No predictor and all of W_in: the exact path's limit.
+    assert predicted_bytes_limit(spec, spec.d_ff, 0, k) == pytest.approx(step_bytes(spec, k / spec.d_ff)["limit"])
+    assert round(predicted_bytes_limit(spec, k, 64, k), 3) == 1.975
 
 
 @pytest.mark.parametrize(

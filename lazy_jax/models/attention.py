@@ -28,6 +28,10 @@ decide how attention is computed; they change speed, not the model:
           or 'fused' (one einsum into [3, B, T, H, K], which XLA writes through a transpose, and
           whose gradient it concatenates; 'split' took ViT-B/16's step from 69.37 to 67.31 ms on an
           H200). The same products either way.
+  decode  T5's cached attention while decoding (one query per sequence against the KV cache):
+          'auto' (the default: `lazy_jax.decode_attention`'s Pallas kernel on a GPU without a
+          mesh of several devices, else XLA), 'xla', or 'pallas' (the kernel; off a GPU in
+          Pallas' interpret mode, for tests). Logits and softmax in f32 in the kernel.
 What each gave on an H200 is in docs/performance.md.
 """
 
@@ -48,6 +52,7 @@ ATTENTION_CHOICES = {
     "logits": ("float32", "activation"),
     "pad": ("stream", "layer"),
     "qkv": ("split", "fused"),
+    "decode": ("auto", "xla", "pallas"),
 }
 
 
@@ -58,6 +63,7 @@ class AttentionSettings:
     logits: str = "activation"
     pad: str = "stream"
     qkv: str = "split"
+    decode: str = "auto"
 
 
 SETTINGS = AttentionSettings()

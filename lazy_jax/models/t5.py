@@ -68,9 +68,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lazy_jax import decode_attention
 from lazy_jax.errors import InputError
 from lazy_jax.models import attention, checks
 from lazy_jax.models.stack import StackSettings, layer_stack
+from lazy_jax.sparse_mlp import on_gpu
 from lazy_jax.sparsity import MlpSettings
 
 Array = jax.Array
@@ -327,6 +329,15 @@ class Attention(nn.Module):
             cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k_BSHK.astype(dt), at)
             cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v_BSHK.astype(dt), at)
             k_BSHK, v_BSHK = cached_k.value, cached_v.value
+        if (decode or cross_cache) and x_BTD.shape[1] == 1 and decode_attention.use_kernel(k_BSHK.shape):
+            # One query per sequence against the cache: one kernel reads it once (f32 softmax).
+            bias_HS = None if bias_1HTS is None else bias_1HTS[0, :, 0]
+            ok_BS = jnp.ones(k_BSHK.shape[:2], jnp.bool_) if mask_B1TS is None else mask_B1TS[:, 0, 0]
+            ok_BS = jnp.broadcast_to(ok_BS, k_BSHK.shape[:2])
+            # Inside a jit: Flax's nn.scan (scanned layers) refuses a bare pallas_call in its body.
+            kernel = jax.jit(decode_attention.decode_attention, static_argnames="interpret")
+            out_B1HK = kernel(q_BTHK[:, 0], k_BSHK, v_BSHK, bias_HS, ok_BS, interpret=not on_gpu())[:, None]
+            return jnp.einsum("bthk,hkd->btd", out_B1HK, wo.astype(dt))
         # Logits, bias and softmax in f32, or in the activation dtype (attention.SETTINGS.logits).
         logits_dt = jnp.float32 if attention.SETTINGS.logits == "float32" else dt
         logits_BHTS = jnp.einsum("bthk,bshk->bhts", q_BTHK, k_BSHK, preferred_element_type=logits_dt)
