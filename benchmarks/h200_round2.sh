@@ -368,6 +368,15 @@ round19() {  # decode attention: the Pallas kernel (now 'auto' on a GPU) against
   decode dec_attn_xla --plan T5-11B-full:1 --impls off,pallas --decode_attention=xla --repeats 5
 }
 
+round20() {  # the attention kernel alone over its tiles; the trained local T5; the table of docs/inference.md
+  export CUDA_VISIBLE_DEVICES=0
+  kernels --attention
+  decode dec_local20 --workdir runs/carry/t5_pydocs --input_file runs/carry/prompts.jsonl \
+    --predictor 32:192 --max_decode_len 64 --repeats 3
+  decode dec_now --plan T5-Base:1,T5-3B-full:1,T5-11B-full:1 --impls off,pallas,predicted@1,predicted@1:threshold \
+    --repeats 5 --profile_dir /tmp/dprof/dec_now
+}
+
 round3_both() {  # after both streams: data parallel over the two GPUs
   export CUDA_VISIBLE_DEVICES=0,1
   END=$((SECONDS + ${LIMIT_BOTH:-100}))

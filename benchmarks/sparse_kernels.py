@@ -9,6 +9,10 @@ and the largest relative error against the f32 product.
 - 'wout': the masked-row `sparse_mlp.pallas_matmul`, a [1, F] map with 3% of its entries nonzero
   times W_out [F, D], over tiles (block_f, block_d, steps) and `num_warps`;
 - 'select': the one-read Top-k kernel's threshold of one ReLU row at k = 3% (decoding's selection);
+- with --attention instead: `decode_attention.decode_attention` (one query against a [1, S, H, K]
+  cache: T5-11B's cross-attention over 512 positions, its own cache at step 64 of 128 with the
+  relative-position bias, T5-Base's cross-attention) over (block_s, block_h, steps) and
+  `num_warps`, beside XLA's attention as T5 computes it without the kernel (bf16 logits);
 - with --compacted instead of the tiles: 'compact_wout' (`sparse_mlp.compact_matvec`, the same
   product by index) and 'compact_rows' (`predictor.compact_rows_matvec`, W_in^T [F, D] times x [D]
   on 6% of its rows) at a few chunk and column widths, and XLA's compaction forms.
@@ -30,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lazy_jax import predictor, profiling, sparse_mlp, sparsity, topk
+from lazy_jax import decode_attention, predictor, profiling, sparse_mlp, sparsity, topk
 
 WOUT_TILES = ((64, 128, 1), (64, 128, 4), (32, 256, 1), (128, 64, 1), (64, 256, 1), (16, 1024, 1))
 
@@ -61,8 +65,11 @@ def main(argv=None) -> None:
     p.add_argument("--calls", type=int, default=32)
     p.add_argument("--grid", default="full", help="full, or small (the defaults only)")
     p.add_argument("--compacted", action="store_true", help="the compacted (index) forms instead of the grid")
+    p.add_argument("--attention", action="store_true", help="the decode attention kernel instead")
     a = p.parse_args(argv)
     interpret = jax.default_backend() != "gpu"
+    if a.attention:
+        return attention_kernels(a.calls, interpret, small=a.grid == "small")
     small = a.grid == "small"
     for shape in a.shapes.split(","):
         f, d = (int(n) for n in shape.split("x"))
@@ -92,6 +99,46 @@ def main(argv=None) -> None:
                 return sparse_mlp.pallas_matmul(a_1F, w, interpret=interpret, tiles=t, num_warps=n)
 
             report(dict(kernel="wout", shape=shape, tiles=full, warps=warps), wout, a_N1F, (w_FD,), want_out, a.calls)
+
+
+ATTENTION_SHAPES = (("T5-11B cross", 512, 128, 128, 512, False), ("T5-11B self", 128, 128, 128, 64, True))
+ATTENTION_SHAPES += (("T5-Base cross", 512, 12, 64, 512, False),)
+ATTENTION_TILES = ((16, 4, None), (16, 4, 1), (32, 4, None), (16, 8, None), (16, 2, None), (32, 2, None), (8, 8, None))
+
+
+def attention_kernels(calls: int, interpret: bool, small: bool) -> None:
+    for name, s, h, k, kept, bias in ATTENTION_SHAPES[-1:] if small else ATTENTION_SHAPES:
+        ks = jax.random.split(jax.random.key(s + h), 4)
+        q_NBHK = jax.random.normal(ks[0], (calls, 1, h, k), jnp.bfloat16)
+        keys, values = (jax.random.normal(kk, (1, s, h, k), jnp.bfloat16) for kk in ks[1:3])
+        bias_HS = jax.random.normal(ks[3], (h, s), jnp.float32) if bias else None
+        ok_BS = jnp.arange(s)[None] < kept
+        want = decode_attention.reference(q_NBHK[0].astype(jnp.float32), keys, values, bias_HS, ok_BS)
+
+        def xla(q, keys, values, bias_HS, ok_BS):  # T5's attention without the kernel: bf16 logits and softmax
+            logits = jnp.einsum("bhk,bshk->bhs", q, keys) + (0 if bias_HS is None else bias_HS.astype(q.dtype))
+            probs = jax.nn.softmax(jnp.where(ok_BS[:, None], logits, -1e9), axis=-1).astype(q.dtype)
+            return jnp.einsum("bhs,bshk->bhk", probs, values)
+
+        fixed = (keys, values, bias_HS, ok_BS)
+        report(dict(kernel="attention_xla", shape=name), xla, q_NBHK, fixed, want, calls)
+        for tiles, warps in itertools.product(
+            ATTENTION_TILES[:1] if small else ATTENTION_TILES, [4] if small else [4, 8]
+        ):
+
+            def kernel(q, keys, values, bias_HS, ok_BS, t=tiles, n=warps):
+                fn = decode_attention.decode_attention
+                return fn(q, keys, values, bias_HS, ok_BS, interpret=interpret, tiles=t, num_warps=n)
+
+            full = decode_attention.kernel_tiles(1, s, h, k, *tiles)
+            report(
+                dict(kernel="attention", shape=name, tiles=full, warps=warps),
+                kernel,
+                q_NBHK,
+                fixed,
+                want,
+                calls,
+            )
 
 
 def compacted(shape, f, k, a_N1F, w_FD, want_out, x_ND, keep_F, want_rows, kth, calls, interpret) -> None:

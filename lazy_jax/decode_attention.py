@@ -33,18 +33,21 @@ MIN_PROGRAMS = 264  # two programs per H200 multiprocessor (132): splits of S un
 NO_LOGIT = -1e30  # a left-out position's logit: exp(NO_LOGIT - m) is 0, and it stays finite
 
 
-def kernel_tiles(b: int, s: int, h: int, k: int) -> tuple[int, int, int, int] | None:
+def kernel_tiles(
+    b: int, s: int, h: int, k: int, block_s: int = BLOCK_S, block_h: int = BLOCK_H, steps: int | None = None
+) -> tuple[int, int, int, int] | None:
     """(block_s, block_h, steps, splits) of the kernel over a [B, S, H, K] cache, or None where it
-    does not apply (K not a power of two >= 16: Triton's blocks are powers of two)."""
+    does not apply (K not a power of two >= 16: Triton's blocks are powers of two). `steps` None:
+    fewer, longer splits (fewer partials to merge) while the grid still fills the GPU."""
     if k < 16 or k & (k - 1):
         return None
-    block_h = pow2_divisor(h, BLOCK_H)
-    blocks = -(-s // BLOCK_S)
-    steps = 1
-    # Fewer, longer splits (fewer partials to merge) while the grid still fills the GPU.
-    while steps * 2 <= blocks and b * (h // block_h) * -(-blocks // (steps * 2)) >= MIN_PROGRAMS:
-        steps *= 2
-    return BLOCK_S, block_h, steps, -(-blocks // steps)
+    block_h = pow2_divisor(h, block_h)
+    blocks = -(-s // block_s)
+    if steps is None:
+        steps = 1
+        while steps * 2 <= blocks and b * (h // block_h) * -(-blocks // (steps * 2)) >= MIN_PROGRAMS:
+            steps *= 2
+    return block_s, block_h, steps, -(-blocks // steps)
 
 
 def _kernel(q_ref, k_ref, v_ref, bias_ref, ok_ref, o_ref, m_ref, l_ref, *, seq, block_s, block_h, steps):
@@ -93,16 +96,26 @@ def merge_partials(o_BPHK: Array, m_BPH: Array, l_BPH: Array) -> Array:
 
 
 def decode_attention(
-    q_BHK: Array, k_BSHK: Array, v_BSHK: Array, bias_HS: Array | None, ok_BS: Array, *, interpret: bool = False
+    q_BHK: Array,
+    k_BSHK: Array,
+    v_BSHK: Array,
+    bias_HS: Array | None,
+    ok_BS: Array,
+    *,
+    interpret: bool = False,
+    tiles: tuple[int, int, int | None] | None = None,
+    num_warps: int | None = None,
 ) -> Array:
     """softmax(q . k + bias, over the positions where ok_BS) . v, per head: [B, H, K] in q's dtype.
 
     No 1/sqrt(K) scale (T5's). Logits and softmax in f32; keys and values are read once, and not
-    at all where ok_BS is False."""
+    at all where ok_BS is False. `tiles` (block_s, block_h, steps) and `num_warps` override the
+    defaults (benchmarks/sparse_kernels.py --attention)."""
     from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
 
     b, s, h, k = k_BSHK.shape
-    tiles = kernel_tiles(b, s, h, k)
+    tiles = kernel_tiles(b, s, h, k, *(tiles or ()))
     if tiles is None:
         raise ValueError(f"the decode attention kernel does not tile a [{b}, {s}, {h}, {k}] cache")
     block_s, block_h, steps, splits = tiles
@@ -123,6 +136,7 @@ def decode_attention(
             jax.ShapeDtypeStruct((b, splits, h), jnp.float32),
         ],
         interpret=interpret,
+        compiler_params=None if num_warps is None else plgpu.CompilerParams(num_warps=num_warps),
         name="decode_attention",
     )(
         q_BHK.reshape(b, h * k),
