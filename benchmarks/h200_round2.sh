@@ -377,6 +377,13 @@ round20() {  # the attention kernel alone over its tiles; the trained local T5; 
     --repeats 5 --profile_dir /tmp/dprof/dec_now
 }
 
+round21() {  # the table of docs/inference.md with the attention kernel's tiles of round 20's sweep; XLA's attention beside
+  export CUDA_VISIBLE_DEVICES=0
+  decode dec_now21 --check --plan T5-Base:1,T5-3B-full:1,T5-11B-full:1 \
+    --impls off,pallas,predicted@1,predicted@1:threshold --repeats 5 --profile_dir /tmp/dprof/dec_now21
+  decode dec_xla21 --plan T5-11B-full:1 --impls off,pallas,predicted@1:threshold --decode_attention=xla --repeats 5
+}
+
 round3_both() {  # after both streams: data parallel over the two GPUs
   export CUDA_VISIBLE_DEVICES=0,1
   END=$((SECONDS + ${LIMIT_BOTH:-100}))

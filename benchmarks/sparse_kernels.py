@@ -103,7 +103,16 @@ def main(argv=None) -> None:
 
 ATTENTION_SHAPES = (("T5-11B cross", 512, 128, 128, 512, False), ("T5-11B self", 128, 128, 128, 64, True))
 ATTENTION_SHAPES += (("T5-Base cross", 512, 12, 64, 512, False),)
-ATTENTION_TILES = ((16, 4, None), (16, 4, 1), (32, 4, None), (16, 8, None), (16, 2, None), (32, 2, None), (8, 8, None))
+ATTENTION_TILES = (
+    (None, None, None),
+    (16, 4, None),
+    (16, 4, 1),
+    (32, 4, None),
+    (16, 8, None),
+    (16, 2, None),
+    (32, 2, None),
+    (8, 8, None),
+)
 
 
 def attention_kernels(calls: int, interpret: bool, small: bool) -> None:

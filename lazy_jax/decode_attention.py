@@ -27,21 +27,24 @@ from lazy_jax.sparse_mlp import pow2_divisor
 
 Array = jax.Array
 
-BLOCK_S = 16  # positions a load holds (x block_h heads x K: 8K f32 values per tile at 4 x 128)
-BLOCK_H = 4  # heads a program attends for
+# A tile is block_h heads x K = BLOCK_COLS columns, by K / 4 positions: the fastest of the sweep in
+# docs/inference.md at both K (T5-11B's cross-attention: 12.8 us against 14.4 for 16 x 4 heads).
+BLOCK_COLS = 256
 MIN_PROGRAMS = 264  # two programs per H200 multiprocessor (132): splits of S until this many
 NO_LOGIT = -1e30  # a left-out position's logit: exp(NO_LOGIT - m) is 0, and it stays finite
 
 
 def kernel_tiles(
-    b: int, s: int, h: int, k: int, block_s: int = BLOCK_S, block_h: int = BLOCK_H, steps: int | None = None
+    b: int, s: int, h: int, k: int, block_s: int | None = None, block_h: int | None = None, steps: int | None = None
 ) -> tuple[int, int, int, int] | None:
     """(block_s, block_h, steps, splits) of the kernel over a [B, S, H, K] cache, or None where it
-    does not apply (K not a power of two >= 16: Triton's blocks are powers of two). `steps` None:
-    fewer, longer splits (fewer partials to merge) while the grid still fills the GPU."""
+    does not apply (K not a power of two >= 16: Triton's blocks are powers of two). None: the
+    defaults (BLOCK_COLS; `steps`: fewer, longer splits, fewer partials to merge, while the grid
+    still fills the GPU)."""
     if k < 16 or k & (k - 1):
         return None
-    block_h = pow2_divisor(h, block_h)
+    block_s = block_s or max(8, k // 4)
+    block_h = pow2_divisor(h, block_h or max(1, BLOCK_COLS // k))
     blocks = -(-s // block_s)
     if steps is None:
         steps = 1
