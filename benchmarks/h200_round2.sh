@@ -384,6 +384,14 @@ round21() {  # the table of docs/inference.md with the attention kernel's tiles 
   decode dec_xla21 --plan T5-11B-full:1 --impls off,pallas,predicted@1:threshold --decode_attention=xla --repeats 5
 }
 
+round22() {  # the predicted block fused into one kernel (rows = k); the trained local T5's predictor through it
+  export CUDA_VISIBLE_DEVICES=0
+  decode dec_local22 --workdir runs/carry/t5_pydocs --input_file runs/carry/prompts.jsonl \
+    --predictor 32:192 --max_decode_len 64 --repeats 3
+  decode dec_now22 --plan T5-Base:1,T5-3B-full:1,T5-11B-full:1 \
+    --impls off,pallas,predicted@1,predicted@1:threshold --repeats 5 --profile_dir /tmp/dprof/dec_now22
+}
+
 round3_both() {  # after both streams: data parallel over the two GPUs
   export CUDA_VISIBLE_DEVICES=0,1
   END=$((SECONDS + ${LIMIT_BOTH:-100}))

@@ -213,3 +213,96 @@ def compact_rows_matvec(
         interpret=interpret,
         name="compact_predicted_rows",
     )(x_D.astype(w_FD.dtype), keep_F.astype(jnp.int32), w_FD)
+
+
+# ----------------------------------------------------------------------------- the fused block
+
+FUSED_MAX_D = 4096  # a program holds group x D weights of each matrix in registers
+
+
+def fused_applies(d_ff: int, d_model: int) -> bool:
+    """Whether the fused kernel serves a batch-1 decoding step on this device: a GPU, F in
+    power-of-two chunks, D a power of two of at most FUSED_MAX_D."""
+    return sparse_mlp.use_compact(1, d_ff, d_model) and d_model & (d_model - 1) == 0 and d_model <= FUSED_MAX_D
+
+
+def _fused_kernel(x_ref, xu_ref, v_ref, thr_ref, keep_ref, wi_ref, wo_ref, o_ref, a_ref, *, chunk, group, act_dtype):
+    """Program p, neurons [p * chunk, (p + 1) * chunk): which to keep (the scores u . v past the
+    threshold, or `keep`), then group by group the kept rows of W_in (transposed) and of W_out by
+    index: a = relu(x . W_in row) (rounded as the block rounds h), o += a * W_out row.
+    o_ref [D]: this chunk's share of the output; a_ref [chunk]: its activations, 0 where not kept."""
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
+
+    p = pl.program_id(0)
+    d = x_ref.shape[0]
+    if keep_ref is None:
+        r = xu_ref.shape[0]
+        cols_C = p * chunk + jnp.arange(chunk, dtype=jnp.int32)
+        v_RC = plgpu.load(v_ref.at[jnp.arange(r, dtype=jnp.int32)[:, None], cols_C[None, :]])
+        scores_C = jnp.sum(xu_ref[...].astype(jnp.float32)[:, None] * v_RC.astype(jnp.float32), axis=0)
+        m_C = scores_C.astype(v_RC.dtype).astype(jnp.float32) > thr_ref[0].astype(jnp.float32)
+    else:
+        m_C = keep_ref[pl.ds(p * chunk, chunk)] != 0
+    count = jnp.sum(m_C.astype(jnp.int32))
+    x_1D = x_ref[...].astype(jnp.float32)[None, :]
+    cols_1D = jnp.arange(d, dtype=jnp.int32)[None, :]
+
+    def body(g, carry):
+        o_D, a_C = carry
+        hit_RC, local_R, valid_R = sparse_mlp.compact_group(m_C, g, group)
+        rows_R1 = (p * chunk + local_R)[:, None]
+        load = lambda ref: plgpu.load(ref.at[rows_R1, cols_1D], mask=valid_R[:, None], other=0.0).astype(jnp.float32)
+        h_R = jnp.sum(load(wi_ref) * x_1D, axis=1)
+        a_R = jnp.maximum(h_R.astype(act_dtype).astype(jnp.float32), 0.0)
+        o_D = o_D + jnp.sum(a_R[:, None] * load(wo_ref), axis=0)
+        return o_D, a_C + jnp.sum(jnp.where(hit_RC, a_R[:, None], 0.0), axis=0)
+
+    init = (jnp.zeros((d,), jnp.float32), jnp.zeros((chunk,), jnp.float32))
+    o_D, a_C = lax.fori_loop(0, (count + group - 1) // group, body, init)
+    o_ref[...], a_ref[...] = o_D, a_C.astype(a_ref.dtype)
+
+
+def fused_predicted_mlp(
+    x_D: Array, pred: dict[str, Array], wo_FD: Array, keep_F: Array | None = None, *, interpret: bool | None = None
+) -> tuple[Array, Array]:
+    """The predicted ReLU block of one token in one kernel, no second selection: -> (a [F] in x's
+    dtype, y [D] f32 = a @ wo_FD). The kept neurons: `keep_F`, else those whose score (x . u) . v
+    passes pred['threshold'] (scored inside the kernel, no [F] scores written). Only the kept
+    rows of W_in (pred['wi_t']) and W_out are read; the chunks' shares of y are summed outside."""
+    from jax.experimental import pallas as pl
+
+    wi_FD = pred["wi_t"]
+    f, d = wi_FD.shape
+    tiles = sparse_mlp.compact_tiles(f, d)
+    if tiles is None or d & (d - 1) or d > FUSED_MAX_D:
+        raise ValueError(f"the fused predicted kernel does not tile a [{f}, {d}] block")
+    chunk = tiles[0]
+    interpret = not sparse_mlp.on_gpu() if interpret is None else interpret
+    scored = keep_F is None
+    xu_R = (x_D.astype(pred["u"].dtype) @ pred["u"]) if scored else None  # as predicted_preactivation rounds it
+    kernel = functools.partial(_fused_kernel, chunk=chunk, group=sparse_mlp.COMPACT_GROUP, act_dtype=x_D.dtype)
+    if scored:
+        kernel = functools.partial(_with_keep, kernel, None)
+        inputs = (x_D.astype(wi_FD.dtype), xu_R, pred["v"], pred["threshold"].reshape(1), wi_FD, wo_FD)
+    else:
+        kernel = functools.partial(_with_scores, kernel)
+        inputs = (x_D.astype(wi_FD.dtype), keep_F.astype(jnp.int32), wi_FD, wo_FD)
+    partial_PD, a_F = pl.pallas_call(
+        kernel,
+        grid=(f // chunk,),
+        in_specs=[pl.no_block_spec] * len(inputs),
+        out_specs=[pl.BlockSpec((None, d), lambda p: (p, 0)), pl.BlockSpec((chunk,), lambda p: (p,))],
+        out_shape=[jax.ShapeDtypeStruct((f // chunk, d), jnp.float32), jax.ShapeDtypeStruct((f,), x_D.dtype)],
+        interpret=interpret,
+        name="fused_predicted_mlp",
+    )(*inputs)
+    return a_F, jnp.sum(partial_PD, axis=0)
+
+
+def _with_keep(kernel, keep_ref, x_ref, xu_ref, v_ref, thr_ref, wi_ref, wo_ref, o_ref, a_ref):
+    kernel(x_ref, xu_ref, v_ref, thr_ref, keep_ref, wi_ref, wo_ref, o_ref, a_ref)
+
+
+def _with_scores(kernel, x_ref, keep_ref, wi_ref, wo_ref, o_ref, a_ref):
+    kernel(x_ref, None, None, None, keep_ref, wi_ref, wo_ref, o_ref, a_ref)

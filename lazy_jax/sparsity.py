@@ -293,13 +293,21 @@ class MlpBlock(nn.Module):
             not train and x_BTD.shape[1] == 1 and self.is_mutable_collection("cache") and not self.is_initializing()
         )
         predicting = self.sparse_decode == "predicted" and cached_decoding
+        # A predictor of k rows has picked its k already (ReLU zeros the negatives; ties in its
+        # scores, or its threshold, may keep a few more): no second selection.
+        topk = 0 if predicting and self.predictor_rows == self.topk else self.topk
+        if predicting and not topk and self.activation == "relu" and x_BTD.shape[0] == 1:
+            from lazy_jax import predictor  # it builds on this module
+
+            if predictor.fused_applies(self.d_ff, d_model):  # one kernel for the whole block
+                a_BTF, y_BTD = self._fused_predicted(x_BTD)
+                return y_BTD, activation_stats(
+                    a_BTF, mask_BT, neuron_freq=self.neuron_freq, count_hist_bins=self.count_hist_bins
+                )
         if predicting:
             h_BTF = self._predicted_preactivation(x_BTD)
         else:
             h_BTF = dense(self.d_ff, (self.embed_axis, "mlp"), "wi")(x_BTD)
-        # A predictor of k rows has picked its k already (ReLU zeros the negatives; ties in its
-        # scores, or its threshold, may keep a few more): no second selection.
-        topk = 0 if predicting and self.predictor_rows == self.topk else self.topk
         scores_BTF = None
         if topk and self.activation == "relu":
             # The threshold is found on the pre-activation (the same mask, see topk_mask). The
@@ -319,7 +327,7 @@ class MlpBlock(nn.Module):
         y_BTD = dense(self.out_features or d_model, out_names, "wo", dot_general=sparse_dot)(a_BTF)
         return y_BTD, stats
 
-    def _predicted_preactivation(self, x_B1D: Array) -> Array:
+    def _predictor(self) -> dict[str, Array]:
         from lazy_jax import predictor  # it builds on this module
 
         names = predictor.NAMES + (("threshold",) if self.predictor_threshold else ())
@@ -329,8 +337,30 @@ class MlpBlock(nn.Module):
                 f"for {'/'.join(self.scope.path)} (lazy_jax.predictor.fit_decoder"
                 f"{', rows=...' if self.predictor_threshold else ''})"
             )
-        pred = {n: self.get_variable("predictor", n) for n in names}
+        return {n: self.get_variable("predictor", n) for n in names}
+
+    def _predicted_preactivation(self, x_B1D: Array) -> Array:
+        from lazy_jax import predictor
+
+        pred = self._predictor()
         return predictor.predicted_preactivation(x_B1D[:, 0], pred, self.predictor_rows, self.topk_impl)[:, None]
+
+    def _fused_predicted(self, x_11D: Array) -> tuple[Array, Array]:
+        """(a [1, 1, F], y [1, 1, D]) of one token by `predictor.fused_predicted_mlp`: the kept
+        rows by the threshold inside the kernel, or the top `predictor_rows` scores."""
+        from lazy_jax import predictor
+
+        pred, x_D = self._predictor(), x_11D[0, 0]
+        keep_F = None
+        if not self.predictor_threshold:
+            scores_F = (x_D.astype(pred["u"].dtype) @ pred["u"]) @ pred["v"]
+            keep_F = topk_mask(scores_F[None], self.predictor_rows, self.topk_impl)[0] > 0
+        wo = self.variables["params"]["wo"]
+        # Inside a jit: Flax's nn.scan (scanned layers) refuses a bare pallas_call in its body.
+        a_F, y_D = jax.jit(predictor.fused_predicted_mlp)(x_D.astype(self.dtype), pred, wo["kernel"], keep_F)
+        if "bias" in wo:
+            y_D = y_D + wo["bias"]
+        return a_F[None, None], y_D.astype(self.dtype)[None, None]
 
 
 @dataclasses.dataclass(frozen=True)

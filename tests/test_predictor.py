@@ -97,10 +97,51 @@ def test_few_rows_change_the_output_and_the_kernel_gives_the_fallbacks_numbers(m
     assert np.abs(got - want).max() > 1e-3 * np.abs(want).max()  # approximate: rank 4 of 32 misses neurons
     jax.clear_caches()  # trace again, now on the kernel's path
     monkeypatch.setattr(predictor.sparse_mlp, "use_compact", lambda b, f, d: b == 1)  # the kernels, interpreted
+    monkeypatch.setattr(predictor, "fused_applies", lambda f, d: False)  # the two kernels, not the fused one
     real_rows, calls = predictor.compact_rows_matvec, []
     monkeypatch.setattr(predictor, "compact_rows_matvec", lambda *a: calls.append(1) or real_rows(*a))
     np.testing.assert_array_equal(_decode(few, variables, enc), fallback)
     assert calls
+
+
+@pytest.mark.parametrize("threshold", [False, True])
+def test_fused_kernel_gives_the_unfused_paths_tokens_and_logits(threshold, monkeypatch):
+    """rows = k: the whole block in one kernel (the threshold scored inside it, or the top rows
+    given), against the same predictor through the XLA fallback."""
+    model, params, enc, batch = _model_and_params()
+    inputs = predictor.decoder_mlp_inputs(model, {"params": params}, batch)
+    pred = predictor.fit_decoder(params, rank=4, inputs=inputs, rows=8 if threshold else None)
+    few = predictor.predicted_model(model, 8, threshold=threshold)
+    variables = {"params": params, "predictor": pred}
+    exact = with_impl(model, "off")
+    encoded, _ = exact.apply({"params": params}, enc, enc > 0, method=T5.encode)
+    forced = jax.jit(forced_decode_logits, static_argnums=0)
+    fallback_tokens = _decode(few, variables, enc)
+    fallback = np.asarray(forced(few, variables, encoded, enc > 0, jnp.asarray(fallback_tokens)))
+    jax.clear_caches()
+    monkeypatch.setattr(predictor, "fused_applies", lambda f, d: True)  # the fused kernel, interpreted
+    real, calls = predictor.fused_predicted_mlp, []
+    monkeypatch.setattr(predictor, "fused_predicted_mlp", lambda *a: calls.append(1) or real(*a))
+    np.testing.assert_array_equal(_decode(few, variables, enc), fallback_tokens)
+    got = np.asarray(forced(few, variables, encoded, enc > 0, jnp.asarray(fallback_tokens)))
+    np.testing.assert_allclose(got, fallback, atol=1e-5 * np.abs(fallback).max())
+    assert calls
+
+
+def test_fused_kernel_never_loads_a_row_it_does_not_keep():
+    f, d = 512, 64
+    ks = jax.random.split(jax.random.key(5), 4)
+    wi_DF = jax.random.normal(ks[0], (d, f)) * d**-0.5
+    wo_FD = jax.random.normal(ks[1], (f, d))
+    x_D = jax.random.normal(ks[2], (d,))
+    pred = predictor.fit(wi_DF, 16)
+    keep_F = jax.random.uniform(ks[3], (f,)) < 0.05
+    want_a = jnp.where(keep_F, jax.nn.relu(x_D @ wi_DF), 0)
+    nan_rows = lambda w_FD: jnp.where(keep_F[:, None], w_FD, jnp.nan)
+    pred = dict(pred, wi_t=nan_rows(pred["wi_t"]))
+    a_F, y_D = predictor.fused_predicted_mlp(x_D, pred, nan_rows(wo_FD), keep_F, interpret=True)
+    np.testing.assert_allclose(a_F, want_a, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y_D, want_a @ wo_FD, rtol=1e-4, atol=1e-5)
 
 
 def test_bad_settings_are_refused_by_name():
