@@ -392,6 +392,11 @@ round22() {  # the predicted block fused into one kernel (rows = k); the trained
     --impls off,pallas,predicted@1,predicted@1:threshold --repeats 5 --profile_dir /tmp/dprof/dec_now22
 }
 
+round23() {  # the fused predicted-block kernel alone over its chunk, warps and load order
+  export CUDA_VISIBLE_DEVICES=0
+  kernels --fused
+}
+
 round3_both() {  # after both streams: data parallel over the two GPUs
   export CUDA_VISIBLE_DEVICES=0,1
   END=$((SECONDS + ${LIMIT_BOTH:-100}))

@@ -13,6 +13,9 @@ and the largest relative error against the f32 product.
   cache: T5-11B's cross-attention over 512 positions, its own cache at step 64 of 128 with the
   relative-position bias, T5-Base's cross-attention) over (block_s, block_h, steps) and
   `num_warps`, beside XLA's attention as T5 computes it without the kernel (bf16 logits);
+- with --fused instead: `predictor.fused_predicted_mlp` (the predicted block of one token at
+  T5-11B's and T5-3B's shapes: rank d_model / 16, the threshold keeping 3% of the rows) over its
+  chunk, `num_warps` and whether W_out's rows are loaded with W_in's (`early`);
 - with --compacted instead of the tiles: 'compact_wout' (`sparse_mlp.compact_matvec`, the same
   product by index) and 'compact_rows' (`predictor.compact_rows_matvec`, W_in^T [F, D] times x [D]
   on 6% of its rows) at a few chunk and column widths, and XLA's compaction forms.
@@ -66,10 +69,13 @@ def main(argv=None) -> None:
     p.add_argument("--grid", default="full", help="full, or small (the defaults only)")
     p.add_argument("--compacted", action="store_true", help="the compacted (index) forms instead of the grid")
     p.add_argument("--attention", action="store_true", help="the decode attention kernel instead")
+    p.add_argument("--fused", action="store_true", help="the fused predicted-block kernel instead")
     a = p.parse_args(argv)
     interpret = jax.default_backend() != "gpu"
     if a.attention:
         return attention_kernels(a.calls, interpret, small=a.grid == "small")
+    if a.fused:
+        return fused_kernels(a.shapes, a.calls, interpret, small=a.grid == "small")
     small = a.grid == "small"
     for shape in a.shapes.split(","):
         f, d = (int(n) for n in shape.split("x"))
@@ -148,6 +154,28 @@ def attention_kernels(calls: int, interpret: bool, small: bool) -> None:
                 want,
                 calls,
             )
+
+
+def fused_kernels(shapes: str, calls: int, interpret: bool, small: bool) -> None:
+    for shape in shapes.split(","):
+        f, d = (int(n) for n in shape.split("x"))
+        ks = jax.random.split(jax.random.key(f + d), 4)
+        wi_DF = (jax.random.normal(ks[0], (d, f), jnp.float32) * d**-0.5).astype(jnp.bfloat16)
+        wo_FD = jax.random.normal(ks[1], (f, d), jnp.bfloat16)
+        x_ND = jax.random.normal(ks[2], (calls, d), jnp.bfloat16)
+        pred = predictor.fit(wi_DF, max(1, d // 16))
+        pred["threshold"] = predictor.fit_threshold(pred, x_ND.astype(jnp.float32), round(0.03 * f))
+        want_a = np.asarray(predictor.fused_predicted_mlp(x_ND[0], pred, wo_FD, interpret=True)[0], np.float32)
+        settings = itertools.product((256,) if small else (128, 256, 512), (4,) if small else (4, 8), (False, True))
+        for chunk, warps, early in settings:
+
+            def kernel(x_D, pred, w, c=chunk, n=warps, e=early):
+                return predictor.fused_predicted_mlp(x_D, pred, w, interpret=interpret, chunk=c, num_warps=n, early=e)[
+                    0
+                ]
+
+            row = dict(kernel="fused_predicted", shape=shape, chunk=chunk, warps=warps, early=early)
+            report(row, kernel, x_ND, (pred, wo_FD), want_a, calls)
 
 
 def compacted(shape, f, k, a_N1F, w_FD, want_out, x_ND, keep_F, want_rows, kth, calls, interpret) -> None:

@@ -226,7 +226,9 @@ def fused_applies(d_ff: int, d_model: int) -> bool:
     return sparse_mlp.use_compact(1, d_ff, d_model) and d_model & (d_model - 1) == 0 and d_model <= FUSED_MAX_D
 
 
-def _fused_kernel(x_ref, xu_ref, v_ref, thr_ref, keep_ref, wi_ref, wo_ref, o_ref, a_ref, *, chunk, group, act_dtype):
+def _fused_kernel(
+    x_ref, xu_ref, v_ref, thr_ref, keep_ref, wi_ref, wo_ref, o_ref, a_ref, *, chunk, group, act_dtype, early
+):
     """Program p, neurons [p * chunk, (p + 1) * chunk): which to keep (the scores u . v past the
     threshold, or `keep`), then group by group the kept rows of W_in (transposed) and of W_out by
     index: a = relu(x . W_in row) (rounded as the block rounds h), o += a * W_out row.
@@ -253,9 +255,11 @@ def _fused_kernel(x_ref, xu_ref, v_ref, thr_ref, keep_ref, wi_ref, wo_ref, o_ref
         hit_RC, local_R, valid_R = sparse_mlp.compact_group(m_C, g, group)
         rows_R1 = (p * chunk + local_R)[:, None]
         load = lambda ref: plgpu.load(ref.at[rows_R1, cols_1D], mask=valid_R[:, None], other=0.0).astype(jnp.float32)
-        h_R = jnp.sum(load(wi_ref) * x_1D, axis=1)
+        wi_RD = load(wi_ref)
+        wo_RD = load(wo_ref) if early else None  # early: both loads in flight together (more registers)
+        h_R = jnp.sum(wi_RD * x_1D, axis=1)
         a_R = jnp.maximum(h_R.astype(act_dtype).astype(jnp.float32), 0.0)
-        o_D = o_D + jnp.sum(a_R[:, None] * load(wo_ref), axis=0)
+        o_D = o_D + jnp.sum(a_R[:, None] * (load(wo_ref) if wo_RD is None else wo_RD), axis=0)
         return o_D, a_C + jnp.sum(jnp.where(hit_RC, a_R[:, None], 0.0), axis=0)
 
     init = (jnp.zeros((d,), jnp.float32), jnp.zeros((chunk,), jnp.float32))
@@ -264,24 +268,36 @@ def _fused_kernel(x_ref, xu_ref, v_ref, thr_ref, keep_ref, wi_ref, wo_ref, o_ref
 
 
 def fused_predicted_mlp(
-    x_D: Array, pred: dict[str, Array], wo_FD: Array, keep_F: Array | None = None, *, interpret: bool | None = None
+    x_D: Array,
+    pred: dict[str, Array],
+    wo_FD: Array,
+    keep_F: Array | None = None,
+    *,
+    interpret: bool | None = None,
+    chunk: int | None = None,
+    num_warps: int | None = None,
+    early: bool = False,
 ) -> tuple[Array, Array]:
     """The predicted ReLU block of one token in one kernel, no second selection: -> (a [F] in x's
     dtype, y [D] f32 = a @ wo_FD). The kept neurons: `keep_F`, else those whose score (x . u) . v
     passes pred['threshold'] (scored inside the kernel, no [F] scores written). Only the kept
-    rows of W_in (pred['wi_t']) and W_out are read; the chunks' shares of y are summed outside."""
+    rows of W_in (pred['wi_t']) and W_out are read; the chunks' shares of y are summed outside.
+    `chunk`, `num_warps` and `early` (W_out's rows loaded with W_in's) override the defaults
+    (benchmarks/sparse_kernels.py --fused)."""
     from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
 
     wi_FD = pred["wi_t"]
     f, d = wi_FD.shape
-    tiles = sparse_mlp.compact_tiles(f, d)
+    tiles = sparse_mlp.compact_tiles(f, d, chunk or sparse_mlp.COMPACT_CHUNK)
     if tiles is None or d & (d - 1) or d > FUSED_MAX_D:
         raise ValueError(f"the fused predicted kernel does not tile a [{f}, {d}] block")
     chunk = tiles[0]
     interpret = not sparse_mlp.on_gpu() if interpret is None else interpret
     scored = keep_F is None
     xu_R = (x_D.astype(pred["u"].dtype) @ pred["u"]) if scored else None  # as predicted_preactivation rounds it
-    kernel = functools.partial(_fused_kernel, chunk=chunk, group=sparse_mlp.COMPACT_GROUP, act_dtype=x_D.dtype)
+    group = sparse_mlp.COMPACT_GROUP
+    kernel = functools.partial(_fused_kernel, chunk=chunk, group=group, act_dtype=x_D.dtype, early=early)
     if scored:
         kernel = functools.partial(_with_keep, kernel, None)
         inputs = (x_D.astype(wi_FD.dtype), xu_R, pred["v"], pred["threshold"].reshape(1), wi_FD, wo_FD)
@@ -295,6 +311,7 @@ def fused_predicted_mlp(
         out_specs=[pl.BlockSpec((None, d), lambda p: (p, 0)), pl.BlockSpec((chunk,), lambda p: (p,))],
         out_shape=[jax.ShapeDtypeStruct((f // chunk, d), jnp.float32), jax.ShapeDtypeStruct((f,), x_D.dtype)],
         interpret=interpret,
+        compiler_params=None if num_warps is None else plgpu.CompilerParams(num_warps=num_warps),
         name="fused_predicted_mlp",
     )(*inputs)
     return a_F, jnp.sum(partial_PD, axis=0)
