@@ -397,6 +397,11 @@ round23() {  # the fused predicted-block kernel alone over its chunk, warps and 
   kernels --fused
 }
 
+round24() {  # the fused kernel's kept rows against XLA's (--check); the batch sweep with the attention kernel
+  export CUDA_VISIBLE_DEVICES=0
+  decode dec_sweep24 --check --plan T5-3B:1,T5-3B:4,T5-3B:16,T5-3B:64 --impls off,pallas --repeats 5
+}
+
 round3_both() {  # after both streams: data parallel over the two GPUs
   export CUDA_VISIBLE_DEVICES=0,1
   END=$((SECONDS + ${LIMIT_BOTH:-100}))

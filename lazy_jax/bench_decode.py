@@ -528,6 +528,41 @@ def check_attention(log, shapes=ATTENTION_CHECKS) -> None:
         log(f"check decode attention B={b} S={s} H={h} K={k} kept={kept} bias={bias}: relative error {err:.2e}")
 
 
+def check_fused(log, shapes=((65536, 1024), (16384, 1024))) -> None:
+    """The fused predicted-block kernel (threshold scored inside it) against XLA on the same bf16
+    inputs: rows kept by one and not the other (with their scores' distance to the threshold, in
+    bf16 steps of the threshold: summation order can flip a score within one), the activations'
+    error on the rows both keep, and the output's against XLA's product of the kernel's own a."""
+    for f, d in shapes:
+        ks = jax.random.split(jax.random.key(f + d), 3)
+        wi_DF = (jax.random.normal(ks[0], (d, f), jnp.float32) * d**-0.5).astype(jnp.bfloat16)
+        wo_FD = jax.random.normal(ks[1], (f, d), jnp.bfloat16)
+        x_ND = jax.random.normal(ks[2], (8, d), jnp.bfloat16)
+        pred = predictor.fit(wi_DF, max(1, d // 16))
+        pred["threshold"] = predictor.fit_threshold(pred, x_ND.astype(jnp.float32), round(TOPK_FRAC * f))
+        fused = jax.jit(predictor.fused_predicted_mlp, static_argnames="interpret")
+        for x_D in x_ND[:4]:
+            a_F, y_D = fused(x_D, pred, wo_FD, interpret=jax.default_backend() != "gpu")
+            scores_F = ((x_D.astype(pred["u"].dtype) @ pred["u"]) @ pred["v"]).astype(jnp.float32)
+            keep_F = scores_F > pred["threshold"].astype(jnp.bfloat16).astype(jnp.float32)
+            relu_F = jax.nn.relu((x_D @ wi_DF).astype(jnp.float32))
+            want_a = jnp.where(keep_F, relu_F, 0)
+            got_keep = a_F != 0
+            both = keep_F & got_keep
+            flips = (keep_F & (relu_F > 0)) != got_keep  # a kept row whose ReLU is 0 cannot show
+            ulp = float(jnp.abs(pred["threshold"].astype(jnp.float32))) * 2.0**-7
+            gap = float(jnp.max(jnp.where(flips, jnp.abs(scores_F - pred["threshold"]), 0))) / ulp
+            a_err = jnp.max(jnp.abs(jnp.where(both, a_F.astype(jnp.float32) - want_a, 0)))
+            a_err = float(a_err / jnp.maximum(jnp.max(want_a), 1e-30))
+            y_want = a_F.astype(jnp.float32) @ wo_FD.astype(jnp.float32)
+            y_err = float(jnp.linalg.norm(y_D - y_want) / jnp.maximum(jnp.linalg.norm(y_want), 1e-30))
+            log(
+                f"check fused F={f} D={d}: kept {int(jnp.sum(got_keep))} (XLA {int(jnp.sum(keep_F & (want_a != 0)))}), "
+                f"flipped {int(jnp.sum(flips))} (largest {gap:.2f} bf16 steps from the threshold), "
+                f"a error {a_err:.2e} on rows both keep, y relative error {y_err:.2e}"
+            )
+
+
 def table(rows) -> str:
     head = "| shape (decoder layers) | batch | impl | ms/token | tokens/s | speedup | limit | union | same tokens |"
     out = [head, "|" + "---|" * 9]
@@ -611,6 +646,7 @@ def main(argv=None) -> None:
     if a.check:
         check_kernels(log, ((1, 512, 64), (4, 256, 64)) if a.tiny else CHECK_SHAPES)
         check_attention(log, ((1, 37, 2, 32, 20, True),) if a.tiny else ATTENTION_CHECKS)
+        check_fused(log, ((512, 64),) if a.tiny else ((65536, 1024), (16384, 1024)))
     if a.workdir:
         rows = trained_rows(
             a.workdir,
