@@ -11,7 +11,8 @@ guesses the active set first, so most of W_in is not read either:
     h_F      = x . W_in[:, f] for f in keep, 0 elsewhere   (`compact_rows_matvec`: those rows only)
 
 and the block goes on as before (ReLU, Top-k k <= rows, the sparse W_out of the kept neurons;
-with rows = k the predictor's set is the Top-k set and the second selection is skipped).
+with rows = k the predictor's set is the Top-k set and the second selection is skipped, and at
+batch 1 on a GPU the whole block is one kernel, `fused_predicted_mlp`: scores, rows, ReLU, W_out).
 When the predictor misses a neuron the exact path keeps, the output differs: this path is
 approximate, reported with its token agreement and loss change against the exact one
 (`bench_decode --workdir ... --predictor RANK:ROWS`, docs/inference.md).
