@@ -543,7 +543,7 @@ def check_fused(log, shapes=((65536, 1024), (16384, 1024))) -> None:
         fused = jax.jit(predictor.fused_predicted_mlp, static_argnames="interpret")
         for x_D in x_ND[:4]:
             a_F, y_D = fused(x_D, pred, wo_FD, interpret=jax.default_backend() != "gpu")
-            scores_F = ((x_D.astype(pred["u"].dtype) @ pred["u"]) @ pred["v"]).astype(jnp.float32)
+            scores_F = predictor.predicted_scores(x_D, pred).astype(jnp.float32)
             keep_F = scores_F > pred["threshold"].astype(jnp.bfloat16).astype(jnp.float32)
             relu_F = jax.nn.relu((x_D @ wi_DF).astype(jnp.float32))
             want_a = jnp.where(keep_F, relu_F, 0)

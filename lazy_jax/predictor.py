@@ -126,7 +126,7 @@ def fit_decoder(
 def fit_threshold(pred: dict[str, Array], x_ND: Array, rows: int) -> Array:
     """The score above which `rows` rows lie on average: the mean over the inputs x_ND of each
     one's rows-th largest score (a scalar; Deja Vu's thresholded predictor, no selection)."""
-    scores_NF = (jnp.asarray(x_ND).astype(pred["u"].dtype) @ pred["u"]) @ pred["v"]
+    scores_NF = predicted_scores(jnp.asarray(x_ND), pred)
     return jnp.mean(jax.lax.top_k(scores_NF.astype(jnp.float32), rows)[0][:, -1])
 
 
@@ -147,17 +147,27 @@ def decoder_mlp_inputs(model, variables: dict, batch: dict) -> dict[str, Array]:
     }
 
 
+def predicted_scores(x_BD: Array, pred: dict[str, Array]) -> Array:
+    """(x u) v [B, F]: the rank-R approximation of x W_in, in the predictor's dtype."""
+    return (x_BD.astype(pred["u"].dtype) @ pred["u"]) @ pred["v"]
+
+
+def predicted_keep(x_BD: Array, pred: dict[str, Array], rows: int, topk_impl: str = "auto") -> Array:
+    """[B, F] bool: the neurons the predictor keeps, the `rows` highest positive scores, or with a
+    `threshold` in `pred` the scores above it (`rows` on average, no selection)."""
+    scores_BF = predicted_scores(x_BD, pred)
+    if "threshold" in pred:
+        return scores_BF > pred["threshold"].astype(scores_BF.dtype)
+    return sparsity.topk_mask(scores_BF, rows, topk_impl) > 0
+
+
 def predicted_preactivation(x_BD: Array, pred: dict[str, Array], rows: int, topk_impl: str = "auto") -> Array:
     """h [B, F] in x's dtype: x . W_in's row f for the `rows` highest positive predicted scores
     of each row of x (with a `threshold` in `pred`: the scores above it), 0 elsewhere. Batch 1 on
     a GPU reads only those rows (`compact_rows_matvec`); otherwise the same numbers come from the
     dense product (what a CPU and larger batches get)."""
-    u_DR, v_RF, wi_FD = pred["u"], pred["v"], pred["wi_t"]
-    scores_BF = (x_BD.astype(u_DR.dtype) @ u_DR) @ v_RF
-    if "threshold" in pred:  # `rows` on average, no selection
-        keep_BF = scores_BF > pred["threshold"].astype(scores_BF.dtype)
-    else:
-        keep_BF = sparsity.topk_mask(scores_BF, rows, topk_impl) > 0
+    wi_FD = pred["wi_t"]
+    keep_BF = predicted_keep(x_BD, pred, rows, topk_impl)
     if sparse_mlp.use_compact(x_BD.shape[0], *wi_FD.shape):  # the W_out kernel's conditions
         h_BF = jax.jit(compact_rows_matvec)(wi_FD, x_BD[0], keep_BF[0])[None]
     else:
@@ -296,7 +306,7 @@ def fused_predicted_mlp(
     chunk = tiles[0]
     interpret = not sparse_mlp.on_gpu() if interpret is None else interpret
     scored = keep_F is None
-    xu_R = (x_D.astype(pred["u"].dtype) @ pred["u"]) if scored else None  # as predicted_preactivation rounds it
+    xu_R = (x_D.astype(pred["u"].dtype) @ pred["u"]) if scored else None  # as predicted_scores rounds it
     group = sparse_mlp.COMPACT_GROUP
     kernel = functools.partial(_fused_kernel, chunk=chunk, group=group, act_dtype=x_D.dtype, early=early)
     if scored:

@@ -351,10 +351,9 @@ class MlpBlock(nn.Module):
         from lazy_jax import predictor
 
         pred, x_D = self._predictor(), x_11D[0, 0]
-        keep_F = None
+        keep_F = None  # the threshold: scored in the kernel
         if not self.predictor_threshold:
-            scores_F = (x_D.astype(pred["u"].dtype) @ pred["u"]) @ pred["v"]
-            keep_F = topk_mask(scores_F[None], self.predictor_rows, self.topk_impl)[0] > 0
+            keep_F = predictor.predicted_keep(x_D[None], pred, self.predictor_rows, self.topk_impl)[0]
         wo = self.variables["params"]["wo"]
         # Inside a jit: Flax's nn.scan (scanned layers) refuses a bare pallas_call in its body.
         a_F, y_D = jax.jit(predictor.fused_predicted_mlp)(x_D.astype(self.dtype), pred, wo["kernel"], keep_F)
