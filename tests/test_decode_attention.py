@@ -130,3 +130,10 @@ def test_bad_decode_attention_settings_are_refused_by_name(restore_settings, tmp
         bench_decode.main(["--tiny", "--decode_attention=flash", f"--out={tmp_path}"])
     assert e.value.code == 2 and "attention decode='flash' is not allowed" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_bench_decode_check_reports_the_kernel_against_xla():
+    lines = []
+    bench_decode.check_attention(lines.append, ((1, 37, 2, 32, 20, True), (2, 16, 4, 16, 9, False)))
+    errors = [float(line.rsplit(" ", 1)[1]) for line in lines]
+    assert len(errors) == 2 and all(e < 4e-3 for e in errors)  # bf16 rounding

@@ -190,3 +190,18 @@ def test_thresholded_predictor_keeps_about_rows_and_needs_its_threshold():
     no_threshold = predictor.fit_decoder(params, rank=8)
     with pytest.raises(InputError, match="'threshold'"):
         _decode(thresholded, {"params": params, "predictor": no_threshold}, enc)
+
+
+def test_bench_decode_check_reports_the_fused_kernel_against_xla():
+    import re
+
+    from lazy_jax import bench_decode
+
+    lines = []
+    bench_decode.check_fused(lines.append, ((512, 64),))
+    assert len(lines) == 4
+    for line in lines:
+        steps, a_err, y_err = (
+            float(x) for x in re.search(r"\(largest ([\d.]+) .* a error (\S+) .* error (\S+)$", line).groups()
+        )
+        assert steps <= 1 and a_err < 1e-2 and y_err < 1e-5  # flips only within a bf16 step of the threshold
