@@ -392,7 +392,7 @@ round22() {  # the predicted block fused into one kernel (rows = k); the trained
     --impls off,pallas,predicted@1,predicted@1:threshold --repeats 5 --profile_dir /tmp/dprof/dec_now22
 }
 
-round23() {  # the fused predicted-block kernel alone over its chunk, warps and load order
+round23() {  # the fused predicted-block kernel alone over its chunk and warps (it also swept a load order, since removed)
   export CUDA_VISIBLE_DEVICES=0
   kernels --fused
 }

@@ -15,7 +15,9 @@ and the largest relative error against the f32 product.
   `num_warps`, beside XLA's attention as T5 computes it without the kernel (bf16 logits);
 - with --fused instead: `predictor.fused_predicted_mlp` (the predicted block of one token at
   T5-11B's and T5-3B's shapes: rank d_model / 16, the threshold keeping 3% of the rows) over its
-  chunk, `num_warps` and whether W_out's rows are loaded with W_in's (`early`);
+  chunk and `num_warps` (round 23 also loaded W_out's rows together with W_in's: no gain, and
+  the option was removed); its `err` is against interpret mode, where a score within rounding of
+  the threshold can flip a row (`bench_decode --check` counts those);
 - with --compacted instead of the tiles: 'compact_wout' (`sparse_mlp.compact_matvec`, the same
   product by index) and 'compact_rows' (`predictor.compact_rows_matvec`, W_in^T [F, D] times x [D]
   on 6% of its rows) at a few chunk and column widths, and XLA's compaction forms.
@@ -166,15 +168,12 @@ def fused_kernels(shapes: str, calls: int, interpret: bool, small: bool) -> None
         pred = predictor.fit(wi_DF, max(1, d // 16))
         pred["threshold"] = predictor.fit_threshold(pred, x_ND.astype(jnp.float32), round(0.03 * f))
         want_a = np.asarray(predictor.fused_predicted_mlp(x_ND[0], pred, wo_FD, interpret=True)[0], np.float32)
-        settings = itertools.product((256,) if small else (128, 256, 512), (4,) if small else (4, 8), (False, True))
-        for chunk, warps, early in settings:
+        for chunk, warps in itertools.product((256,) if small else (128, 256, 512), (4,) if small else (4, 8)):
 
-            def kernel(x_D, pred, w, c=chunk, n=warps, e=early):
-                return predictor.fused_predicted_mlp(x_D, pred, w, interpret=interpret, chunk=c, num_warps=n, early=e)[
-                    0
-                ]
+            def kernel(x_D, pred, w, c=chunk, n=warps):
+                return predictor.fused_predicted_mlp(x_D, pred, w, interpret=interpret, chunk=c, num_warps=n)[0]
 
-            row = dict(kernel="fused_predicted", shape=shape, chunk=chunk, warps=warps, early=early)
+            row = dict(kernel="fused_predicted", shape=shape, chunk=chunk, warps=warps)
             report(row, kernel, x_ND, (pred, wo_FD), want_a, calls)
 
 

@@ -27,9 +27,11 @@ against the sparse kernel, with the share of tokens both give alike: the exactne
 kernel on a model whose logits are not near ties. `--predictor RANK:ROWS` adds the approximate
 W_in predictor's row (`lazy_jax.predictor`: its token agreement with the exact path and its loss
 change); `--impls ...,predicted,predicted@1[:threshold]` times it on the random models (2k and k
-rows of W_in; `:threshold`, k on average past a fitted threshold). `--topk_impl` picks how the random models' Top-k finds its k-th largest (what a decoding
-step spends on selection), `--profile_dir=DIR` traces one timed decode of every row into
-DIR/<shape>_b<batch>_<impl> (`lazy_jax.profiling`).
+rows of W_in; `:threshold`, k on average past a fitted threshold). `--topk_impl` picks how the
+random models' Top-k finds its k-th largest (what a decoding step spends on selection),
+`--decode_attention` how a step attends to its cache (`lazy_jax.decode_attention`), `--check`
+first compares the kernels with XLA, and `--profile_dir=DIR` traces one timed decode of every
+row into DIR/<shape>_b<batch>_<impl> (`lazy_jax.profiling`).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lazy_jax import predictor, profiling, sparsity, xla_flags
+from lazy_jax import predictor, profiling, sparse_mlp, sparsity, xla_flags
 from lazy_jax.errors import InputError
 from lazy_jax.models import attention
 from lazy_jax.models.t5 import T5, decode_from_encoded, default_model_config, t5_spec
@@ -123,9 +125,8 @@ def step_bytes(
     decoder's own, (decode_len + 1) / 2 positions on average), `limit` = all bytes / (all bytes -
     skipped W_out), and `limit_weights`, the same without the cache (the count before round 19)."""
     d, hk, f, layers = spec.d_model, spec.num_heads * spec.d_kv, spec.d_ff, spec.num_decoder_layers
-    weights = 2 * (
-        layers * ((4 + 2) * d * hk + 2 * d * f) + spec.vocab_size * d
-    )  # self q/k/v/o, cross q/o, W_in, W_out
+    # self q/k/v/o, cross q/o, W_in and W_out a layer, and the LM head
+    weights = 2 * (layers * ((4 + 2) * d * hk + 2 * d * f) + spec.vocab_size * d)
     cache = 2 * layers * 2 * hk * (prompt_len + (decode_len + 1) / 2)
     skipped = (1 - active_share) * 2 * layers * d * f
     total = weights + cache
@@ -488,8 +489,6 @@ CHECK_SHAPES = ((1, 3072, 768), (1, 65536, 1024), (4, 16384, 1024), (64, 16384, 
 def check_kernels(log, shapes=CHECK_SHAPES) -> None:
     """Each implementation against the f32 sums of the same bf16 products, at the benchmark's
     shapes: ||y - exact|| / ||exact|| (bf16 rounding of the output alone is ~2e-3)."""
-    from lazy_jax import sparse_mlp
-
     for b, f, d in shapes:
         k1, k2, k3 = jax.random.split(jax.random.key(b + f), 3)
         a_BF = jax.nn.relu(jax.random.normal(k1, (b, f), jnp.float32))
@@ -522,7 +521,7 @@ def check_attention(log, shapes=ATTENTION_CHECKS) -> None:
         bias_HS = jax.random.normal(k4, (h, s), jnp.float32) if bias else None
         ok_BS = jnp.broadcast_to(jnp.arange(s) < kept, (b, s))
         fn = jax.jit(da.decode_attention, static_argnames="interpret")
-        y = fn(q, keys, values, bias_HS, ok_BS, interpret=jax.default_backend() != "gpu").astype(jnp.float32)
+        y = fn(q, keys, values, bias_HS, ok_BS, interpret=not sparse_mlp.on_gpu()).astype(jnp.float32)
         exact = da.reference(q.astype(jnp.float32), keys, values, bias_HS, ok_BS)
         err = float(jnp.linalg.norm(y - exact) / jnp.linalg.norm(exact))
         log(f"check decode attention B={b} S={s} H={h} K={k} kept={kept} bias={bias}: relative error {err:.2e}")
@@ -542,9 +541,9 @@ def check_fused(log, shapes=((65536, 1024), (16384, 1024))) -> None:
         pred["threshold"] = predictor.fit_threshold(pred, x_ND.astype(jnp.float32), round(TOPK_FRAC * f))
         fused = jax.jit(predictor.fused_predicted_mlp, static_argnames="interpret")
         for x_D in x_ND[:4]:
-            a_F, y_D = fused(x_D, pred, wo_FD, interpret=jax.default_backend() != "gpu")
+            a_F, y_D = fused(x_D, pred, wo_FD, interpret=not sparse_mlp.on_gpu())
             scores_F = predictor.predicted_scores(x_D, pred).astype(jnp.float32)
-            keep_F = scores_F > pred["threshold"].astype(jnp.bfloat16).astype(jnp.float32)
+            keep_F = predictor.predicted_keep(x_D[None], pred, 0)[0]  # the unfused path's rows
             relu_F = jax.nn.relu((x_D @ wi_DF).astype(jnp.float32))
             want_a = jnp.where(keep_F, relu_F, 0)
             got_keep = a_F != 0

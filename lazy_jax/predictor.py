@@ -231,15 +231,19 @@ def compact_rows_matvec(
 FUSED_MAX_D = 4096  # a program holds group x D weights of each matrix in registers
 
 
+def fused_chunk(d_ff: int, d_model: int, chunk: int = sparse_mlp.COMPACT_CHUNK) -> int | None:
+    """The neurons a program of the fused kernel takes (F in power-of-two chunks), or None where
+    it does not apply: D not a power of two of at most FUSED_MAX_D (one load holds whole rows)."""
+    tiles = sparse_mlp.compact_tiles(d_ff, d_model, chunk)
+    return None if tiles is None or d_model & (d_model - 1) or d_model > FUSED_MAX_D else tiles[0]
+
+
 def fused_applies(d_ff: int, d_model: int) -> bool:
-    """Whether the fused kernel serves a batch-1 decoding step on this device: a GPU, F in
-    power-of-two chunks, D a power of two of at most FUSED_MAX_D."""
-    return sparse_mlp.use_compact(1, d_ff, d_model) and d_model & (d_model - 1) == 0 and d_model <= FUSED_MAX_D
+    """Whether the fused kernel serves a batch-1 decoding step on this device (a GPU)."""
+    return sparse_mlp.on_gpu() and fused_chunk(d_ff, d_model) is not None
 
 
-def _fused_kernel(
-    x_ref, xu_ref, v_ref, thr_ref, keep_ref, wi_ref, wo_ref, o_ref, a_ref, *, chunk, group, act_dtype, early
-):
+def _fused_kernel(x_ref, xu_ref, v_ref, thr_ref, keep_ref, wi_ref, wo_ref, o_ref, a_ref, *, chunk, group, act_dtype):
     """Program p, neurons [p * chunk, (p + 1) * chunk): which to keep (the scores u . v past the
     threshold, or `keep`), then group by group the kept rows of W_in (transposed) and of W_out by
     index: a = relu(x . W_in row) (rounded as the block rounds h), o += a * W_out row.
@@ -266,11 +270,9 @@ def _fused_kernel(
         hit_RC, local_R, valid_R = sparse_mlp.compact_group(m_C, g, group)
         rows_R1 = (p * chunk + local_R)[:, None]
         load = lambda ref: plgpu.load(ref.at[rows_R1, cols_1D], mask=valid_R[:, None], other=0.0).astype(jnp.float32)
-        wi_RD = load(wi_ref)
-        wo_RD = load(wo_ref) if early else None  # early: both loads in flight together (more registers)
-        h_R = jnp.sum(wi_RD * x_1D, axis=1)
+        h_R = jnp.sum(load(wi_ref) * x_1D, axis=1)
         a_R = jnp.maximum(h_R.astype(act_dtype).astype(jnp.float32), 0.0)
-        o_D = o_D + jnp.sum(a_R[:, None] * (load(wo_ref) if wo_RD is None else wo_RD), axis=0)
+        o_D = o_D + jnp.sum(a_R[:, None] * load(wo_ref), axis=0)
         return o_D, a_C + jnp.sum(jnp.where(hit_RC, a_R[:, None], 0.0), axis=0)
 
     init = (jnp.zeros((d,), jnp.float32), jnp.zeros((chunk,), jnp.float32))
@@ -287,33 +289,30 @@ def fused_predicted_mlp(
     interpret: bool | None = None,
     chunk: int | None = None,
     num_warps: int | None = None,
-    early: bool = False,
 ) -> tuple[Array, Array]:
     """The predicted ReLU block of one token in one kernel, no second selection: -> (a [F] in x's
     dtype, y [D] f32 = a @ wo_FD). The kept neurons: `keep_F`, else those whose score (x . u) . v
     passes pred['threshold'] (scored inside the kernel, no [F] scores written). Only the kept
     rows of W_in (pred['wi_t']) and W_out are read; the chunks' shares of y are summed outside.
-    `chunk`, `num_warps` and `early` (W_out's rows loaded with W_in's) override the defaults
-    (benchmarks/sparse_kernels.py --fused)."""
+    `chunk` and `num_warps` override the defaults (benchmarks/sparse_kernels.py --fused)."""
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plgpu
 
     wi_FD = pred["wi_t"]
     f, d = wi_FD.shape
-    tiles = sparse_mlp.compact_tiles(f, d, chunk or sparse_mlp.COMPACT_CHUNK)
-    if tiles is None or d & (d - 1) or d > FUSED_MAX_D:
+    chunk = fused_chunk(f, d, chunk or sparse_mlp.COMPACT_CHUNK)
+    if chunk is None:
         raise ValueError(f"the fused predicted kernel does not tile a [{f}, {d}] block")
-    chunk = tiles[0]
     interpret = not sparse_mlp.on_gpu() if interpret is None else interpret
     scored = keep_F is None
     xu_R = (x_D.astype(pred["u"].dtype) @ pred["u"]) if scored else None  # as predicted_scores rounds it
     group = sparse_mlp.COMPACT_GROUP
-    kernel = functools.partial(_fused_kernel, chunk=chunk, group=group, act_dtype=x_D.dtype, early=early)
+    kernel = functools.partial(_fused_kernel, chunk=chunk, group=group, act_dtype=x_D.dtype)
     if scored:
-        kernel = functools.partial(_with_keep, kernel, None)
+        kernel = functools.partial(_scoring, kernel)
         inputs = (x_D.astype(wi_FD.dtype), xu_R, pred["v"], pred["threshold"].reshape(1), wi_FD, wo_FD)
     else:
-        kernel = functools.partial(_with_scores, kernel)
+        kernel = functools.partial(_given_rows, kernel)
         inputs = (x_D.astype(wi_FD.dtype), keep_F.astype(jnp.int32), wi_FD, wo_FD)
     partial_PD, a_F = pl.pallas_call(
         kernel,
@@ -328,9 +327,9 @@ def fused_predicted_mlp(
     return a_F, jnp.sum(partial_PD, axis=0)
 
 
-def _with_keep(kernel, keep_ref, x_ref, xu_ref, v_ref, thr_ref, wi_ref, wo_ref, o_ref, a_ref):
-    kernel(x_ref, xu_ref, v_ref, thr_ref, keep_ref, wi_ref, wo_ref, o_ref, a_ref)
+def _scoring(kernel, x_ref, xu_ref, v_ref, thr_ref, wi_ref, wo_ref, o_ref, a_ref):  # the threshold's rows
+    kernel(x_ref, xu_ref, v_ref, thr_ref, None, wi_ref, wo_ref, o_ref, a_ref)
 
 
-def _with_scores(kernel, x_ref, keep_ref, wi_ref, wo_ref, o_ref, a_ref):
+def _given_rows(kernel, x_ref, keep_ref, wi_ref, wo_ref, o_ref, a_ref):  # rows kept outside (the top scores)
     kernel(x_ref, None, None, None, keep_ref, wi_ref, wo_ref, o_ref, a_ref)
